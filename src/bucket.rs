@@ -1,0 +1,139 @@
+//! Packed index buckets: the `width` child hashes of one node, one sled value each.
+//!
+//! ```text
+//! index key:   partition u32 BE | level u8 | bucket u32 BE          (9 bytes)
+//! index value: hash[0] .. hash[width-1] (16 bytes each) | checksum [16]
+//! checksum  =  derive_key("...bucket checksum v1", index key | hashes)[..16]
+//! ```
+//! Bucket `b` of level `L` (1 <= L <= levels) holds nodes `b*width .. b*width+width-1`
+//! of level `L`, the children of node `b` of level `L-1`. All-zero buckets are not stored.
+#![deny(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use crate::error::Corruption;
+use crate::hash::{derive, Hash, BUCKET_CONTEXT, HASH_BYTES};
+
+pub(crate) const INDEX_KEY_LEN: usize = 9;
+
+/// Where a bucket lives in the index tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct BucketId {
+    pub partition: u32,
+    pub level: u8,
+    pub bucket: u32,
+}
+
+impl BucketId {
+    pub(crate) fn key(&self) -> [u8; INDEX_KEY_LEN] {
+        let [p0, p1, p2, p3] = self.partition.to_be_bytes();
+        let [b0, b1, b2, b3] = self.bucket.to_be_bytes();
+        [p0, p1, p2, p3, self.level, b0, b1, b2, b3]
+    }
+
+    pub(crate) fn from_key(key: &[u8]) -> Result<BucketId, Corruption> {
+        let bytes: [u8; INDEX_KEY_LEN] = key.try_into().map_err(|_| Corruption::BadLength {
+            what: "index key",
+            location: format!("{key:02x?}"),
+            expected: INDEX_KEY_LEN,
+            found: key.len(),
+        })?;
+        let [p0, p1, p2, p3, level, b0, b1, b2, b3] = bytes;
+        Ok(BucketId {
+            partition: u32::from_be_bytes([p0, p1, p2, p3]),
+            level,
+            bucket: u32::from_be_bytes([b0, b1, b2, b3]),
+        })
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "partition {} level {} bucket {}",
+            self.partition, self.level, self.bucket
+        )
+    }
+}
+
+fn checksum(key: &[u8], hashes: &[u8]) -> Hash {
+    derive(BUCKET_CONTEXT, &[key, hashes])
+}
+
+/// Packs `hashes` with a checksum bound to `id`.
+pub(crate) fn encode(id: BucketId, hashes: &[Hash]) -> Vec<u8> {
+    let mut out = Vec::with_capacity((hashes.len() + 1) * HASH_BYTES);
+    for h in hashes {
+        out.extend_from_slice(&h.to_bytes());
+    }
+    let sum = checksum(&id.key(), &out);
+    out.extend_from_slice(&sum.to_bytes());
+    out
+}
+
+/// Unpacks a bucket of `width` hashes into `out`, checking length and checksum.
+pub(crate) fn decode(id: BucketId, bytes: &[u8], width: usize, out: &mut [Hash]) -> Result<(), Corruption> {
+    let body_len = width * HASH_BYTES;
+    if bytes.len() != body_len + HASH_BYTES || out.len() != width {
+        return Err(Corruption::BadLength {
+            what: "index bucket",
+            location: id.describe(),
+            expected: body_len + HASH_BYTES,
+            found: bytes.len(),
+        });
+    }
+    let (body, stored) = bytes.split_at(body_len);
+    let expected = checksum(&id.key(), body);
+    let found = Hash::from_bytes(stored.try_into().unwrap_or_default());
+    if expected != found {
+        return Err(Corruption::ChecksumMismatch {
+            what: "index bucket",
+            location: id.describe(),
+            expected: expected.to_hex(),
+            found: found.to_hex(),
+        });
+    }
+    for (slot, chunk) in out.iter_mut().zip(body.chunks_exact(HASH_BYTES)) {
+        *slot = Hash::from_bytes(chunk.try_into().unwrap_or_default());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::hash::value_hash;
+
+    fn id() -> BucketId {
+        BucketId {
+            partition: 3,
+            level: 2,
+            bucket: 9,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let hashes: Vec<Hash> = (0..4u8).map(|i| value_hash(&[i])).collect();
+        let bytes = encode(id(), &hashes);
+        let mut out = vec![Hash::ZERO; 4];
+        decode(id(), &bytes, 4, &mut out).unwrap();
+        assert_eq!(out, hashes);
+        assert_eq!(BucketId::from_key(&id().key()).unwrap(), id());
+    }
+
+    #[test]
+    fn flipped_byte_or_moved_bucket_is_a_checksum_mismatch() {
+        let hashes = vec![value_hash(b"a"); 4];
+        let mut bytes = encode(id(), &hashes);
+        bytes[5] ^= 1;
+        let mut out = vec![Hash::ZERO; 4];
+        let err = decode(id(), &bytes, 4, &mut out).unwrap_err();
+        assert!(matches!(err, Corruption::ChecksumMismatch { what: "index bucket", .. }));
+        let bytes = encode(id(), &hashes);
+        let other = BucketId { bucket: 10, ..id() };
+        assert!(decode(other, &bytes, 4, &mut out).is_err());
+        assert!(matches!(
+            decode(id(), &bytes[..10], 4, &mut out),
+            Err(Corruption::BadLength { found: 10, .. })
+        ));
+        assert!(BucketId::from_key(b"short").is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! The one error type of the library.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when opening or using a [`Store`](crate::Store).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store directory does not exist and `Options::create_if_missing` is false.
+    #[error("no store at {0}: check the path, or create the store first (e.g. `merkle-index load`)")]
+    NotFound(PathBuf),
+
+    /// The path exists but does not hold a merkle-index store.
+    #[error("{path} is not a merkle-index store ({reason}); point at a store directory or an empty one")]
+    NotAStore { path: PathBuf, reason: String },
+
+    /// The options given to `open` disagree with those the store was created with.
+    #[error("options mismatch for {what}: the store was created with {stored}, open asked for {requested}; open with the store's own options or create a new store")]
+    OptionsMismatch {
+        what: &'static str,
+        stored: u64,
+        requested: u64,
+    },
+
+    /// The options are not usable (out of range, inconsistent).
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+
+    /// Bytes on disk failed a checksum or could not be decoded.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+
+    /// An argument is out of range (a level, node or segment past the tree).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// The store was closed, or its hasher thread stopped.
+    #[error("the store is closed")]
+    Closed,
+
+    /// An error from the embedded sled database.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+
+    /// An operating-system I/O error, with the path it concerned.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// A structured description of corrupted bytes: what, where, expected versus found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Corruption {
+    /// A checksum did not match its bytes.
+    #[error("checksum mismatch in {what} at {location}: expected {expected}, found {found}; run `merkle-index rebuild`")]
+    ChecksumMismatch {
+        what: &'static str,
+        location: String,
+        expected: String,
+        found: String,
+    },
+    /// A record had the wrong length.
+    #[error("bad length for {what} at {location}: expected {expected} bytes, found {found}")]
+    BadLength {
+        what: &'static str,
+        location: String,
+        expected: usize,
+        found: usize,
+    },
+    /// A magic number or format version was not the one this build writes.
+    #[error("bad header in {what} at {location}: {detail}")]
+    BadHeader {
+        what: &'static str,
+        location: String,
+        detail: String,
+    },
+}

@@ -1,0 +1,171 @@
+//! Hashes and the blake3 contexts that give each role its own hash function.
+//!
+//! Every hash in the store is the first 16 bytes of a blake3 output in derive-key mode;
+//! the context string names the role, so no two roles can collide (see FORMAT.md).
+
+use std::fmt;
+use std::ops::{BitXor, BitXorAssign};
+use std::sync::LazyLock;
+
+/// Number of bytes in every stored hash (128 bits).
+pub const HASH_BYTES: usize = 16;
+
+pub(crate) const PLACEMENT_CONTEXT: &str = "merkle-index 2026-11-24 segment placement v1";
+pub(crate) const ENTRY_CONTEXT: &str = "merkle-index 2026-11-24 entry hash v1";
+pub(crate) const VALUE_CONTEXT: &str = "merkle-index 2026-11-24 value hash v1";
+pub(crate) const BUCKET_CONTEXT: &str = "merkle-index 2026-11-24 bucket checksum v1";
+pub(crate) const SNAPSHOT_CONTEXT: &str = "merkle-index 2026-11-24 snapshot checksum v1";
+
+/// A 128-bit hash: an entry hash, a segment hash (XOR of entries) or a tree node.
+///
+/// Its byte form ([`Hash::to_bytes`]) is the truncated blake3 output; in memory it is
+/// that byte string read as a little-endian `u128`, so XOR is one machine operation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Hash(u128);
+
+impl Hash {
+    /// The hash of nothing: an empty segment, an empty tree.
+    pub const ZERO: Hash = Hash(0);
+
+    /// Builds a hash from its 16-byte form.
+    pub fn from_bytes(bytes: [u8; HASH_BYTES]) -> Hash {
+        Hash(u128::from_le_bytes(bytes))
+    }
+
+    /// The 16-byte form, as written on disk and on the wire.
+    pub fn to_bytes(self) -> [u8; HASH_BYTES] {
+        self.0.to_le_bytes()
+    }
+
+    /// Lower-case hex of the byte form.
+    pub fn to_hex(self) -> String {
+        self.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 32 hex digits, as printed by [`Hash::to_hex`].
+    pub fn from_hex(s: &str) -> Option<Hash> {
+        if s.len() != 2 * HASH_BYTES || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; HASH_BYTES];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Hash::from_bytes(out))
+    }
+
+    /// True for [`Hash::ZERO`].
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    fn from_output(hasher: &blake3::Hasher) -> Hash {
+        let mut out = [0u8; HASH_BYTES];
+        hasher.finalize_xof().fill(&mut out);
+        Hash::from_bytes(out)
+    }
+}
+
+impl BitXor for Hash {
+    type Output = Hash;
+    fn bitxor(self, rhs: Hash) -> Hash {
+        Hash(self.0 ^ rhs.0)
+    }
+}
+
+impl BitXorAssign for Hash {
+    fn bitxor_assign(&mut self, rhs: Hash) {
+        self.0 ^= rhs.0;
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({})", self.to_hex())
+    }
+}
+
+// Deriving the context key costs a compression; keep one primed hasher per role and clone it.
+static PLACEMENT: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(PLACEMENT_CONTEXT));
+static ENTRY: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(ENTRY_CONTEXT));
+static VALUE: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(VALUE_CONTEXT));
+
+/// Derive-key-mode hash of `parts` (concatenated) under `context`, truncated to 16 bytes.
+pub(crate) fn derive(context: &str, parts: &[&[u8]]) -> Hash {
+    let mut hasher = blake3::Hasher::new_derive_key(context);
+    for part in parts {
+        hasher.update(part);
+    }
+    Hash::from_output(&hasher)
+}
+
+/// The segment a key belongs to in a tree of `segments` segments.
+///
+/// Placement depends on the key alone, so a key lands in the same segment on every
+/// replica and in every partition.
+pub fn segment_of(key: &[u8], segments: u64) -> u32 {
+    let mut hasher = PLACEMENT.clone();
+    hasher.update(key);
+    let mut head = [0u8; 8];
+    hasher.finalize_xof().fill(&mut head);
+    // segments <= 2^32 (checked by Options), so the remainder fits in u32.
+    (u64::from_le_bytes(head) % segments) as u32
+}
+
+/// The hash of a value's bytes, stored next to them to detect bit rot.
+pub fn value_hash(value: &[u8]) -> Hash {
+    let mut hasher = VALUE.clone();
+    hasher.update(value);
+    Hash::from_output(&hasher)
+}
+
+/// The hash one entry contributes (by XOR) to its segment.
+pub fn entry_hash(partition: u32, key: &[u8], version: u64, tombstone: bool, value_hash: Hash) -> Hash {
+    let mut hasher = ENTRY.clone();
+    hasher.update(&partition.to_le_bytes());
+    hasher.update(&(key.len() as u32).to_le_bytes());
+    hasher.update(key);
+    hasher.update(&version.to_le_bytes());
+    hasher.update(&[u8::from(tombstone)]);
+    hasher.update(&value_hash.to_bytes());
+    Hash::from_output(&hasher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip_and_rejects_garbage() {
+        let h = value_hash(b"abc");
+        assert_eq!(Hash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(Hash::from_hex("zz"), None);
+        assert_eq!(Hash::from_hex(&"g".repeat(32)), None);
+        assert_eq!(Hash::from_hex(&"é".repeat(16)), None);
+    }
+
+    #[test]
+    fn roles_do_not_collide() {
+        let a = derive(VALUE_CONTEXT, &[b"x"]);
+        let b = derive(BUCKET_CONTEXT, &[b"x"]);
+        assert_ne!(a, b);
+        assert_eq!(a, value_hash(b"x"));
+    }
+
+    #[test]
+    fn byte_form_is_truncated_blake3() {
+        let full = blake3::Hasher::new_derive_key(VALUE_CONTEXT)
+            .update(b"hello")
+            .finalize();
+        assert_eq!(value_hash(b"hello").to_bytes()[..], full.as_bytes()[..16]);
+    }
+}

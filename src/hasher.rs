@@ -1,0 +1,227 @@
+//! The hasher thread: applies updates to the in-memory trees and takes checkpoints.
+//!
+//! It is fed by a bounded channel (a full channel makes writers wait, so memory stays
+//! bounded however fast they write) and wakes on a `tick` for periodic checkpoints.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, select, tick, Receiver, Sender};
+
+use crate::error::{Error, Result};
+use crate::index::{Index, Trees};
+use crate::meta::CheckpointInfo;
+use crate::tree::Tree;
+use crate::Hash;
+
+type Reply<T> = Sender<Result<T>>;
+
+pub(crate) enum Msg {
+    /// XOR `delta` (old entry hash ^ new entry hash) into a segment.
+    Update {
+        partition: u32,
+        segment: u32,
+        delta: Hash,
+    },
+    /// Answered once every message sent before it has been applied.
+    Barrier(Sender<()>),
+    /// Persist dirty buckets now; with `full`, every bucket, removing stale ones.
+    Checkpoint(bool, Reply<CheckpointInfo>),
+    /// Swap in rebuilt trees and persist them all.
+    Replace(Trees, Reply<CheckpointInfo>),
+    /// Final checkpoint; the thread exits after answering.
+    Shutdown(Reply<CheckpointInfo>),
+}
+
+/// Handle held by the store.
+pub(crate) struct Hasher {
+    tx: Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+const BATCH: usize = 4096;
+
+impl Hasher {
+    pub(crate) fn spawn(index: Arc<Index>, capacity: usize, interval: Duration) -> Result<Hasher> {
+        let (tx, rx) = bounded(capacity);
+        let thread = std::thread::Builder::new()
+            .name("merkle-index hasher".into())
+            .spawn(move || Worker { index, rx, dirty: false }.run(interval))
+            .map_err(|e| Error::io("spawn hasher thread", e))?;
+        Ok(Hasher {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    pub(crate) fn send(&self, msg: Msg) -> Result<()> {
+        self.tx.send(msg).map_err(|_| Error::Closed)
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T> {
+        let (reply, answer) = bounded(1);
+        self.send(make(reply))?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    pub(crate) fn barrier(&self) -> Result<()> {
+        let (reply, answer) = bounded(1);
+        self.send(Msg::Barrier(reply))?;
+        answer.recv().map_err(|_| Error::Closed)
+    }
+
+    pub(crate) fn checkpoint(&self, full: bool) -> Result<CheckpointInfo> {
+        self.ask(|reply| Msg::Checkpoint(full, reply))
+    }
+
+    pub(crate) fn replace(&self, trees: Trees) -> Result<CheckpointInfo> {
+        self.ask(|reply| Msg::Replace(trees, reply))
+    }
+
+    /// Final checkpoint, then joins the thread.
+    pub(crate) fn shutdown(&mut self) -> Result<CheckpointInfo> {
+        let result = self.ask(Msg::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        result
+    }
+
+    /// Stops the thread without a checkpoint, as a crash would (tests only).
+    pub(crate) fn abandon(&mut self) {
+        let (tx, _) = bounded(1);
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Worker {
+    index: Arc<Index>,
+    rx: Receiver<Msg>,
+    /// Anything applied since the last checkpoint.
+    dirty: bool,
+}
+
+/// A message that needs more than an XOR; served between batches of updates.
+enum Request {
+    Checkpoint(bool, Reply<CheckpointInfo>),
+    Replace(Trees, Reply<CheckpointInfo>),
+    Shutdown(Reply<CheckpointInfo>),
+}
+
+impl Worker {
+    fn run(mut self, interval: Duration) {
+        let ticker = tick(interval);
+        let mut pending = VecDeque::new();
+        loop {
+            select! {
+                recv(self.rx) -> msg => match msg {
+                    Ok(msg) => self.apply_batch(msg, &mut pending),
+                    Err(_) => return, // dropped without close: a simulated crash
+                },
+                recv(ticker) -> _ => {
+                    if self.dirty {
+                        // A failed periodic checkpoint leaves the buckets dirty and the
+                        // marks in place; the next one retries.
+                        let _ = self.checkpoint(false, &mut pending);
+                    }
+                }
+            }
+            while let Some(request) = pending.pop_front() {
+                if self.serve(request, &mut pending) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Serves a request; true if the thread must exit.
+    fn serve(&mut self, request: Request, pending: &mut VecDeque<Request>) -> bool {
+        match request {
+            Request::Checkpoint(full, reply) => {
+                let _ = reply.send(self.checkpoint(full, pending));
+                false
+            }
+            Request::Replace(trees, reply) => {
+                *self.index.trees_mut() = trees;
+                let _ = reply.send(self.checkpoint(true, pending));
+                false
+            }
+            Request::Shutdown(reply) => {
+                let _ = reply.send(self.checkpoint(false, pending));
+                true
+            }
+        }
+    }
+
+    /// Applies `first` and whatever is already queued (up to a batch) under one lock.
+    fn apply_batch(&mut self, first: Msg, pending: &mut VecDeque<Request>) {
+        let mut trees = self.index.trees_mut();
+        let shape = self.index.shape;
+        let mut applied = 0u64;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Update {
+                    partition,
+                    segment,
+                    delta,
+                } => {
+                    trees
+                        .entry(partition)
+                        .or_insert_with(|| Tree::new(shape))
+                        .apply(segment, delta);
+                    applied += 1;
+                }
+                Msg::Barrier(reply) => {
+                    let _ = reply.send(());
+                }
+                Msg::Checkpoint(full, reply) => pending.push_back(Request::Checkpoint(full, reply)),
+                Msg::Replace(t, reply) => pending.push_back(Request::Replace(t, reply)),
+                Msg::Shutdown(reply) => pending.push_back(Request::Shutdown(reply)),
+            }
+            if applied as usize >= BATCH || !pending.is_empty() {
+                break;
+            }
+            next = self.rx.try_recv().ok();
+        }
+        drop(trees);
+        if applied > 0 {
+            self.dirty = true;
+            self.index
+                .updates_applied
+                .fetch_add(applied, Ordering::Relaxed);
+        }
+    }
+
+    /// Advances the epoch, waits until every write of the old epoch has sent its update
+    /// (applying updates meanwhile, so writers blocked on a full channel can finish),
+    /// then persists. Requests that arrive meanwhile are queued in `pending`.
+    fn checkpoint(&mut self, full: bool, pending: &mut VecDeque<Request>) -> Result<CheckpointInfo> {
+        let old = self.index.gate.advance();
+        while !self.index.gate.drained(old) {
+            if let Ok(msg) = self.rx.recv_timeout(Duration::from_millis(1)) {
+                self.apply_batch(msg, pending);
+            }
+        }
+        // Every update of the old epoch is queued by now: apply what is queued.
+        let mut queued = self.rx.len();
+        while queued > 0 {
+            let Ok(msg) = self.rx.try_recv() else { break };
+            let before = self.index.updates_applied();
+            self.apply_batch(msg, pending);
+            let taken = (self.index.updates_applied() - before).max(1) as usize;
+            queued = queued.saturating_sub(taken);
+        }
+        let result = self.index.persist(old, full);
+        if result.is_ok() {
+            self.dirty = false;
+        }
+        result
+    }
+}

@@ -1,0 +1,162 @@
+//! The Merkle index shared by writers, readers and the hasher thread: the in-memory
+//! trees and their persisted form (packed buckets in the `index` sled tree).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::bucket::{self, BucketId};
+use crate::clock::{unix_ms, Clock};
+use crate::error::{Corruption, Result};
+use crate::gate::Gate;
+use crate::marks::Marks;
+use crate::meta::{CheckpointInfo, Meta};
+use crate::options::Shape;
+use crate::tree::Tree;
+use crate::Hash;
+
+pub(crate) type Trees = BTreeMap<u32, Tree>;
+
+pub(crate) struct Index {
+    pub(crate) shape: Shape,
+    pub(crate) db: sled::Db,
+    pub(crate) data: sled::Tree,
+    pub(crate) buckets: sled::Tree,
+    pub(crate) meta: Meta,
+    pub(crate) marks: Marks,
+    pub(crate) gate: Gate,
+    pub(crate) clock: Clock,
+    /// Only the hasher thread takes this for writing, and only briefly.
+    trees: RwLock<Trees>,
+    pub(crate) last_checkpoint: Mutex<Option<CheckpointInfo>>,
+    pub(crate) updates_applied: AtomicU64,
+}
+
+impl Index {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        shape: Shape,
+        db: sled::Db,
+        data: sled::Tree,
+        buckets: sled::Tree,
+        meta: Meta,
+        marks: Marks,
+        trees: Trees,
+        epoch: u64,
+        clock: u64,
+    ) -> Result<Index> {
+        let last = meta.checkpoint()?;
+        Ok(Index {
+            shape,
+            db,
+            data,
+            buckets,
+            meta,
+            marks,
+            gate: Gate::new(epoch),
+            clock: Clock::new(clock),
+            trees: RwLock::new(trees),
+            last_checkpoint: Mutex::new(last),
+            updates_applied: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn trees(&self) -> RwLockReadGuard<'_, Trees> {
+        self.trees.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn trees_mut(&self) -> RwLockWriteGuard<'_, Trees> {
+        self.trees.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Persists every dirty bucket and the checkpoint record for `epoch`, flushes, then
+    /// deletes the marks the checkpoint covers. With `full`, buckets not in memory are
+    /// removed too (after a rebuild). Called by the hasher thread, the only mutator.
+    pub(crate) fn persist(&self, epoch: u64, full: bool) -> Result<CheckpointInfo> {
+        let mut batch = sled::Batch::default();
+        let mut written = std::collections::HashSet::new();
+        {
+            let trees = self.trees();
+            for (&partition, tree) in trees.iter() {
+                for (level, b) in tree.dirty_buckets() {
+                    let id = BucketId {
+                        partition,
+                        level: level as u8,
+                        bucket: b,
+                    };
+                    let hashes = tree.bucket(level, b);
+                    if hashes.iter().all(|h| h.is_zero()) {
+                        batch.remove(&id.key());
+                    } else {
+                        batch.insert(&id.key(), bucket::encode(id, hashes));
+                    }
+                    if full {
+                        written.insert(id.key());
+                    }
+                }
+            }
+        }
+        if full {
+            for item in self.buckets.iter().keys() {
+                let key = item?;
+                if !written.contains(&*key) {
+                    batch.remove(key);
+                }
+            }
+        }
+        self.buckets.apply_batch(batch)?;
+        let info = CheckpointInfo {
+            epoch,
+            unix_ms: unix_ms(),
+            clock: self.clock.current(),
+        };
+        self.meta.set_checkpoint(info)?;
+        self.db.flush()?;
+        for tree in self.trees_mut().values_mut() {
+            tree.clear_dirty();
+        }
+        self.marks.clear_through(epoch)?;
+        *self.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
+        Ok(info)
+    }
+
+    /// Loads every partition's tree from the persisted buckets (crash recovery).
+    pub(crate) fn load_buckets(shape: Shape, buckets: &sled::Tree) -> Result<Trees> {
+        let width = shape.width as usize;
+        let mut trees = Trees::new();
+        let mut hashes = vec![Hash::ZERO; width];
+        for item in buckets.iter() {
+            let (key, value) = item?;
+            let id = BucketId::from_key(&key)?;
+            bucket::decode(id, &value, width, &mut hashes)?;
+            let tree = trees.entry(id.partition).or_insert_with(|| Tree::new(shape));
+            if !tree.load_bucket(u32::from(id.level), id.bucket, &hashes) {
+                return Err(Corruption::BadHeader {
+                    what: "index bucket",
+                    location: id.describe(),
+                    detail: format!(
+                        "outside a tree of width {} and {} levels",
+                        shape.width, shape.levels
+                    ),
+                }
+                .into());
+            }
+        }
+        for (&partition, tree) in trees.iter_mut() {
+            if let Some((level, node)) = tree.first_inconsistency() {
+                return Err(Corruption::BadHeader {
+                    what: "index",
+                    location: format!("partition {partition} level {level} node {node}"),
+                    detail: "node is not the XOR of its children".into(),
+                }
+                .into());
+            }
+            tree.clear_dirty();
+        }
+        Ok(trees)
+    }
+
+    pub(crate) fn updates_applied(&self) -> u64 {
+        self.updates_applied.load(Ordering::Relaxed)
+    }
+}

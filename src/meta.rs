@@ -1,0 +1,155 @@
+//! The meta tree: format version, tree shape, clean-close state, last checkpoint.
+//!
+//! ```text
+//! "format"     u32 LE                                   format version (1)
+//! "shape"      width u32 LE | levels u32 LE | hash bytes u32 LE
+//! "state"      clean u8 (0/1) | epoch u64 LE            epoch of the snapshot, if clean
+//! "checkpoint" epoch u64 LE | unix ms u64 LE | clock u64 LE
+//! ```
+#![deny(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use crate::error::{Corruption, Error, Result};
+use crate::hash::HASH_BYTES;
+use crate::options::Shape;
+use crate::FORMAT_VERSION;
+
+const FORMAT: &[u8] = b"format";
+const SHAPE: &[u8] = b"shape";
+const STATE: &[u8] = b"state";
+const CHECKPOINT: &[u8] = b"checkpoint";
+
+/// The last checkpoint that reached disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CheckpointInfo {
+    /// Epoch number of the checkpoint (grows by one per checkpoint).
+    pub epoch: u64,
+    /// Wall-clock time it was taken, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// The store's clock (highest version issued) when it was taken.
+    pub clock: u64,
+}
+
+pub(crate) struct Meta {
+    tree: sled::Tree,
+}
+
+fn fixed<const N: usize>(what: &'static str, bytes: &[u8]) -> Result<[u8; N]> {
+    bytes.try_into().map_err(|_| {
+        Error::Corrupt(Corruption::BadLength {
+            what,
+            location: "meta tree".into(),
+            expected: N,
+            found: bytes.len(),
+        })
+    })
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(src) = bytes.get(..8) {
+        b.copy_from_slice(src);
+    }
+    u64::from_le_bytes(b)
+}
+
+impl Meta {
+    pub(crate) fn new(tree: sled::Tree) -> Meta {
+        Meta { tree }
+    }
+
+    /// True if the store has never been initialised.
+    pub(crate) fn is_new(&self) -> Result<bool> {
+        Ok(self.tree.get(FORMAT)?.is_none())
+    }
+
+    pub(crate) fn init(&self, shape: Shape) -> Result<()> {
+        self.tree.insert(SHAPE, shape_bytes(shape).as_slice())?;
+        self.tree.insert(FORMAT, &FORMAT_VERSION.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Fails with a clear error unless the stored format and shape equal `shape`.
+    pub(crate) fn check(&self, shape: Shape) -> Result<()> {
+        let format = self.tree.get(FORMAT)?.unwrap_or_default();
+        let format = u32::from_le_bytes(fixed::<4>("meta format", &format)?);
+        if format != FORMAT_VERSION {
+            return Err(Error::OptionsMismatch {
+                what: "format version",
+                stored: format.into(),
+                requested: FORMAT_VERSION.into(),
+            });
+        }
+        let stored = self.tree.get(SHAPE)?.unwrap_or_default();
+        let stored = fixed::<12>("meta shape", &stored)?;
+        let requested = shape_bytes(shape);
+        let names = ["width", "levels", "hash bytes"];
+        for ((what, s), r) in names.iter().zip(stored.chunks(4)).zip(requested.chunks(4)) {
+            let s = u32::from_le_bytes(fixed::<4>("meta shape", s)?);
+            let r = u32::from_le_bytes(fixed::<4>("meta shape", r)?);
+            if s != r {
+                return Err(Error::OptionsMismatch {
+                    what,
+                    stored: s.into(),
+                    requested: r.into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored shape (used by tools that open a store without knowing its options).
+    pub(crate) fn shape(&self) -> Result<Option<(u32, u32)>> {
+        let Some(stored) = self.tree.get(SHAPE)? else {
+            return Ok(None);
+        };
+        let [w0, w1, w2, w3, l0, l1, l2, l3, ..] = fixed::<12>("meta shape", &stored)?;
+        Ok(Some((
+            u32::from_le_bytes([w0, w1, w2, w3]),
+            u32::from_le_bytes([l0, l1, l2, l3]),
+        )))
+    }
+
+    /// `Some(epoch)` if the last close was clean.
+    pub(crate) fn clean_epoch(&self) -> Result<Option<u64>> {
+        let Some(state) = self.tree.get(STATE)? else {
+            return Ok(None);
+        };
+        let [clean, e @ ..] = fixed::<9>("meta state", &state)?;
+        Ok((clean == 1).then(|| u64::from_le_bytes(e)))
+    }
+
+    pub(crate) fn set_state(&self, clean: bool, epoch: u64) -> Result<()> {
+        let mut v = vec![u8::from(clean)];
+        v.extend_from_slice(&epoch.to_le_bytes());
+        self.tree.insert(STATE, v)?;
+        Ok(())
+    }
+
+    pub(crate) fn checkpoint(&self) -> Result<Option<CheckpointInfo>> {
+        let Some(bytes) = self.tree.get(CHECKPOINT)? else {
+            return Ok(None);
+        };
+        let b = fixed::<24>("meta checkpoint", &bytes)?;
+        Ok(Some(CheckpointInfo {
+            epoch: le_u64(&b),
+            unix_ms: le_u64(b.get(8..).unwrap_or_default()),
+            clock: le_u64(b.get(16..).unwrap_or_default()),
+        }))
+    }
+
+    pub(crate) fn set_checkpoint(&self, info: CheckpointInfo) -> Result<()> {
+        let mut v = Vec::with_capacity(24);
+        for x in [info.epoch, info.unix_ms, info.clock] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        self.tree.insert(CHECKPOINT, v)?;
+        Ok(())
+    }
+}
+
+fn shape_bytes(shape: Shape) -> Vec<u8> {
+    [shape.width, shape.levels, HASH_BYTES as u32]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect()
+}

@@ -1,0 +1,197 @@
+//! Opening a store: which of the three paths (snapshot, marked regions, full rebuild)
+//! brings the index back, and the report of how it went.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::index::{Index, Trees};
+use crate::marks::{Marks, Region};
+use crate::meta::Meta;
+use crate::options::{Options, Shape};
+use crate::scan::{hash_segments, scan_all};
+use crate::snapshot;
+use crate::tree::Tree;
+
+/// Past this fraction of marked segments, one sequential scan beats many prefix scans.
+const FULL_REBUILD_FRACTION: f64 = 0.25;
+
+pub(crate) const SLED_DIR: &str = "sled";
+
+/// How the index came back on open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recovery {
+    /// A new, empty store was created.
+    Created,
+    /// The clean-close snapshot was mapped and validated; no data was read.
+    Snapshot,
+    /// The last checkpoint was loaded and the regions marked since were re-hashed.
+    Regions {
+        /// Marked regions re-hashed.
+        regions: u64,
+        /// Segments in those regions.
+        segments: u64,
+        /// Records read to re-hash them.
+        keys: u64,
+        /// Why the snapshot was not used, if the last close was clean but it was bad.
+        snapshot_problem: Option<String>,
+    },
+    /// Every record was read to recompute the index.
+    FullRebuild {
+        /// Records read.
+        keys: u64,
+        /// Why the cheaper paths were not taken.
+        reason: String,
+    },
+}
+
+/// What `open` did to bring the index back, and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The path taken.
+    pub recovery: Recovery,
+    /// Time from after sled's own open until the index was ready.
+    pub duration: Duration,
+}
+
+/// Result of the decision made on open.
+pub(crate) struct Recovered {
+    pub trees: Trees,
+    pub recovery: Recovery,
+    pub epoch: u64,
+    pub clock: u64,
+    /// The recovered trees must be persisted before writes start.
+    pub needs_checkpoint: bool,
+    pub full: bool,
+}
+
+/// Checks the directory and says whether it holds a store already.
+pub(crate) fn prepare_dir(path: &Path, options: &Options) -> Result<()> {
+    let missing = |reason: &str| Error::NotAStore {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    };
+    match fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !options.create_if_missing {
+                return Err(Error::NotFound(path.to_path_buf()));
+            }
+            fs::create_dir_all(path)
+                .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        }
+        Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+        Ok(m) if !m.is_dir() => return Err(missing("not a directory")),
+        Ok(_) => {
+            if path.join(SLED_DIR).is_dir() {
+                return Ok(());
+            }
+            let empty = fs::read_dir(path)
+                .map_err(|e| Error::io(format!("list {}", path.display()), e))?
+                .next()
+                .is_none();
+            if !empty {
+                return Err(missing("it has files but no sled database"));
+            }
+            if !options.create_if_missing {
+                return Err(missing("empty directory"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Chooses and runs the recovery path. Nothing is written here.
+pub(crate) fn recover(
+    dir: &Path,
+    shape: Shape,
+    meta: &Meta,
+    data: &sled::Tree,
+    buckets: &sled::Tree,
+    marks: &Marks,
+    created: bool,
+) -> Result<Recovered> {
+    let checkpoint = meta.checkpoint()?.unwrap_or_default();
+    let mut out = Recovered {
+        trees: Trees::new(),
+        recovery: Recovery::Created,
+        epoch: checkpoint.epoch + 1,
+        clock: checkpoint.clock,
+        needs_checkpoint: false,
+        full: false,
+    };
+    if created {
+        return Ok(out);
+    }
+    let mut snapshot_problem = None;
+    if let Some(epoch) = meta.clean_epoch()? {
+        out.epoch = out.epoch.max(epoch + 1);
+        match snapshot::read(dir, shape, epoch) {
+            Ok(Some(trees)) => {
+                out.trees = trees;
+                out.recovery = Recovery::Snapshot;
+                return Ok(out);
+            }
+            Ok(None) => snapshot_problem = Some("snapshot file missing".to_string()),
+            Err(e) => snapshot_problem = Some(e.to_string()),
+        }
+    }
+    let attempt = marks.all().map_err(Error::from).and_then(|regions| {
+        let trees = Index::load_buckets(shape, buckets)?;
+        Ok((regions, trees))
+    });
+    let (regions, trees) = match attempt {
+        Ok(found) => found,
+        Err(e) => return full_rebuild(out, data, shape, format!("index unreadable: {e}")),
+    };
+    if let Some(max) = regions.iter().map(|r| r.epoch).max() {
+        out.epoch = out.epoch.max(max + 1);
+    }
+    let marked: u64 = regions.iter().map(|r| u64::from(r.count)).sum();
+    let partitions = trees.len().max(1) as u64;
+    if marked as f64 > FULL_REBUILD_FRACTION * (partitions * shape.segments) as f64 {
+        let reason = format!("{marked} segments marked since the last checkpoint; one full scan is cheaper");
+        return full_rebuild(out, data, shape, reason);
+    }
+    out.trees = trees;
+    let keys = rehash(&mut out, data, shape, &regions)?;
+    out.needs_checkpoint = !regions.is_empty() || snapshot_problem.is_some();
+    out.recovery = Recovery::Regions {
+        regions: regions.len() as u64,
+        segments: marked,
+        keys,
+        snapshot_problem,
+    };
+    Ok(out)
+}
+
+fn rehash(out: &mut Recovered, data: &sled::Tree, shape: Shape, regions: &[Region]) -> Result<u64> {
+    let mut keys = 0;
+    for region in regions {
+        let (hashes, n, max_version) = hash_segments(data, region.partition, region.first, region.count)?;
+        keys += n;
+        out.clock = out.clock.max(max_version);
+        let tree = out
+            .trees
+            .entry(region.partition)
+            .or_insert_with(|| Tree::new(shape));
+        for (offset, hash) in hashes.into_iter().enumerate() {
+            tree.set_segment(region.first + offset as u32, hash);
+        }
+    }
+    Ok(keys)
+}
+
+fn full_rebuild(mut out: Recovered, data: &sled::Tree, shape: Shape, reason: String) -> Result<Recovered> {
+    let scan = scan_all(data, shape, false, &mut |_| {})?;
+    out.trees = scan.trees;
+    out.clock = out.clock.max(scan.max_version);
+    out.needs_checkpoint = true;
+    out.full = true;
+    out.recovery = Recovery::FullRebuild {
+        keys: scan.keys,
+        reason,
+    };
+    Ok(out)
+}

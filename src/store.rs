@@ -1,0 +1,446 @@
+//! The store: the public face of the engine.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::file::sync_tree;
+use crate::hash::{segment_of, Hash};
+use crate::hasher::{Hasher, Msg};
+use crate::index::Index;
+use crate::marks::Marks;
+use crate::meta::{CheckpointInfo, Meta};
+use crate::options::{Options, Shape};
+use crate::record::{data_key, segment_prefix, split_data_key, Record, RecordHeader};
+use crate::recovery::{prepare_dir, recover, OpenReport, SLED_DIR};
+use crate::scan::{scan_all, Progress};
+use crate::snapshot;
+use crate::verify::{verify, VerifyReport};
+
+/// A durable key-value store with a Merkle index per partition.
+///
+/// All methods take `&self` and may be called from many threads (share it in an `Arc`).
+/// Writes are durable after [`Store::flush`]; the index follows them in the background
+/// and is exact after [`Store::sync_index`]. Dropping the store closes it cleanly;
+/// [`Store::close`] does the same and reports errors.
+pub struct Store {
+    dir: PathBuf,
+    index: Arc<Index>,
+    hasher: Hasher,
+    report: OpenReport,
+    closed: bool,
+}
+
+/// One entry of a segment, as listed by [`Store::segment_entries`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The user key.
+    pub key: Vec<u8>,
+    /// Its version.
+    pub version: u64,
+    /// True for a delete marker.
+    pub tombstone: bool,
+    /// The hash it contributes to its segment.
+    pub hash: Hash,
+}
+
+/// What [`Store::rebuild`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Records read.
+    pub keys: u64,
+    /// Partitions with data.
+    pub partitions: usize,
+    /// Records that could not be decoded (they contribute nothing; see `verify`).
+    pub undecodable: usize,
+    /// The checkpoint that persisted the rebuilt index.
+    pub checkpoint: CheckpointInfo,
+}
+
+impl Store {
+    /// Opens the store in `path`, creating it if `options.create_if_missing` allows.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Store> {
+        Store::open_inner(path.as_ref(), options, false)
+    }
+
+    /// Opens an existing store with the tree shape it was created with (`width` and
+    /// `levels` in `options` are ignored; it is never created).
+    pub fn open_existing(path: impl AsRef<Path>, options: Options) -> Result<Store> {
+        Store::open_inner(path.as_ref(), options.create_if_missing(false), true)
+    }
+
+    fn open_inner(dir: &Path, mut options: Options, adopt_shape: bool) -> Result<Store> {
+        options.validate()?;
+        prepare_dir(dir, &options)?;
+        let db = sled::Config::new()
+            .path(dir.join(SLED_DIR))
+            .cache_capacity(options.cache_bytes)
+            .open()?;
+        let meta = Meta::new(db.open_tree("meta")?);
+        let created = meta.is_new()?;
+        if created && !options.create_if_missing {
+            return Err(Error::NotAStore {
+                path: dir.to_path_buf(),
+                reason: "its database holds no merkle-index metadata".into(),
+            });
+        }
+        if adopt_shape {
+            if let Some((width, levels)) = meta.shape()? {
+                options.width = width;
+                options.levels = levels;
+            }
+        }
+        let shape = options.validate()?;
+        if created {
+            meta.init(shape)?;
+        } else {
+            meta.check(shape)?;
+        }
+        let started = Instant::now();
+        let data = db.open_tree("data")?;
+        let buckets = db.open_tree("index")?;
+        let marks = Marks::new(db.open_tree("marks")?, options.region_segments, shape.segments);
+        let found = recover(dir, shape, &meta, &data, &buckets, &marks, created)?;
+        // From here on the snapshot is stale: no later open may trust it.
+        meta.set_state(false, 0)?;
+        snapshot::remove(dir)?;
+        db.flush()?;
+        let index = Arc::new(Index::new(
+            shape, db, data, buckets, meta, marks, found.trees, found.epoch, found.clock,
+        )?);
+        let hasher = Hasher::spawn(
+            Arc::clone(&index),
+            options.channel_capacity,
+            options.checkpoint_interval,
+        )?;
+        if found.needs_checkpoint {
+            hasher.checkpoint(found.full)?;
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            index,
+            hasher,
+            report: OpenReport {
+                recovery: found.recovery,
+                duration: started.elapsed(),
+            },
+            closed: false,
+        })
+    }
+
+    /// A handle on one partition.
+    pub fn partition(&self, id: u32) -> Partition<'_> {
+        Partition { store: self, id }
+    }
+
+    /// Writes `value` under `key` in partition 0 with a store-assigned version.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
+        self.partition(0).put(key, value)
+    }
+
+    /// Deletes `key` from partition 0 (writes a tombstone).
+    pub fn delete(&self, key: &[u8]) -> Result<u64> {
+        self.partition(0).delete(key)
+    }
+
+    /// Reads `key` from partition 0; `None` if absent or deleted.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.partition(0).get(key)
+    }
+
+    /// Makes every write made so far durable, against process crash and power loss.
+    pub fn flush(&self) -> Result<()> {
+        self.index.db.flush()?;
+        sync_tree(&self.dir.join(SLED_DIR))
+    }
+
+    /// Waits until every write made before the call is reflected in the index.
+    pub fn sync_index(&self) -> Result<()> {
+        self.hasher.barrier()
+    }
+
+    /// Persists the index now (it is also done every `checkpoint_interval`).
+    pub fn checkpoint(&self) -> Result<CheckpointInfo> {
+        self.hasher.checkpoint(false)
+    }
+
+    /// The tree shape shared by all partitions.
+    pub fn shape(&self) -> Shape {
+        self.index.shape
+    }
+
+    /// Partitions that have a tree (ever written since the last rebuild).
+    pub fn partitions(&self) -> Vec<u32> {
+        self.index.trees().keys().copied().collect()
+    }
+
+    /// Root hash of a partition ([`Hash::ZERO`] if it holds nothing).
+    pub fn root(&self, partition: u32) -> Hash {
+        self.index
+            .trees()
+            .get(&partition)
+            .map_or(Hash::ZERO, |t| t.root())
+    }
+
+    /// Hashes of the given nodes of `level` (0 = root, `levels` = segments).
+    pub fn nodes(&self, partition: u32, level: u32, nodes: &[u64]) -> Result<Vec<Hash>> {
+        let shape = self.index.shape;
+        if level > shape.levels {
+            return Err(Error::InvalidArgument(format!(
+                "level {level} is past the segment level {}",
+                shape.levels
+            )));
+        }
+        let trees = self.index.trees();
+        let tree = trees.get(&partition);
+        nodes
+            .iter()
+            .map(|&n| {
+                if n >= shape.nodes_at(level) {
+                    return Err(Error::InvalidArgument(format!(
+                        "node {n} is past the {} nodes of level {level}",
+                        shape.nodes_at(level)
+                    )));
+                }
+                Ok(tree
+                    .and_then(|t| t.level(level))
+                    .and_then(|l| l.get(n as usize).copied())
+                    .unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// Hashes of the `width` children of `node` at `level`.
+    pub fn children(&self, partition: u32, level: u32, node: u64) -> Result<Vec<Hash>> {
+        let width = u64::from(self.index.shape.width);
+        if level >= self.index.shape.levels {
+            return Err(Error::InvalidArgument(format!(
+                "level {level} has no children (segments are level {})",
+                self.index.shape.levels
+            )));
+        }
+        let first = node.checked_mul(width).unwrap_or(u64::MAX);
+        let ids: Vec<u64> = (first..first.saturating_add(width)).collect();
+        self.nodes(partition, level + 1, &ids)
+    }
+
+    /// The entries of one segment, read from the data (not the index), in key order.
+    pub fn segment_entries(&self, partition: u32, segment: u32) -> Result<Vec<Entry>> {
+        if u64::from(segment) >= self.index.shape.segments {
+            return Err(Error::InvalidArgument(format!(
+                "segment {segment} is past the {} segments",
+                self.index.shape.segments
+            )));
+        }
+        let mut out = Vec::new();
+        for item in self.index.data.scan_prefix(segment_prefix(partition, segment)) {
+            let (k, v) = item?;
+            let Some((_, _, key)) = split_data_key(&k) else {
+                continue;
+            };
+            let h = RecordHeader::decode(&v, || format!("partition {partition} key {key:02x?}"))?;
+            out.push(Entry {
+                key: key.to_vec(),
+                version: h.version,
+                tombstone: h.tombstone,
+                hash: h.entry_hash(partition, key),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Number of records (tombstones included) in a partition; reads them all.
+    pub fn count_keys(&self, partition: u32) -> Result<u64> {
+        let mut n = 0;
+        for item in self.index.data.scan_prefix(partition.to_be_bytes()).keys() {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// How the last open brought the index back.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// The last checkpoint that reached disk.
+    pub fn last_checkpoint(&self) -> Option<CheckpointInfo> {
+        *self
+            .index
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Heap bytes held by the in-memory trees.
+    pub fn index_memory_bytes(&self) -> usize {
+        self.index.trees().values().map(|t| t.memory_bytes()).sum()
+    }
+
+    /// Bytes the sled database occupies on disk.
+    pub fn disk_bytes(&self) -> Result<u64> {
+        Ok(self.index.db.size_on_disk()?)
+    }
+
+    /// Recomputes every segment from the data and checks every value's hash, the
+    /// persisted buckets' checksums and the index; reports what is wrong.
+    pub fn verify(&self, progress: &mut dyn FnMut(Progress)) -> Result<VerifyReport> {
+        verify(&self.index, &|| self.hasher.barrier(), progress)
+    }
+
+    /// Recomputes the whole index from the data and persists it. Writes wait meanwhile.
+    pub fn rebuild(&self, progress: &mut dyn FnMut(Progress)) -> Result<RebuildReport> {
+        let _paused = self.index.gate.pause();
+        self.hasher.barrier()?;
+        let scan = scan_all(&self.index.data, self.index.shape, false, progress)?;
+        self.index.clock.observe(scan.max_version);
+        let partitions = scan.trees.len();
+        let checkpoint = self.hasher.replace(scan.trees)?;
+        Ok(RebuildReport {
+            keys: scan.keys,
+            partitions,
+            undecodable: scan.problems.len(),
+            checkpoint,
+        })
+    }
+
+    /// Closes cleanly: drains the hasher, checkpoints, and writes the snapshot so the
+    /// next open needs no recovery.
+    pub fn close(mut self) -> Result<()> {
+        self.close_inner()
+    }
+
+    fn close_inner(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.closed, true) {
+            return Ok(());
+        }
+        let info = self.hasher.shutdown()?;
+        snapshot::write(&self.dir, self.index.shape, info.epoch, &self.index.trees())?;
+        self.index.meta.set_state(true, info.epoch)?;
+        self.index.db.flush()?;
+        Ok(())
+    }
+
+    /// Stops without checkpoint or snapshot, as if the process had died (tests).
+    #[doc(hidden)]
+    pub fn simulate_crash(mut self) {
+        self.closed = true;
+        self.hasher.abandon();
+    }
+
+    /// Writes `record` under `key`, returning what it replaced.
+    pub(crate) fn write(&self, partition: u32, key: &[u8], record: &Record) -> Result<()> {
+        let index = &*self.index;
+        let segment = segment_of(key, index.shape.segments);
+        let pass = index.gate.enter();
+        index.marks.mark(pass.epoch, partition, segment)?;
+        let new = record.entry_hash(partition, key);
+        let old = index
+            .data
+            .insert(data_key(partition, segment, key), record.encode())?;
+        // An undecodable old record contributed nothing, as in a full scan.
+        let old = old
+            .and_then(|b| RecordHeader::decode(&b, String::new).ok())
+            .map_or(Hash::ZERO, |h| h.entry_hash(partition, key));
+        self.hasher.send(Msg::Update {
+            partition,
+            segment,
+            delta: old ^ new,
+        })?;
+        drop(pass);
+        Ok(())
+    }
+
+    pub(crate) fn read(&self, partition: u32, key: &[u8]) -> Result<Option<Record>> {
+        let segment = segment_of(key, self.index.shape.segments);
+        let Some(bytes) = self.index.data.get(data_key(partition, segment, key))? else {
+            return Ok(None);
+        };
+        Ok(Some(Record::decode(&bytes, || {
+            format!("partition {partition} segment {segment}")
+        })?))
+    }
+
+    pub(crate) fn next_version(&self) -> u64 {
+        self.index.clock.next()
+    }
+
+    pub(crate) fn observe_version(&self, version: u64) {
+        self.index.clock.observe(version);
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Errors cannot be returned from drop; `close` reports them.
+        let _ = self.close_inner();
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+/// Reads and writes of one partition.
+#[derive(Clone, Copy)]
+pub struct Partition<'a> {
+    store: &'a Store,
+    id: u32,
+}
+
+impl Partition<'_> {
+    /// The partition id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Writes `value` under `key` with a store-assigned version, which is returned.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
+        let version = self.store.next_version();
+        self.store.write(self.id, key, &Record::value(version, value))?;
+        Ok(version)
+    }
+
+    /// Writes `value` under `key` with the caller's version (the store's clock moves
+    /// past it).
+    pub fn put_versioned(&self, key: &[u8], value: &[u8], version: u64) -> Result<()> {
+        self.store.observe_version(version);
+        self.store.write(self.id, key, &Record::value(version, value))
+    }
+
+    /// Writes a tombstone for `key`; returns its version.
+    pub fn delete(&self, key: &[u8]) -> Result<u64> {
+        let version = self.store.next_version();
+        self.store.write(self.id, key, &Record::tombstone(version))?;
+        Ok(version)
+    }
+
+    /// Writes a tombstone with the caller's version.
+    pub fn delete_versioned(&self, key: &[u8], version: u64) -> Result<()> {
+        self.store.observe_version(version);
+        self.store.write(self.id, key, &Record::tombstone(version))
+    }
+
+    /// The live value of `key`; `None` if absent or deleted.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .store
+            .read(self.id, key)?
+            .filter(|r| !r.tombstone)
+            .map(|r| r.value))
+    }
+
+    /// The stored record of `key`, tombstones included.
+    pub fn get_record(&self, key: &[u8]) -> Result<Option<Record>> {
+        self.store.read(self.id, key)
+    }
+
+    /// The partition's root hash.
+    pub fn root(&self) -> Hash {
+        self.store.root(self.id)
+    }
+}

@@ -1,0 +1,215 @@
+//! The in-memory Merkle tree of one partition.
+//!
+//! Invariant (kept by every method): each interior node is the XOR of its `width`
+//! children, so the root is the XOR of all segment hashes, and a change to one segment
+//! is applied with one XOR per level.
+
+use crate::options::Shape;
+use crate::Hash;
+
+/// All levels of one partition's tree, plus which leaf buckets changed since the last
+/// checkpoint.
+#[derive(Clone)]
+pub(crate) struct Tree {
+    shape: Shape,
+    /// `levels[d]` holds the `width^d` nodes of level `d`; `levels[0]` is the root.
+    levels: Vec<Vec<Hash>>,
+    /// One bit per leaf bucket (`width` segments) changed since the last checkpoint.
+    dirty: Vec<u64>,
+}
+
+impl Tree {
+    pub(crate) fn new(shape: Shape) -> Tree {
+        let levels = (0..=shape.levels)
+            .map(|d| vec![Hash::ZERO; shape.nodes_at(d) as usize])
+            .collect();
+        let buckets = shape.nodes_at(shape.levels - 1) as usize;
+        Tree {
+            shape,
+            levels,
+            dirty: vec![0; buckets.div_ceil(64)],
+        }
+    }
+
+    /// Builds a tree from its segment hashes; every bucket is dirty.
+    pub(crate) fn from_segments(shape: Shape, segments: Vec<Hash>) -> Tree {
+        let mut tree = Tree::new(shape);
+        tree.levels[shape.levels as usize] = segments;
+        tree.recompute_interior();
+        tree.dirty.fill(u64::MAX);
+        tree
+    }
+
+    pub(crate) fn root(&self) -> Hash {
+        self.levels[0][0]
+    }
+
+    /// The nodes of `level`, or `None` past the segment level.
+    pub(crate) fn level(&self, level: u32) -> Option<&[Hash]> {
+        self.levels.get(level as usize).map(Vec::as_slice)
+    }
+
+    pub(crate) fn segments(&self) -> &[Hash] {
+        &self.levels[self.shape.levels as usize]
+    }
+
+    /// XORs `delta` into `segment` and each of its ancestors.
+    pub(crate) fn apply(&mut self, segment: u32, delta: Hash) {
+        if delta.is_zero() {
+            return;
+        }
+        let width = self.shape.width as usize;
+        let mut index = segment as usize;
+        let bucket = index / width;
+        self.dirty[bucket / 64] |= 1 << (bucket % 64);
+        for level in self.levels.iter_mut().rev() {
+            level[index] ^= delta;
+            index /= width;
+        }
+    }
+
+    /// Sets a segment's hash, fixing its ancestors.
+    pub(crate) fn set_segment(&mut self, segment: u32, hash: Hash) {
+        let old = self.segments()[segment as usize];
+        self.apply(segment, old ^ hash);
+    }
+
+    /// Overwrites `width` nodes of `level` starting at bucket `bucket` (loading only:
+    /// the caller restores the invariant with `recompute_interior` or checks it).
+    pub(crate) fn load_bucket(&mut self, level: u32, bucket: u32, hashes: &[Hash]) -> bool {
+        let width = self.shape.width as usize;
+        let start = bucket as usize * width;
+        match self
+            .levels
+            .get_mut(level as usize)
+            .and_then(|l| l.get_mut(start..start + width))
+        {
+            Some(slot) if level >= 1 => {
+                slot.copy_from_slice(hashes);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Fills every level, root first, from `nodes` (snapshot loading); missing nodes
+    /// stay zero.
+    pub(crate) fn fill_from(&mut self, nodes: &mut impl Iterator<Item = Hash>) {
+        for level in &mut self.levels {
+            for (slot, h) in level.iter_mut().zip(&mut *nodes) {
+                *slot = h;
+            }
+        }
+    }
+
+    /// The `width` nodes of bucket `bucket` of `level` (1..=levels).
+    pub(crate) fn bucket(&self, level: u32, bucket: u32) -> &[Hash] {
+        let width = self.shape.width as usize;
+        let start = bucket as usize * width;
+        &self.levels[level as usize][start..start + width]
+    }
+
+    /// Rebuilds every interior level from the segments.
+    pub(crate) fn recompute_interior(&mut self) {
+        let width = self.shape.width as usize;
+        for d in (0..self.shape.levels as usize).rev() {
+            let (upper, lower) = self.levels.split_at_mut(d + 1);
+            for (parent, children) in upper[d].iter_mut().zip(lower[0].chunks_exact(width)) {
+                *parent = children.iter().fold(Hash::ZERO, |acc, &h| acc ^ h);
+            }
+        }
+    }
+
+    /// The first interior node (level, index) that is not the XOR of its children.
+    pub(crate) fn first_inconsistency(&self) -> Option<(u32, u64)> {
+        let width = self.shape.width as usize;
+        for d in 0..self.shape.levels as usize {
+            let children = self.levels[d + 1].chunks_exact(width);
+            for (i, (parent, kids)) in self.levels[d].iter().zip(children).enumerate() {
+                if *parent != kids.iter().fold(Hash::ZERO, |acc, &h| acc ^ h) {
+                    return Some((d as u32, i as u64));
+                }
+            }
+        }
+        None
+    }
+
+    /// Buckets (level, index) to persist at the next checkpoint: each dirty leaf bucket
+    /// and its ancestors' buckets, in key order.
+    pub(crate) fn dirty_buckets(&self) -> Vec<(u32, u32)> {
+        let width = u64::from(self.shape.width);
+        let mut out = std::collections::BTreeSet::new();
+        for (word_index, &word) in self.dirty.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let mut bucket = (word_index * 64) as u64 + u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                for level in (1..=self.shape.levels).rev() {
+                    if !out.insert((level, bucket as u32)) {
+                        break; // ancestors already added by a sibling
+                    }
+                    bucket /= width;
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    pub(crate) fn clear_dirty(&mut self) {
+        self.dirty.fill(0);
+    }
+
+    /// Heap bytes held by this tree.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.levels
+            .iter()
+            .map(|l| l.capacity() * std::mem::size_of::<Hash>())
+            .sum::<usize>()
+            + self.dirty.capacity() * 8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::value_hash;
+
+    fn shape() -> Shape {
+        Shape::new(4, 3).unwrap()
+    }
+
+    #[test]
+    fn apply_keeps_interior_consistent() {
+        let mut t = Tree::new(shape());
+        t.apply(5, value_hash(b"a"));
+        t.apply(63, value_hash(b"b"));
+        t.set_segment(5, value_hash(b"c"));
+        assert_eq!(t.first_inconsistency(), None);
+        assert_eq!(t.root(), value_hash(b"b") ^ value_hash(b"c"));
+        let rebuilt = Tree::from_segments(shape(), t.segments().to_vec());
+        assert_eq!(rebuilt.root(), t.root());
+    }
+
+    #[test]
+    fn dirty_buckets_include_ancestors_once() {
+        let mut t = Tree::new(shape());
+        t.apply(0, value_hash(b"a"));
+        t.apply(1, value_hash(b"a"));
+        t.apply(63, value_hash(b"a"));
+        assert_eq!(
+            t.dirty_buckets(),
+            vec![(1, 0), (2, 0), (2, 3), (3, 0), (3, 15)]
+        );
+        t.clear_dirty();
+        assert!(t.dirty_buckets().is_empty());
+    }
+
+    #[test]
+    fn corrupt_level_is_found() {
+        let mut t = Tree::new(shape());
+        t.apply(9, value_hash(b"x"));
+        assert!(t.load_bucket(2, 0, &[Hash::ZERO; 4]));
+        assert_eq!(t.first_inconsistency(), Some((1, 0)));
+        assert!(!t.load_bucket(4, 0, &[Hash::ZERO; 4]));
+    }
+}

@@ -1,0 +1,180 @@
+//! `verify`: recompute everything from the data and report what disagrees.
+
+use std::fmt;
+
+use crate::bucket::{self, BucketId};
+use crate::error::Result;
+use crate::index::Index;
+use crate::scan::{hash_segments, scan_all, Progress};
+use crate::Hash;
+
+/// One thing verify found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Partition concerned, if known.
+    pub partition: Option<u32>,
+    /// Segment concerned, if known.
+    pub segment: Option<u32>,
+    /// User key concerned (or the raw sled key for [`ProblemKind::BadDataKey`]).
+    pub key: Option<Vec<u8>>,
+    /// What is wrong.
+    pub kind: ProblemKind,
+}
+
+/// The kinds of problems verify reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// A value's bytes no longer match the hash stored with them (bit rot).
+    ValueHash { stored: Hash, computed: Hash },
+    /// A record header could not be decoded.
+    BadRecord(String),
+    /// A data key is too short to hold partition and segment.
+    BadDataKey,
+    /// A key is stored under a segment its placement hash does not give.
+    Misplaced { expected: u32 },
+    /// The index's segment hash differs from the one recomputed from the data.
+    SegmentHash { index: Hash, data: Hash },
+    /// A partition has data but no tree, or a tree but no data.
+    PartitionMismatch,
+    /// A persisted index bucket failed its checksum or could not be decoded.
+    BadBucket(String),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(p) = self.partition {
+            write!(f, "partition {p} ")?;
+        }
+        if let Some(s) = self.segment {
+            write!(f, "segment {s} ")?;
+        }
+        if let Some(k) = &self.key {
+            write!(f, "key {} ", String::from_utf8_lossy(k).escape_debug())?;
+        }
+        match &self.kind {
+            ProblemKind::ValueHash { stored, computed } => write!(
+                f,
+                "value bytes do not match their stored hash (stored {stored}, computed {computed})"
+            ),
+            ProblemKind::BadRecord(e) => write!(f, "undecodable record: {e}"),
+            ProblemKind::BadDataKey => write!(f, "data key too short"),
+            ProblemKind::Misplaced { expected } => {
+                write!(f, "stored in the wrong segment (placement gives {expected})")
+            }
+            ProblemKind::SegmentHash { index, data } => write!(
+                f,
+                "index segment hash {index} differs from the data's {data}; run rebuild"
+            ),
+            ProblemKind::PartitionMismatch => {
+                write!(f, "index and data disagree on whether the partition exists")
+            }
+            ProblemKind::BadBucket(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// What verify read and found.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Records read.
+    pub keys: u64,
+    /// Partitions with data.
+    pub partitions: usize,
+    /// Persisted index buckets checked.
+    pub buckets: u64,
+    /// Everything found wrong; empty means the store is sound.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// True if nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Scans all data, then compares with the live index. A segment that differs is
+/// re-hashed after a barrier before it is reported, so writes racing the scan do not
+/// show up as problems.
+pub(crate) fn verify(
+    index: &Index,
+    barrier: &dyn Fn() -> Result<()>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<VerifyReport> {
+    let shape = index.shape;
+    let scan = scan_all(&index.data, shape, true, progress)?;
+    let mut report = VerifyReport {
+        keys: scan.keys,
+        partitions: scan.trees.len(),
+        buckets: 0,
+        problems: scan.problems,
+    };
+    barrier()?;
+    let mut suspects = Vec::new();
+    {
+        let trees = index.trees();
+        let ids: std::collections::BTreeSet<u32> =
+            trees.keys().chain(scan.trees.keys()).copied().collect();
+        for p in ids {
+            match (trees.get(&p), scan.trees.get(&p)) {
+                (Some(live), Some(fresh)) => {
+                    if live.root() == fresh.root() {
+                        continue;
+                    }
+                    for (s, (a, b)) in live.segments().iter().zip(fresh.segments()).enumerate() {
+                        if a != b {
+                            suspects.push((p, s as u32));
+                        }
+                    }
+                }
+                (Some(live), None) if live.root().is_zero() => {}
+                _ => report.problems.push(Problem {
+                    partition: Some(p),
+                    segment: None,
+                    key: None,
+                    kind: ProblemKind::PartitionMismatch,
+                }),
+            }
+        }
+    }
+    for (p, s) in suspects {
+        barrier()?;
+        let (fresh, _, _) = hash_segments(&index.data, p, s, 1)?;
+        let fresh = fresh.first().copied().unwrap_or_default();
+        let live = index
+            .trees()
+            .get(&p)
+            .and_then(|t| t.segments().get(s as usize).copied())
+            .unwrap_or_default();
+        if fresh != live {
+            report.problems.push(Problem {
+                partition: Some(p),
+                segment: Some(s),
+                key: None,
+                kind: ProblemKind::SegmentHash {
+                    index: live,
+                    data: fresh,
+                },
+            });
+        }
+    }
+    let width = shape.width as usize;
+    let mut scratch = vec![Hash::ZERO; width];
+    for item in index.buckets.iter() {
+        let (key, value) = item?;
+        report.buckets += 1;
+        let checked = BucketId::from_key(&key)
+            .and_then(|id| bucket::decode(id, &value, width, &mut scratch).map(|()| id));
+        if let Err(e) = checked {
+            let id = BucketId::from_key(&key).ok();
+            report.problems.push(Problem {
+                partition: id.map(|i| i.partition),
+                segment: None,
+                key: None,
+                kind: ProblemKind::BadBucket(e.to_string()),
+            });
+        }
+    }
+    Ok(report)
+}
