@@ -143,6 +143,7 @@ impl Index {
             }
         }
         for (&partition, tree) in trees.iter_mut() {
+            tree.recompute_root();
             if let Some((level, node)) = tree.first_inconsistency() {
                 return Err(Corruption::BadHeader {
                     what: "index",

@@ -36,7 +36,10 @@ impl Tree {
         let mut tree = Tree::new(shape);
         tree.levels[shape.levels as usize] = segments;
         tree.recompute_interior();
-        tree.dirty.fill(u64::MAX);
+        let buckets = shape.nodes_at(shape.levels - 1) as usize;
+        for bucket in 0..buckets {
+            tree.dirty[bucket / 64] |= 1 << (bucket % 64);
+        }
         tree
     }
 
@@ -118,6 +121,12 @@ impl Tree {
                 *parent = children.iter().fold(Hash::ZERO, |acc, &h| acc ^ h);
             }
         }
+    }
+
+    /// Sets the root from level 1 (the root has no bucket of its own).
+    pub(crate) fn recompute_root(&mut self) {
+        let root = self.levels[1].iter().fold(Hash::ZERO, |acc, &h| acc ^ h);
+        self.levels[0][0] = root;
     }
 
     /// The first interior node (level, index) that is not the XOR of its children.

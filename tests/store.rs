@@ -1,0 +1,171 @@
+//! The engine's basic promises: reads and writes, the three open paths, verify, rebuild.
+
+mod common;
+
+use common::{reference_root, reference_segment, small_options, Model};
+use merkle_index::{Hash, Options, Recovery, Store};
+
+#[test]
+fn writes_reads_and_root_match_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    let p = store.partition(3);
+    let mut model = Model::new();
+    for i in 0..200u32 {
+        let key = format!("k{i}").into_bytes();
+        let value = format!("v{i}").into_bytes();
+        p.put_versioned(&key, &value, u64::from(i) + 1).unwrap();
+        model.insert(key, (u64::from(i) + 1, false, value));
+    }
+    p.delete_versioned(b"k7", 1000).unwrap();
+    model.insert(b"k7".to_vec(), (1000, true, Vec::new()));
+    store.sync_index().unwrap();
+    assert_eq!(p.root().to_bytes(), reference_root(3, &model));
+    assert_eq!(p.get(b"k7").unwrap(), None);
+    assert_eq!(p.get_record(b"k7").unwrap().unwrap().version, 1000);
+    assert_eq!(p.get(b"k8").unwrap(), Some(b"v8".to_vec()));
+    assert_eq!(store.root(0), Hash::ZERO);
+
+    // The tree read API agrees with itself and with placement.
+    let seg = reference_segment(b"k8", 64) as u32;
+    let entries = store.segment_entries(3, seg).unwrap();
+    assert!(entries.iter().any(|e| e.key == b"k8"));
+    let seg_hash = entries.iter().fold(Hash::ZERO, |acc, e| acc ^ e.hash);
+    assert_eq!(store.nodes(3, 3, &[u64::from(seg)]).unwrap(), vec![seg_hash]);
+    let children = store.children(3, 0, 0).unwrap();
+    assert_eq!(children.len(), 4);
+    assert_eq!(children.iter().fold(Hash::ZERO, |a, &h| a ^ h), p.root());
+    assert!(store.nodes(3, 4, &[0]).is_err());
+    assert!(store.nodes(3, 1, &[4]).is_err());
+    assert!(store.segment_entries(3, 64).is_err());
+}
+
+#[test]
+fn clean_reopen_maps_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    assert_eq!(store.open_report().recovery, Recovery::Created);
+    for i in 0..100u32 {
+        store.partition(i % 3).put(&i.to_le_bytes(), b"x").unwrap();
+    }
+    store.sync_index().unwrap();
+    let roots: Vec<Hash> = (0..3).map(|p| store.root(p)).collect();
+    store.close().unwrap();
+    assert!(dir.path().join("index.snapshot").exists());
+
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
+    assert_eq!((0..3).map(|p| store.root(p)).collect::<Vec<_>>(), roots);
+    // The snapshot is consumed: a crash now must not reuse it.
+    assert!(!dir.path().join("index.snapshot").exists());
+    assert!(store.verify(&mut |_| {}).unwrap().is_ok());
+}
+
+#[test]
+fn crash_reopen_rehashes_only_marked_regions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    for i in 0..300u32 {
+        store.put(&i.to_le_bytes(), b"before").unwrap();
+    }
+    store.checkpoint().unwrap();
+    store.put(b"after-1", b"x").unwrap();
+    store.put(b"after-2", b"y").unwrap();
+    store.flush().unwrap();
+    store.sync_index().unwrap();
+    let root = store.root(0);
+    store.simulate_crash();
+
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    match &store.open_report().recovery {
+        Recovery::Regions {
+            regions,
+            segments,
+            snapshot_problem,
+            ..
+        } => {
+            assert!((1..=2).contains(regions), "{regions} regions");
+            assert_eq!(*segments, regions * 4);
+            assert_eq!(snapshot_problem, &None);
+        }
+        other => panic!("expected region recovery, got {other:?}"),
+    }
+    assert_eq!(store.root(0), root);
+    assert!(store.verify(&mut |_| {}).unwrap().is_ok());
+    // The recovery was checkpointed: a second crash has nothing left to re-hash.
+    store.simulate_crash();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    assert!(matches!(
+        store.open_report().recovery,
+        Recovery::Regions { regions: 0, .. }
+    ));
+    assert_eq!(store.root(0), root);
+}
+
+#[test]
+fn many_marks_fall_back_to_a_full_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    for i in 0..500u32 {
+        store.put(&i.to_le_bytes(), b"v").unwrap();
+    }
+    store.sync_index().unwrap();
+    let root = store.root(0);
+    store.simulate_crash();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    match &store.open_report().recovery {
+        Recovery::FullRebuild { keys, reason } => {
+            assert_eq!(*keys, 500);
+            assert!(reason.contains("marked"), "{reason}");
+        }
+        other => panic!("expected a full rebuild, got {other:?}"),
+    }
+    assert_eq!(store.root(0), root);
+}
+
+#[test]
+fn rebuild_and_verify_agree_with_live_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    for i in 0..2000u32 {
+        store.partition(i % 2).put(&i.to_be_bytes(), &[1; 10]).unwrap();
+    }
+    store.sync_index().unwrap();
+    let roots = (store.root(0), store.root(1));
+    let mut calls = 0;
+    let report = store.rebuild(&mut |_| calls += 1).unwrap();
+    assert!(calls >= 1);
+    assert_eq!((report.keys, report.partitions, report.undecodable), (2000, 2, 0));
+    assert_eq!((store.root(0), store.root(1)), roots);
+    let v = store.verify(&mut |_| {}).unwrap();
+    assert!(v.is_ok(), "{:?}", v.problems);
+    assert_eq!(v.keys, 2000);
+    assert!(v.buckets > 0);
+}
+
+#[test]
+fn concurrent_writers_keep_the_index_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = small_options();
+    opts.channel_capacity = 8; // exercise backpressure
+    opts.checkpoint_interval = std::time::Duration::from_millis(5);
+    let store = std::sync::Arc::new(Store::open(dir.path(), opts).unwrap());
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..500u32 {
+                    // Overlapping keys across threads: each key must count once.
+                    store.put(&(i % 97).to_le_bytes(), &t.to_le_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    store.sync_index().unwrap();
+    let v = store.verify(&mut |_| {}).unwrap();
+    assert!(v.is_ok(), "{:?}", v.problems);
+    assert_eq!(v.keys, 97);
+}
