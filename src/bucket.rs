@@ -1,12 +1,13 @@
-//! Packed index buckets: the `width` child hashes of one node, one sled value each.
+//! Packed index buckets: a run of nodes of one level, one sled value each.
 //!
 //! ```text
 //! index key:   partition u32 BE | level u8 | bucket u32 BE          (9 bytes)
-//! index value: hash[0] .. hash[width-1] (16 bytes each) | checksum [16]
+//! index value: hash[0] .. hash[n-1] (16 bytes each) | checksum [16]
 //! checksum  =  derive_key("...bucket checksum v1", index key | hashes)[..16]
 //! ```
-//! Bucket `b` of level `L` (1 <= L <= levels) holds nodes `b*width .. b*width+width-1`
-//! of level `L`, the children of node `b` of level `L-1`. All-zero buckets are not stored.
+//! Bucket `b` of level `L` (1 <= L <= levels) holds nodes `b*n .. b*n+n-1` of level `L`,
+//! where `n = min(width^L, B)` and `B` is the smallest power of `width` that is at least
+//! 256. All-zero buckets are not stored.
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use crate::error::Corruption;
@@ -67,10 +68,11 @@ pub(crate) fn encode(id: BucketId, hashes: &[Hash]) -> Vec<u8> {
     out
 }
 
-/// Unpacks a bucket of `width` hashes into `out`, checking length and checksum.
-pub(crate) fn decode(id: BucketId, bytes: &[u8], width: usize, out: &mut [Hash]) -> Result<(), Corruption> {
-    let body_len = width * HASH_BYTES;
-    if bytes.len() != body_len + HASH_BYTES || out.len() != width {
+/// Unpacks a bucket into `out` (whose length is the bucket's), checking length and
+/// checksum.
+pub(crate) fn decode(id: BucketId, bytes: &[u8], out: &mut [Hash]) -> Result<(), Corruption> {
+    let body_len = out.len() * HASH_BYTES;
+    if bytes.len() != body_len + HASH_BYTES {
         return Err(Corruption::BadLength {
             what: "index bucket",
             location: id.describe(),
@@ -114,7 +116,7 @@ mod tests {
         let hashes: Vec<Hash> = (0..4u8).map(|i| value_hash(&[i])).collect();
         let bytes = encode(id(), &hashes);
         let mut out = vec![Hash::ZERO; 4];
-        decode(id(), &bytes, 4, &mut out).unwrap();
+        decode(id(), &bytes, &mut out).unwrap();
         assert_eq!(out, hashes);
         assert_eq!(BucketId::from_key(&id().key()).unwrap(), id());
     }
@@ -125,13 +127,13 @@ mod tests {
         let mut bytes = encode(id(), &hashes);
         bytes[5] ^= 1;
         let mut out = vec![Hash::ZERO; 4];
-        let err = decode(id(), &bytes, 4, &mut out).unwrap_err();
+        let err = decode(id(), &bytes, &mut out).unwrap_err();
         assert!(matches!(err, Corruption::ChecksumMismatch { what: "index bucket", .. }));
         let bytes = encode(id(), &hashes);
         let other = BucketId { bucket: 10, ..id() };
-        assert!(decode(other, &bytes, 4, &mut out).is_err());
+        assert!(decode(other, &bytes, &mut out).is_err());
         assert!(matches!(
-            decode(id(), &bytes[..10], 4, &mut out),
+            decode(id(), &bytes[..10], &mut out),
             Err(Corruption::BadLength { found: 10, .. })
         ));
         assert!(BucketId::from_key(b"short").is_err());

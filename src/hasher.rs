@@ -43,6 +43,8 @@ pub(crate) struct Hasher {
 }
 
 const BATCH: usize = 4096;
+/// Pause after draining the channel; bounds the extra latency of `sync_index`.
+const IDLE_PAUSE: Duration = Duration::from_micros(300);
 
 impl Hasher {
     pub(crate) fn spawn(index: Arc<Index>, capacity: usize, interval: Duration) -> Result<Hasher> {
@@ -121,7 +123,14 @@ impl Worker {
         loop {
             select! {
                 recv(self.rx) -> msg => match msg {
-                    Ok(msg) => self.apply_batch(msg, &mut pending),
+                    Ok(msg) => {
+                        self.apply_batch(msg, &mut pending);
+                        if pending.is_empty() && self.rx.is_empty() {
+                            // Let updates accumulate: while this thread sleeps instead of
+                            // blocking in recv, senders need no wake-up system call.
+                            std::thread::sleep(IDLE_PAUSE);
+                        }
+                    }
                     Err(_) => return, // dropped without close: a simulated crash
                 },
                 recv(ticker) -> _ => {

@@ -2,6 +2,7 @@
 //! trees and their persisted form (packed buckets in the `index` sled tree).
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -12,6 +13,7 @@ use crate::gate::Gate;
 use crate::marks::Marks;
 use crate::meta::{CheckpointInfo, Meta};
 use crate::options::Shape;
+use crate::parallel;
 use crate::tree::Tree;
 use crate::Hash;
 
@@ -122,15 +124,49 @@ impl Index {
 
     /// Loads every partition's tree from the persisted buckets (crash recovery).
     pub(crate) fn load_buckets(shape: Shape, buckets: &sled::Tree) -> Result<Trees> {
-        let width = shape.width as usize;
+        // Split the key space at a few points inside each partition's segment level so
+        // every core reads and checks its share.
+        let segment_buckets = shape.segments / shape.bucket_len(shape.levels);
+        let cuts = 4u64;
+        let mut bounds = vec![Bound::Unbounded];
+        for partition in key_prefixes(buckets)? {
+            for i in 1..cuts {
+                let id = BucketId {
+                    partition,
+                    level: shape.levels as u8,
+                    bucket: (segment_buckets * i / cuts) as u32,
+                };
+                bounds.push(Bound::Included(id.key().to_vec()));
+            }
+        }
+        bounds.push(Bound::Unbounded);
+        let ranges: Vec<_> = bounds.windows(2).map(|w| (w[0].clone(), exclusive(&w[1]))).collect();
+        let loaded = parallel::map(
+            &ranges,
+            |range| {
+                let mut out = Vec::new();
+                for item in buckets.range::<Vec<u8>, _>(range.clone()) {
+                    let (key, value) = item?;
+                    let id = BucketId::from_key(&key)?;
+                    let level = u32::from(id.level);
+                    let len = if (1..=shape.levels).contains(&level) {
+                        shape.bucket_len(level)
+                    } else {
+                        0
+                    };
+                    let mut hashes = vec![Hash::ZERO; len as usize];
+                    bucket::decode(id, &value, &mut hashes)?;
+                    out.push((id, hashes));
+                }
+                Ok(out)
+            },
+            &mut || {},
+        )?;
         let mut trees = Trees::new();
-        let mut hashes = vec![Hash::ZERO; width];
-        for item in buckets.iter() {
-            let (key, value) = item?;
-            let id = BucketId::from_key(&key)?;
-            bucket::decode(id, &value, width, &mut hashes)?;
+        for (id, hashes) in loaded.into_iter().flatten() {
+            let level = u32::from(id.level);
             let tree = trees.entry(id.partition).or_insert_with(|| Tree::new(shape));
-            if !tree.load_bucket(u32::from(id.level), id.bucket, &hashes) {
+            if !tree.load_bucket(level, id.bucket, &hashes) {
                 return Err(Corruption::BadHeader {
                     what: "index bucket",
                     location: id.describe(),
@@ -159,5 +195,30 @@ impl Index {
 
     pub(crate) fn updates_applied(&self) -> u64 {
         self.updates_applied.load(Ordering::Relaxed)
+    }
+}
+
+/// The distinct partitions (first four key bytes) of a tree keyed by partition, by seeking.
+pub(crate) fn key_prefixes(tree: &sled::Tree) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    let mut from = 0u32;
+    while let Some((key, _)) = tree.range(from.to_be_bytes()..).next().transpose()? {
+        let Some(prefix) = key.get(..4).and_then(|p| <[u8; 4]>::try_from(p).ok()) else {
+            break;
+        };
+        let p = u32::from_be_bytes(prefix);
+        out.push(p);
+        match p.checked_add(1) {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+fn exclusive(bound: &Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(k) => Bound::Excluded(k.clone()),
+        other => other.clone(),
     }
 }

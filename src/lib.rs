@@ -38,6 +38,7 @@ mod index;
 mod marks;
 mod meta;
 mod options;
+mod parallel;
 mod record;
 mod recovery;
 mod scan;

@@ -141,6 +141,21 @@ impl Shape {
         u64::from(self.width).pow(level)
     }
 
+    /// Nodes per persisted bucket: the smallest power of `width` that is at least 256,
+    /// so buckets are a few KiB and a million-segment tree has a few thousand of them.
+    pub fn bucket_nodes(&self) -> u64 {
+        let mut n = u64::from(self.width);
+        while n < 256 {
+            n *= u64::from(self.width);
+        }
+        n
+    }
+
+    /// Nodes in each bucket of `level`: a whole level if it is smaller than a bucket.
+    pub fn bucket_len(&self, level: u32) -> u64 {
+        self.bucket_nodes().min(self.nodes_at(level))
+    }
+
     /// Number of nodes in the whole tree, root included.
     pub fn total_nodes(&self) -> u64 {
         (0..=self.levels).map(|l| self.nodes_at(l)).sum()

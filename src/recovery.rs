@@ -10,7 +10,7 @@ use crate::index::{Index, Trees};
 use crate::marks::{Marks, Region};
 use crate::meta::Meta;
 use crate::options::{Options, Shape};
-use crate::scan::{hash_segments, scan_all};
+use crate::scan::{hash_pieces, scan_all, Piece};
 use crate::snapshot;
 use crate::tree::Tree;
 
@@ -167,17 +167,25 @@ pub(crate) fn recover(
 }
 
 fn rehash(out: &mut Recovered, data: &sled::Tree, shape: Shape, regions: &[Region]) -> Result<u64> {
+    let pieces = regions
+        .iter()
+        .map(|r| Piece {
+            partition: r.partition,
+            first: r.first,
+            count: r.count,
+        })
+        .collect();
     let mut keys = 0;
-    for region in regions {
-        let (hashes, n, max_version) = hash_segments(data, region.partition, region.first, region.count)?;
-        keys += n;
-        out.clock = out.clock.max(max_version);
+    for hashed in hash_pieces(data, shape, pieces, false, &mut |_| {})? {
+        keys += hashed.keys;
+        out.clock = out.clock.max(hashed.max_version);
+        let piece = hashed.piece;
         let tree = out
             .trees
-            .entry(region.partition)
+            .entry(piece.partition)
             .or_insert_with(|| Tree::new(shape));
-        for (offset, hash) in hashes.into_iter().enumerate() {
-            tree.set_segment(region.first + offset as u32, hash);
+        for (offset, hash) in hashed.hashes.into_iter().enumerate() {
+            tree.set_segment(piece.first + offset as u32, hash);
         }
     }
     Ok(keys)

@@ -1,13 +1,15 @@
-//! Recomputing segment hashes from the data: whole store (rebuild, verify) or a few
-//! regions (crash recovery).
+//! Recomputing segment hashes from the data: the whole store (rebuild, verify) or a few
+//! regions (crash recovery), in parallel over disjoint segment ranges.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::error::Result;
 use crate::hash::{segment_of, value_hash, Hash};
-use crate::index::Trees;
+use crate::index::{key_prefixes, Trees};
 use crate::options::Shape;
+use crate::parallel;
 use crate::record::{split_data_key, RecordHeader, RECORD_HEADER};
 use crate::tree::Tree;
 use crate::verify::{Problem, ProblemKind};
@@ -17,10 +19,27 @@ use crate::verify::{Problem, ProblemKind};
 pub struct Progress {
     /// Records read so far.
     pub keys: u64,
-    /// Position in the key space: partitions done times segments, plus the current segment.
+    /// Segments fully scanned so far.
     pub segments_done: u64,
-    /// Partitions times segments per tree.
+    /// Segments to scan in all (partitions times segments per tree).
     pub segments_total: u64,
+}
+
+/// A run of segments of one partition to hash.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Piece {
+    pub partition: u32,
+    pub first: u32,
+    pub count: u32,
+}
+
+/// The hashes of one piece's segments and what was read to get them.
+pub(crate) struct Hashed {
+    pub piece: Piece,
+    pub hashes: Vec<Hash>,
+    pub keys: u64,
+    pub max_version: u64,
+    pub problems: Vec<Problem>,
 }
 
 pub(crate) struct Scan {
@@ -30,72 +49,132 @@ pub(crate) struct Scan {
     pub problems: Vec<Problem>,
 }
 
-const PROGRESS_EVERY: u64 = 1 << 16;
-
-/// The partitions that hold data, found by seeking (no full scan).
-pub(crate) fn partitions(data: &sled::Tree) -> Result<Vec<u32>> {
-    let mut out = Vec::new();
-    let mut from = 0u32;
-    loop {
-        let Some((key, _)) = data.range(from.to_be_bytes()..).next().transpose()? else {
-            break;
-        };
-        let Some((p, _, _)) = split_data_key(&key) else {
-            break;
-        };
-        out.push(p);
-        match p.checked_add(1) {
-            Some(n) => from = n,
-            None => break,
-        }
-    }
-    Ok(out)
-}
+/// Pieces a full scan splits each partition into (a few per core for load balance).
+const PIECES_PER_PARTITION: u64 = 16;
 
 /// Reads every record and rebuilds every tree. With `check_values`, also hashes each
-/// value and checks placement, reporting problems (verify); otherwise trusts the stored
-/// value hashes (rebuild). Undecodable records contribute nothing and are reported.
+/// value and checks placement (verify); otherwise trusts the stored value hashes
+/// (rebuild). Undecodable records contribute nothing and are reported.
 pub(crate) fn scan_all(
     data: &sled::Tree,
     shape: Shape,
     check_values: bool,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Scan> {
-    let parts = partitions(data)?;
-    let segments_total = parts.len() as u64 * shape.segments;
+    let parts = key_prefixes(data)?;
+    let step = (shape.segments / PIECES_PER_PARTITION).max(1);
+    let mut pieces = Vec::new();
+    for &partition in &parts {
+        let mut first = 0u64;
+        while first < shape.segments {
+            let count = step.min(shape.segments - first);
+            pieces.push(Piece {
+                partition,
+                first: first as u32,
+                count: count as u32,
+            });
+            first += count;
+        }
+    }
+    let mut segments: BTreeMap<u32, Vec<Hash>> = parts
+        .iter()
+        .map(|&p| (p, vec![Hash::ZERO; shape.segments as usize]))
+        .collect();
     let mut scan = Scan {
-        trees: BTreeMap::new(),
+        trees: Trees::new(),
         keys: 0,
         max_version: 0,
-        problems: Vec::new(),
+        problems: stray_keys(data, &parts)?,
     };
-    let mut current: Option<(u32, Vec<Hash>)> = None;
-    let mut done_partitions = 0u64;
-    for item in data.iter() {
-        let (key, value) = item?;
-        let Some((partition, segment, user_key)) = split_data_key(&key) else {
-            scan.problems.push(Problem {
+    for hashed in hash_pieces(data, shape, pieces, check_values, progress)? {
+        if let Some(segs) = segments.get_mut(&hashed.piece.partition) {
+            let first = hashed.piece.first as usize;
+            segs[first..first + hashed.hashes.len()].copy_from_slice(&hashed.hashes);
+        }
+        scan.keys += hashed.keys;
+        scan.max_version = scan.max_version.max(hashed.max_version);
+        scan.problems.extend(hashed.problems);
+    }
+    scan.trees = segments
+        .into_iter()
+        .map(|(p, segs)| (p, Tree::from_segments(shape, segs)))
+        .collect();
+    Ok(scan)
+}
+
+/// Keys too short to hold a partition and segment (they sort before any piece).
+fn stray_keys(data: &sled::Tree, parts: &[u32]) -> Result<Vec<Problem>> {
+    let mut out = Vec::new();
+    let end = parts.first().map_or(Bound::Unbounded, |p| Bound::Excluded(p.to_be_bytes().to_vec()));
+    for item in data.range::<Vec<u8>, _>((Bound::Unbounded, end)) {
+        let (key, _) = item?;
+        if split_data_key(&key).is_none() {
+            out.push(Problem {
                 partition: None,
                 segment: None,
                 key: Some(key.to_vec()),
                 kind: ProblemKind::BadDataKey,
             });
+        }
+    }
+    Ok(out)
+}
+
+/// Hashes `pieces` on every core, reporting progress from the calling thread. Results
+/// come back in piece order.
+pub(crate) fn hash_pieces(
+    data: &sled::Tree,
+    shape: Shape,
+    pieces: Vec<Piece>,
+    check_values: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<Hashed>> {
+    let keys = AtomicU64::new(0);
+    let segments_done = AtomicU64::new(0);
+    let segments_total: u64 = pieces.iter().map(|p| u64::from(p.count)).sum();
+    let report = |progress: &mut dyn FnMut(Progress)| {
+        progress(Progress {
+            keys: keys.load(Relaxed),
+            segments_done: segments_done.load(Relaxed),
+            segments_total,
+        })
+    };
+    let hashed = parallel::map(
+        &pieces,
+        |&piece| {
+            let hashed = hash_piece(data, shape, piece, check_values, &keys);
+            segments_done.fetch_add(u64::from(piece.count), Relaxed);
+            hashed
+        },
+        &mut || report(progress),
+    )?;
+    report(progress);
+    Ok(hashed)
+}
+
+fn hash_piece(
+    data: &sled::Tree,
+    shape: Shape,
+    piece: Piece,
+    check_values: bool,
+    keys: &AtomicU64,
+) -> Result<Hashed> {
+    let mut out = Hashed {
+        piece,
+        hashes: vec![Hash::ZERO; piece.count as usize],
+        keys: 0,
+        max_version: 0,
+        problems: Vec::new(),
+    };
+    let range = segment_range(piece.partition, piece.first, u64::from(piece.count));
+    for item in data.range(range) {
+        let (key, value) = item?;
+        let Some((partition, segment, user_key)) = split_data_key(&key) else {
             continue;
         };
-        if current.as_ref().map(|c| c.0) != Some(partition) {
-            if let Some((p, segs)) = current.take() {
-                scan.trees.insert(p, Tree::from_segments(shape, segs));
-                done_partitions += 1;
-            }
-            current = Some((partition, vec![Hash::ZERO; shape.segments as usize]));
-        }
-        scan.keys += 1;
-        if scan.keys % PROGRESS_EVERY == 0 {
-            progress(Progress {
-                keys: scan.keys,
-                segments_done: done_partitions * shape.segments + u64::from(segment),
-                segments_total,
-            });
+        out.keys += 1;
+        if out.keys % 4096 == 0 {
+            keys.fetch_add(4096, Relaxed);
         }
         let problem = |kind| Problem {
             partition: Some(partition),
@@ -103,44 +182,34 @@ pub(crate) fn scan_all(
             key: Some(user_key.to_vec()),
             kind,
         };
-        if u64::from(segment) >= shape.segments {
-            scan.problems.push(problem(ProblemKind::Misplaced { expected: segment_of(user_key, shape.segments) }));
-            continue;
-        }
         let header = match RecordHeader::decode(&value, String::new) {
             Ok(h) => h,
             Err(e) => {
-                scan.problems.push(problem(ProblemKind::BadRecord(e.to_string())));
+                // Contributes nothing, here and in every other scan; verify reports it.
+                out.problems.push(problem(ProblemKind::BadRecord(e.to_string())));
                 continue;
             }
         };
         if check_values {
             let expected = segment_of(user_key, shape.segments);
             if expected != segment {
-                scan.problems.push(problem(ProblemKind::Misplaced { expected }));
+                out.problems.push(problem(ProblemKind::Misplaced { expected }));
             }
-            let found = value_hash(value.get(RECORD_HEADER..).unwrap_or_default());
-            if found != header.value_hash {
-                scan.problems.push(problem(ProblemKind::ValueHash {
+            let computed = value_hash(value.get(RECORD_HEADER..).unwrap_or_default());
+            if computed != header.value_hash {
+                out.problems.push(problem(ProblemKind::ValueHash {
                     stored: header.value_hash,
-                    computed: found,
+                    computed,
                 }));
             }
         }
-        scan.max_version = scan.max_version.max(header.version);
-        if let Some((_, segs)) = current.as_mut() {
-            segs[segment as usize] ^= header.entry_hash(partition, user_key);
+        out.max_version = out.max_version.max(header.version);
+        if let Some(slot) = out.hashes.get_mut(segment.wrapping_sub(piece.first) as usize) {
+            *slot ^= header.entry_hash(partition, user_key);
         }
     }
-    if let Some((p, segs)) = current.take() {
-        scan.trees.insert(p, Tree::from_segments(shape, segs));
-    }
-    progress(Progress {
-        keys: scan.keys,
-        segments_done: segments_total,
-        segments_total,
-    });
-    Ok(scan)
+    keys.fetch_add(out.keys % 4096, Relaxed);
+    Ok(out)
 }
 
 /// Key range of segments `first .. first + count` of `partition`.
@@ -155,31 +224,4 @@ pub(crate) fn segment_range(partition: u32, first: u32, count: u64) -> (Bound<Ve
         },
     };
     (Bound::Included(start), end)
-}
-
-/// Recomputes the hashes of segments `first .. first + count` from their records.
-/// Returns (hashes, keys read, highest version).
-pub(crate) fn hash_segments(
-    data: &sled::Tree,
-    partition: u32,
-    first: u32,
-    count: u32,
-) -> Result<(Vec<Hash>, u64, u64)> {
-    let mut hashes = vec![Hash::ZERO; count as usize];
-    let (mut keys, mut max_version) = (0, 0);
-    for item in data.range(segment_range(partition, first, u64::from(count))) {
-        let (key, value) = item?;
-        let Some((_, segment, user_key)) = split_data_key(&key) else {
-            continue;
-        };
-        keys += 1;
-        // Undecodable records contribute nothing, as in a full scan; verify reports them.
-        if let Ok(h) = RecordHeader::decode(&value, String::new) {
-            if let Some(slot) = hashes.get_mut(segment.wrapping_sub(first) as usize) {
-                *slot ^= h.entry_hash(partition, user_key);
-            }
-            max_version = max_version.max(h.version);
-        }
-    }
-    Ok((hashes, keys, max_version))
 }

@@ -115,7 +115,9 @@ impl Store {
             options.checkpoint_interval,
         )?;
         if found.needs_checkpoint {
-            hasher.checkpoint(found.full)?;
+            // Persist the recovered index in the background; until that checkpoint lands
+            // the marks stay, so a crash meanwhile repeats this recovery, nothing worse.
+            hasher.send(Msg::Checkpoint(found.full, crossbeam_channel::bounded(1).0))?;
         }
         Ok(Store {
             dir: dir.to_path_buf(),

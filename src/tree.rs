@@ -7,14 +7,14 @@
 use crate::options::Shape;
 use crate::Hash;
 
-/// All levels of one partition's tree, plus which leaf buckets changed since the last
+/// All levels of one partition's tree, plus which segment buckets changed since the last
 /// checkpoint.
 #[derive(Clone)]
 pub(crate) struct Tree {
     shape: Shape,
     /// `levels[d]` holds the `width^d` nodes of level `d`; `levels[0]` is the root.
     levels: Vec<Vec<Hash>>,
-    /// One bit per leaf bucket (`width` segments) changed since the last checkpoint.
+    /// One bit per bucket of segments changed since the last checkpoint.
     dirty: Vec<u64>,
 }
 
@@ -23,7 +23,7 @@ impl Tree {
         let levels = (0..=shape.levels)
             .map(|d| vec![Hash::ZERO; shape.nodes_at(d) as usize])
             .collect();
-        let buckets = shape.nodes_at(shape.levels - 1) as usize;
+        let buckets = (shape.segments / shape.bucket_len(shape.levels)) as usize;
         Tree {
             shape,
             levels,
@@ -36,7 +36,7 @@ impl Tree {
         let mut tree = Tree::new(shape);
         tree.levels[shape.levels as usize] = segments;
         tree.recompute_interior();
-        let buckets = shape.nodes_at(shape.levels - 1) as usize;
+        let buckets = (shape.segments / shape.bucket_len(shape.levels)) as usize;
         for bucket in 0..buckets {
             tree.dirty[bucket / 64] |= 1 << (bucket % 64);
         }
@@ -63,7 +63,7 @@ impl Tree {
         }
         let width = self.shape.width as usize;
         let mut index = segment as usize;
-        let bucket = index / width;
+        let bucket = index / self.shape.bucket_len(self.shape.levels) as usize;
         self.dirty[bucket / 64] |= 1 << (bucket % 64);
         for level in self.levels.iter_mut().rev() {
             level[index] ^= delta;
@@ -77,17 +77,20 @@ impl Tree {
         self.apply(segment, old ^ hash);
     }
 
-    /// Overwrites `width` nodes of `level` starting at bucket `bucket` (loading only:
-    /// the caller restores the invariant with `recompute_interior` or checks it).
+    /// Overwrites bucket `bucket` of `level` (loading only: the caller restores the
+    /// invariant with `recompute_interior` or checks it). False if out of range.
     pub(crate) fn load_bucket(&mut self, level: u32, bucket: u32, hashes: &[Hash]) -> bool {
-        let width = self.shape.width as usize;
-        let start = bucket as usize * width;
+        if level == 0 || level > self.shape.levels {
+            return false;
+        }
+        let len = self.shape.bucket_len(level) as usize;
+        let start = bucket as usize * len;
         match self
             .levels
             .get_mut(level as usize)
-            .and_then(|l| l.get_mut(start..start + width))
+            .and_then(|l| l.get_mut(start..start + len))
         {
-            Some(slot) if level >= 1 => {
+            Some(slot) if hashes.len() == len => {
                 slot.copy_from_slice(hashes);
                 true
             }
@@ -105,11 +108,11 @@ impl Tree {
         }
     }
 
-    /// The `width` nodes of bucket `bucket` of `level` (1..=levels).
+    /// The nodes of bucket `bucket` of `level` (1..=levels).
     pub(crate) fn bucket(&self, level: u32, bucket: u32) -> &[Hash] {
-        let width = self.shape.width as usize;
-        let start = bucket as usize * width;
-        &self.levels[level as usize][start..start + width]
+        let len = self.shape.bucket_len(level) as usize;
+        let start = bucket as usize * len;
+        &self.levels[level as usize][start..start + len]
     }
 
     /// Rebuilds every interior level from the segments.
@@ -143,8 +146,10 @@ impl Tree {
         None
     }
 
-    /// Buckets (level, index) to persist at the next checkpoint: each dirty leaf bucket
-    /// and its ancestors' buckets, in key order.
+    /// Buckets (level, index) to persist at the next checkpoint: each dirty segment
+    /// bucket and the buckets of its ancestors, in key order. A bucket holds a power of
+    /// `width` nodes, so the parents of bucket `b` all lie in bucket `b / width` of the
+    /// level above (bucket 0 once a level fits in one bucket).
     pub(crate) fn dirty_buckets(&self) -> Vec<(u32, u32)> {
         let width = u64::from(self.shape.width);
         let mut out = std::collections::BTreeSet::new();
@@ -201,13 +206,27 @@ mod tests {
 
     #[test]
     fn dirty_buckets_include_ancestors_once() {
-        let mut t = Tree::new(shape());
+        // 2^10 segments of width 2: buckets of 256 nodes.
+        let mut t = Tree::new(Shape::new(2, 10).unwrap());
         t.apply(0, value_hash(b"a"));
         t.apply(1, value_hash(b"a"));
-        t.apply(63, value_hash(b"a"));
+        t.apply(1023, value_hash(b"a"));
         assert_eq!(
             t.dirty_buckets(),
-            vec![(1, 0), (2, 0), (2, 3), (3, 0), (3, 15)]
+            vec![
+                (1, 0),
+                (2, 0),
+                (3, 0),
+                (4, 0),
+                (5, 0),
+                (6, 0),
+                (7, 0),
+                (8, 0),
+                (9, 0),
+                (9, 1),
+                (10, 0),
+                (10, 3)
+            ]
         );
         t.clear_dirty();
         assert!(t.dirty_buckets().is_empty());
@@ -217,8 +236,9 @@ mod tests {
     fn corrupt_level_is_found() {
         let mut t = Tree::new(shape());
         t.apply(9, value_hash(b"x"));
-        assert!(t.load_bucket(2, 0, &[Hash::ZERO; 4]));
+        assert!(t.load_bucket(2, 0, &[Hash::ZERO; 16]));
         assert_eq!(t.first_inconsistency(), Some((1, 0)));
-        assert!(!t.load_bucket(4, 0, &[Hash::ZERO; 4]));
+        assert!(!t.load_bucket(2, 0, &[Hash::ZERO; 4]));
+        assert!(!t.load_bucket(4, 0, &[Hash::ZERO; 16]));
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use crate::bucket::{self, BucketId};
 use crate::error::Result;
 use crate::index::Index;
-use crate::scan::{hash_segments, scan_all, Progress};
+use crate::scan::{hash_pieces, scan_all, Piece, Progress};
 use crate::Hash;
 
 /// One thing verify found wrong.
@@ -140,8 +140,15 @@ pub(crate) fn verify(
     }
     for (p, s) in suspects {
         barrier()?;
-        let (fresh, _, _) = hash_segments(&index.data, p, s, 1)?;
-        let fresh = fresh.first().copied().unwrap_or_default();
+        let piece = Piece {
+            partition: p,
+            first: s,
+            count: 1,
+        };
+        let fresh = hash_pieces(&index.data, shape, vec![piece], false, &mut |_| {})?
+            .first()
+            .and_then(|h| h.hashes.first().copied())
+            .unwrap_or_default();
         let live = index
             .trees()
             .get(&p)
@@ -159,13 +166,15 @@ pub(crate) fn verify(
             });
         }
     }
-    let width = shape.width as usize;
-    let mut scratch = vec![Hash::ZERO; width];
+    let mut scratch = Vec::new();
     for item in index.buckets.iter() {
         let (key, value) = item?;
         report.buckets += 1;
-        let checked = BucketId::from_key(&key)
-            .and_then(|id| bucket::decode(id, &value, width, &mut scratch).map(|()| id));
+        let checked = BucketId::from_key(&key).and_then(|id| {
+            let level = u32::from(id.level).clamp(1, shape.levels);
+            scratch.resize(shape.bucket_len(level) as usize, Hash::ZERO);
+            bucket::decode(id, &value, &mut scratch)
+        });
         if let Err(e) = checked {
             let id = BucketId::from_key(&key).ok();
             report.problems.push(Problem {
