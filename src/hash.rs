@@ -7,6 +7,8 @@ use std::fmt;
 use std::ops::{BitXor, BitXorAssign};
 use std::sync::LazyLock;
 
+use blake3::hazmat::{hash_derive_key_context, ContextKey, HasherExt};
+
 /// Number of bytes in every stored hash (128 bits).
 pub const HASH_BYTES: usize = 16;
 
@@ -91,13 +93,15 @@ impl fmt::Debug for Hash {
     }
 }
 
-// Deriving the context key costs a compression; keep one primed hasher per role and clone it.
-static PLACEMENT: LazyLock<blake3::Hasher> =
-    LazyLock::new(|| blake3::Hasher::new_derive_key(PLACEMENT_CONTEXT));
-static ENTRY: LazyLock<blake3::Hasher> =
-    LazyLock::new(|| blake3::Hasher::new_derive_key(ENTRY_CONTEXT));
-static VALUE: LazyLock<blake3::Hasher> =
-    LazyLock::new(|| blake3::Hasher::new_derive_key(VALUE_CONTEXT));
+// Deriving a context key costs a compression; derive each role's once and start hashers
+// from it (the same derive-key-mode hash as `Hasher::new_derive_key`).
+static PLACEMENT: LazyLock<ContextKey> = LazyLock::new(|| hash_derive_key_context(PLACEMENT_CONTEXT));
+static ENTRY: LazyLock<ContextKey> = LazyLock::new(|| hash_derive_key_context(ENTRY_CONTEXT));
+static VALUE: LazyLock<ContextKey> = LazyLock::new(|| hash_derive_key_context(VALUE_CONTEXT));
+
+fn hasher(context: &ContextKey) -> blake3::Hasher {
+    blake3::Hasher::new_from_context_key(context)
+}
 
 /// Derive-key-mode hash of `parts` (concatenated) under `context`, truncated to 16 bytes.
 pub(crate) fn derive(context: &str, parts: &[&[u8]]) -> Hash {
@@ -113,7 +117,7 @@ pub(crate) fn derive(context: &str, parts: &[&[u8]]) -> Hash {
 /// Placement depends on the key alone, so a key lands in the same segment on every
 /// replica and in every partition.
 pub fn segment_of(key: &[u8], segments: u64) -> u32 {
-    let mut hasher = PLACEMENT.clone();
+    let mut hasher = hasher(&PLACEMENT);
     hasher.update(key);
     let mut head = [0u8; 8];
     hasher.finalize_xof().fill(&mut head);
@@ -123,14 +127,14 @@ pub fn segment_of(key: &[u8], segments: u64) -> u32 {
 
 /// The hash of a value's bytes, stored next to them to detect bit rot.
 pub fn value_hash(value: &[u8]) -> Hash {
-    let mut hasher = VALUE.clone();
+    let mut hasher = hasher(&VALUE);
     hasher.update(value);
     Hash::from_output(&hasher)
 }
 
 /// The hash one entry contributes (by XOR) to its segment.
 pub fn entry_hash(partition: u32, key: &[u8], version: u64, tombstone: bool, value_hash: Hash) -> Hash {
-    let mut hasher = ENTRY.clone();
+    let mut hasher = hasher(&ENTRY);
     hasher.update(&partition.to_le_bytes());
     hasher.update(&(key.len() as u32).to_le_bytes());
     hasher.update(key);

@@ -55,14 +55,12 @@ impl Record {
         entry_hash(partition, key, self.version, self.tombstone, self.value_hash)
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_HEADER + self.value.len());
-        out.push(RECORD_FORMAT);
-        out.push(if self.tombstone { FLAG_TOMBSTONE } else { 0 });
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&self.value_hash.to_bytes());
-        out.extend_from_slice(&self.value);
-        out
+    pub(crate) fn header(&self) -> RecordHeader {
+        RecordHeader {
+            version: self.version,
+            tombstone: self.tombstone,
+            value_hash: self.value_hash,
+        }
     }
 
     pub(crate) fn decode(bytes: &[u8], location: impl FnOnce() -> String) -> Result<Record, Corruption> {
@@ -85,6 +83,25 @@ pub(crate) struct RecordHeader {
 }
 
 impl RecordHeader {
+    /// The header of a live value or (with `tombstone`) of a delete marker.
+    pub(crate) fn new(version: u64, tombstone: bool, value: &[u8]) -> RecordHeader {
+        RecordHeader {
+            version,
+            tombstone,
+            value_hash: value_hash(value),
+        }
+    }
+
+    pub(crate) fn encode(&self, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RECORD_HEADER + value.len());
+        out.push(RECORD_FORMAT);
+        out.push(if self.tombstone { FLAG_TOMBSTONE } else { 0 });
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.value_hash.to_bytes());
+        out.extend_from_slice(value);
+        out
+    }
+
     pub(crate) fn decode(bytes: &[u8], location: impl FnOnce() -> String) -> Result<RecordHeader, Corruption> {
         let (Some(&format), Some(&flags), Some(version), Some(hash)) = (
             bytes.first(),
@@ -151,14 +168,14 @@ mod tests {
     #[test]
     fn record_round_trip() {
         let r = Record::value(42, b"hello");
-        assert_eq!(Record::decode(&r.encode(), String::new).unwrap(), r);
+        assert_eq!(Record::decode(&r.header().encode(&r.value), String::new).unwrap(), r);
         let t = Record::tombstone(7);
-        assert_eq!(Record::decode(&t.encode(), String::new).unwrap(), t);
+        assert_eq!(Record::decode(&t.header().encode(&t.value), String::new).unwrap(), t);
     }
 
     #[test]
     fn short_or_bad_records_are_errors_not_panics() {
-        let good = Record::value(1, b"v").encode();
+        let good = RecordHeader::new(1, false, b"v").encode(b"v");
         for len in 0..RECORD_HEADER {
             let err = Record::decode(&good[..len], || "k".into()).unwrap_err();
             assert_eq!(

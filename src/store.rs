@@ -332,16 +332,17 @@ impl Store {
         self.hasher.abandon();
     }
 
-    /// Writes `record` under `key`, returning what it replaced.
-    pub(crate) fn write(&self, partition: u32, key: &[u8], record: &Record) -> Result<()> {
+    /// Writes a record under `key`.
+    pub(crate) fn write(&self, partition: u32, key: &[u8], header: RecordHeader, value: &[u8]) -> Result<()> {
         let index = &*self.index;
         let segment = segment_of(key, index.shape.segments);
+        let encoded = header.encode(value);
+        let new = header.entry_hash(partition, key);
         let pass = index.gate.enter();
         index.marks.mark(pass.epoch, partition, segment)?;
-        let new = record.entry_hash(partition, key);
         let old = index
             .data
-            .insert(data_key(partition, segment, key), record.encode())?;
+            .insert(data_key(partition, segment, key), encoded)?;
         // An undecodable old record contributed nothing, as in a full scan.
         let old = old
             .and_then(|b| RecordHeader::decode(&b, String::new).ok())
@@ -403,7 +404,8 @@ impl Partition<'_> {
     /// Writes `value` under `key` with a store-assigned version, which is returned.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
         let version = self.store.next_version();
-        self.store.write(self.id, key, &Record::value(version, value))?;
+        self.store
+            .write(self.id, key, RecordHeader::new(version, false, value), value)?;
         Ok(version)
     }
 
@@ -411,20 +413,23 @@ impl Partition<'_> {
     /// past it).
     pub fn put_versioned(&self, key: &[u8], value: &[u8], version: u64) -> Result<()> {
         self.store.observe_version(version);
-        self.store.write(self.id, key, &Record::value(version, value))
+        self.store
+            .write(self.id, key, RecordHeader::new(version, false, value), value)
     }
 
     /// Writes a tombstone for `key`; returns its version.
     pub fn delete(&self, key: &[u8]) -> Result<u64> {
         let version = self.store.next_version();
-        self.store.write(self.id, key, &Record::tombstone(version))?;
+        self.store
+            .write(self.id, key, RecordHeader::new(version, true, b""), b"")?;
         Ok(version)
     }
 
     /// Writes a tombstone with the caller's version.
     pub fn delete_versioned(&self, key: &[u8], version: u64) -> Result<()> {
         self.store.observe_version(version);
-        self.store.write(self.id, key, &Record::tombstone(version))
+        self.store
+            .write(self.id, key, RecordHeader::new(version, true, b""), b"")
     }
 
     /// The live value of `key`; `None` if absent or deleted.
