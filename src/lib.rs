@@ -30,6 +30,7 @@
 mod bucket;
 mod clock;
 mod error;
+mod exchange;
 mod file;
 mod gate;
 mod hash;
@@ -44,6 +45,7 @@ mod recovery;
 mod scan;
 mod snapshot;
 mod store;
+mod sync;
 mod tree;
 mod verify;
 
@@ -51,6 +53,7 @@ mod verify;
 pub const FORMAT_VERSION: u32 = 1;
 
 pub use error::{Corruption, Error, Result};
+pub use exchange::{Replica, Repair};
 pub use hash::{entry_hash, segment_of, value_hash, Hash, HASH_BYTES};
 pub use meta::CheckpointInfo;
 pub use options::{Options, Shape};
@@ -58,4 +61,7 @@ pub use record::Record;
 pub use recovery::{OpenReport, Recovery};
 pub use scan::Progress;
 pub use store::{Entry, Partition, RebuildReport, Store};
+pub use sync::{
+    diff, merged_root, newest_wins, sync, DiffReport, Difference, Resolver, SyncOptions, SyncReport, Winner,
+};
 pub use verify::{Problem, ProblemKind, VerifyReport};

@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::exchange::Repair;
 use crate::file::sync_tree;
 use crate::hash::{segment_of, Hash};
 use crate::hasher::{Hasher, Msg};
@@ -139,6 +140,11 @@ impl Store {
     /// Writes `value` under `key` in partition 0 with a store-assigned version.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
         self.partition(0).put(key, value)
+    }
+
+    /// Writes `value` under `key` in partition 0 with the caller's version.
+    pub fn put_versioned(&self, key: &[u8], value: &[u8], version: u64) -> Result<()> {
+        self.partition(0).put_versioned(key, value, version)
     }
 
     /// Deletes `key` from partition 0 (writes a tombstone).
@@ -354,6 +360,76 @@ impl Store {
         })?;
         drop(pass);
         Ok(())
+    }
+
+    /// Writes `repair.record` only if the key's entry hash is still `repair.expected`.
+    pub(crate) fn write_if(&self, partition: u32, repair: &Repair) -> Result<bool> {
+        let record = &repair.record;
+        if record.value_hash != crate::hash::value_hash(&record.value) {
+            return Err(Error::InvalidArgument(format!(
+                "repair of key {:?}: value does not match its hash",
+                String::from_utf8_lossy(&repair.key)
+            )));
+        }
+        let header = record.header();
+        self.swap(partition, &repair.key, repair.expected, Some(header.encode(&record.value)))
+    }
+
+    /// Replaces the record of `key` with `new` (`None` removes it) if the current entry
+    /// hash is `expected`; keeps the index in step. False if the key had changed.
+    fn swap(&self, partition: u32, key: &[u8], expected: Option<Hash>, new: Option<Vec<u8>>) -> Result<bool> {
+        let index = &*self.index;
+        let segment = segment_of(key, index.shape.segments);
+        let data_key = data_key(partition, segment, key);
+        let entry = |bytes: &[u8]| {
+            RecordHeader::decode(bytes, String::new).map_or(Hash::ZERO, |h| h.entry_hash(partition, key))
+        };
+        let new_hash = new.as_deref().map_or(Hash::ZERO, entry);
+        let pass = index.gate.enter();
+        index.marks.mark(pass.epoch, partition, segment)?;
+        let current = index.data.get(&data_key)?;
+        if current.as_deref().map(entry) != expected {
+            return Ok(false);
+        }
+        let old_hash = current.as_deref().map_or(Hash::ZERO, entry);
+        if index
+            .data
+            .compare_and_swap(&data_key, current, new)?
+            .is_err()
+        {
+            return Ok(false); // changed between the read and the swap
+        }
+        self.hasher.send(Msg::Update {
+            partition,
+            segment,
+            delta: old_hash ^ new_hash,
+        })?;
+        drop(pass);
+        Ok(true)
+    }
+
+    /// Removes tombstones of `partition` whose version is older than `grace` by the
+    /// store's clock (versions are `unix_ms << 16 | counter`). Returns how many.
+    ///
+    /// A tombstone must outlive the longest time a replica can go without a sync, or the
+    /// value it deleted can come back from a replica that missed the delete.
+    pub fn purge_tombstones(&self, partition: u32, grace: Duration) -> Result<u64> {
+        let cutoff = (crate::clock::unix_ms().saturating_sub(grace.as_millis() as u64)) << 16;
+        let mut purged = 0;
+        for item in self.index.data.scan_prefix(partition.to_be_bytes()) {
+            let (k, v) = item?;
+            let Some((_, _, key)) = split_data_key(&k) else {
+                continue;
+            };
+            let Ok(h) = RecordHeader::decode(&v, String::new) else {
+                continue;
+            };
+            if h.tombstone && h.version < cutoff {
+                let expected = Some(h.entry_hash(partition, key));
+                purged += u64::from(self.swap(partition, key, expected, None)?);
+            }
+        }
+        Ok(purged)
     }
 
     pub(crate) fn read(&self, partition: u32, key: &[u8]) -> Result<Option<Record>> {

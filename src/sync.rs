@@ -1,0 +1,238 @@
+//! Diff and sync between two replicas: descend only where hashes differ, then exchange
+//! only the entries of differing segments.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::exchange::{Replica, Repair};
+use crate::record::Record;
+use crate::store::Entry;
+use crate::{Hash, HASH_BYTES};
+
+/// One key that differs between the two sides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    /// The user key.
+    pub key: Vec<u8>,
+    /// The local entry, if the key exists locally.
+    pub local: Option<Entry>,
+    /// The remote entry, if the key exists remotely.
+    pub remote: Option<Entry>,
+}
+
+/// What a diff found and what it cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiffReport {
+    /// The partition compared.
+    pub partition: u32,
+    /// Differing keys, in segment order.
+    pub differences: Vec<Difference>,
+    /// Requests made to the remote side (each one batch).
+    pub round_trips: u32,
+    /// Tree nodes compared, over all levels.
+    pub nodes_compared: u64,
+    /// Segments whose entries were listed.
+    pub segments_compared: u64,
+    /// Hash and entry bytes received from the remote side (payload, not framing).
+    pub payload_bytes: u64,
+}
+
+/// The winner of a conflict, as decided by a [`Resolver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Winner {
+    /// Keep the local record (and copy it to the remote).
+    Local,
+    /// Take the remote record.
+    Remote,
+}
+
+/// Decides which record of a differing key wins. The default ([`newest_wins`]) picks the
+/// higher version; an embedding system can supply its own (e.g. to merge siblings).
+pub type Resolver = dyn Fn(&[u8], Option<&Record>, Option<&Record>) -> Winner + Sync;
+
+/// Higher version wins; at equal versions a tombstone wins, then the larger entry hash,
+/// so both sides reach the same decision.
+pub fn newest_wins(_key: &[u8], local: Option<&Record>, remote: Option<&Record>) -> Winner {
+    let rank = |r: &Record| (r.version, r.tombstone, r.value_hash.to_bytes());
+    match (local, remote) {
+        (Some(l), Some(r)) => match rank(l).cmp(&rank(r)) {
+            Ordering::Less => Winner::Remote,
+            _ => Winner::Local,
+        },
+        (None, Some(_)) => Winner::Remote,
+        _ => Winner::Local,
+    }
+}
+
+/// How `sync` applies repairs.
+pub struct SyncOptions<'a> {
+    /// Repairs written per batch (one request to the remote per batch).
+    pub batch: usize,
+    /// Pause between batches, so a large divergence does not stall foreground writes.
+    pub pause: Duration,
+    /// Who wins a conflict.
+    pub resolver: &'a Resolver,
+}
+
+impl Default for SyncOptions<'_> {
+    fn default() -> Self {
+        SyncOptions {
+            batch: 1024,
+            pause: Duration::ZERO,
+            resolver: &newest_wins,
+        }
+    }
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// The diff that drove it.
+    pub diff: DiffReport,
+    /// Records written locally.
+    pub repaired_local: u64,
+    /// Records written remotely.
+    pub repaired_remote: u64,
+    /// Repairs skipped because the key changed during the exchange.
+    pub skipped: u64,
+}
+
+/// Compares one partition of two replicas level by level: one batched request per level
+/// for the children of differing nodes only, then one for the entries of differing
+/// segments. Round trips: `levels + 2` (root, each level, entries).
+pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result<DiffReport> {
+    let shape = local.shape()?;
+    let remote_shape = remote.shape()?;
+    if shape != remote_shape {
+        return Err(Error::InvalidArgument(format!(
+            "replicas have different trees: width {} x {} levels here, width {} x {} levels there",
+            shape.width, shape.levels, remote_shape.width, remote_shape.levels
+        )));
+    }
+    let mut report = DiffReport {
+        partition,
+        ..DiffReport::default()
+    };
+    let mine = local.roots(&[partition])?;
+    let theirs = remote.roots(&[partition])?;
+    report.round_trips += 1;
+    report.payload_bytes += (theirs.len() * HASH_BYTES) as u64;
+    report.nodes_compared += 1;
+    if mine == theirs {
+        return Ok(report);
+    }
+    let width = u64::from(shape.width);
+    let mut differing = vec![0u64];
+    for level in 0..shape.levels {
+        let mine = local.children(partition, level, &differing)?;
+        let theirs = remote.children(partition, level, &differing)?;
+        report.round_trips += 1;
+        report.payload_bytes += (theirs.len() * HASH_BYTES) as u64;
+        report.nodes_compared += mine.len() as u64;
+        if mine.len() != theirs.len() {
+            return Err(Error::InvalidArgument(format!(
+                "remote answered {} hashes for {} nodes",
+                theirs.len(),
+                mine.len()
+            )));
+        }
+        differing = differing
+            .iter()
+            .flat_map(|&parent| parent * width..parent * width + width)
+            .zip(mine.iter().zip(&theirs))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(child, _)| child)
+            .collect();
+    }
+    let segments: Vec<u32> = differing.iter().map(|&s| s as u32).collect();
+    let mine = local.entries(partition, &segments)?;
+    let theirs = remote.entries(partition, &segments)?;
+    report.round_trips += 1;
+    report.segments_compared = segments.len() as u64;
+    for (a, b) in mine.into_iter().zip(theirs) {
+        report.payload_bytes += b
+            .iter()
+            .map(|e| (e.key.len() + 8 + 1 + HASH_BYTES) as u64)
+            .sum::<u64>();
+        let mut by_key: BTreeMap<Vec<u8>, (Option<Entry>, Option<Entry>)> = BTreeMap::new();
+        for e in a {
+            let key = e.key.clone();
+            by_key.entry(key).or_default().0 = Some(e);
+        }
+        for e in b {
+            let key = e.key.clone();
+            by_key.entry(key).or_default().1 = Some(e);
+        }
+        for (key, (local, remote)) in by_key {
+            if local.as_ref().map(|e| e.hash) != remote.as_ref().map(|e| e.hash) {
+                report.differences.push(Difference { key, local, remote });
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Diffs one partition and repairs both sides: each differing key gets the record the
+/// resolver picks, written only where it is not already, and only if the key has not
+/// changed since the diff saw it.
+pub fn sync(
+    local: &dyn Replica,
+    remote: &dyn Replica,
+    partition: u32,
+    options: &SyncOptions<'_>,
+) -> Result<SyncReport> {
+    let diff = diff(local, remote, partition)?;
+    let mut report = SyncReport::default();
+    let batch = options.batch.max(1);
+    for (i, chunk) in diff.differences.chunks(batch).enumerate() {
+        if i > 0 && !options.pause.is_zero() {
+            std::thread::sleep(options.pause);
+        }
+        let keys: Vec<Vec<u8>> = chunk.iter().map(|d| d.key.clone()).collect();
+        let mine = local.records(partition, &keys)?;
+        let theirs = remote.records(partition, &keys)?;
+        let (mut to_local, mut to_remote) = (Vec::new(), Vec::new());
+        for ((d, l), r) in chunk.iter().zip(mine).zip(theirs) {
+            let expected_local = d.local.as_ref().map(|e| e.hash);
+            let expected_remote = d.remote.as_ref().map(|e| e.hash);
+            // Records read now may be newer than the diff; the conditional write below
+            // then skips them rather than act on a stale view.
+            match (options.resolver)(&d.key, l.as_ref(), r.as_ref()) {
+                Winner::Local => {
+                    if let Some(record) = l {
+                        to_remote.push(Repair {
+                            key: d.key.clone(),
+                            expected: expected_remote,
+                            record,
+                        });
+                    }
+                }
+                Winner::Remote => {
+                    if let Some(record) = r {
+                        to_local.push(Repair {
+                            key: d.key.clone(),
+                            expected: expected_local,
+                            record,
+                        });
+                    }
+                }
+            }
+        }
+        let wanted = (to_local.len() + to_remote.len()) as u64;
+        let here = local.apply(partition, &to_local)?;
+        let there = remote.apply(partition, &to_remote)?;
+        report.repaired_local += here;
+        report.repaired_remote += there;
+        report.skipped += wanted.saturating_sub(here + there);
+    }
+    report.diff = diff;
+    Ok(report)
+}
+
+/// Root of the union of disjoint partitions: the XOR of their roots (entry hashes
+/// include the partition, so trees of different partitions merge by XOR).
+pub fn merged_root(roots: &[Hash]) -> Hash {
+    roots.iter().fold(Hash::ZERO, |acc, &h| acc ^ h)
+}

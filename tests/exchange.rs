@@ -1,0 +1,268 @@
+//! Anti-entropy between two stores: diff finds exactly the differing keys, sync makes
+//! both sides equal to an independently computed resolution, deletes do not come back,
+//! and a key written during an exchange is never overwritten with older data.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::small_options;
+use merkle_index::{
+    diff, merged_root, sync, Entry, Hash, Options, Record, Replica, Repair, Store, SyncOptions, Winner,
+};
+use proptest::prelude::*;
+
+type Contents = BTreeMap<Vec<u8>, (u64, bool, Vec<u8>)>;
+
+fn contents(store: &Store, p: u32, keys: impl Iterator<Item = Vec<u8>>) -> Contents {
+    keys.filter_map(|k| {
+        store
+            .partition(p)
+            .get_record(&k)
+            .unwrap()
+            .map(|r| (k, (r.version, r.tombstone, r.value)))
+    })
+    .collect()
+}
+
+#[derive(Debug, Clone)]
+enum Change {
+    Put(u8, Vec<u8>),
+    Delete(u8),
+}
+
+fn changes() -> impl Strategy<Value = Vec<(bool, Change)>> {
+    proptest::collection::vec(
+        (
+            any::<bool>(),
+            prop_oneof![
+                3 => (0..60u8, proptest::collection::vec(any::<u8>(), 0..8)).prop_map(|(k, v)| Change::Put(k, v)),
+                1 => (0..60u8).prop_map(Change::Delete),
+            ],
+        ),
+        0..80,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn one_sync_converges_to_the_newest_records(base in 0..40u8, changes in changes(), tie in any::<bool>()) {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = Store::open(da.path(), small_options()).unwrap();
+        let b = Store::open(db.path(), small_options()).unwrap();
+        let mut version = 0;
+        for k in 0..base {
+            version += 1;
+            for s in [&a, &b] {
+                s.partition(1).put_versioned(&[k], b"base", version).unwrap();
+            }
+        }
+        // Independent expectation: per key, the record with the highest
+        // (version, tombstone, value hash) among both sides.
+        let mut sides: [Contents; 2] = [Contents::new(), Contents::new()];
+        for side in &mut sides {
+            for k in 0..base {
+                side.insert(vec![k], ((k + 1).into(), false, b"base".to_vec()));
+            }
+        }
+        for (on_a, change) in changes {
+            // With `tie`, both sides sometimes write the same version.
+            if !(tie && version % 5 == 0) {
+                version += 1;
+            }
+            let (store, side) = if on_a { (&a, &mut sides[0]) } else { (&b, &mut sides[1]) };
+            match change {
+                Change::Put(k, v) => {
+                    store.partition(1).put_versioned(&[k], &v, version).unwrap();
+                    side.insert(vec![k], (version, false, v));
+                }
+                Change::Delete(k) => {
+                    store.partition(1).delete_versioned(&[k], version).unwrap();
+                    side.insert(vec![k], (version, true, Vec::new()));
+                }
+            }
+        }
+        let mut expected = Contents::new();
+        for side in &sides {
+            for (k, rec) in side {
+                let rank = |r: &(u64, bool, Vec<u8>)| (r.0, r.1, merkle_index::value_hash(&r.2).to_bytes());
+                let better = expected.get(k).is_none_or(|cur| rank(rec) > rank(cur));
+                if better {
+                    expected.insert(k.clone(), rec.clone());
+                }
+            }
+        }
+        a.sync_index().unwrap();
+        b.sync_index().unwrap();
+        let report = sync(&a, &b, 1, &SyncOptions::default()).unwrap();
+        prop_assert_eq!(report.skipped, 0);
+        a.sync_index().unwrap();
+        b.sync_index().unwrap();
+        prop_assert_eq!(a.root(1), b.root(1));
+        let keys = || (0..60u8).map(|k| vec![k]);
+        prop_assert_eq!(&contents(&a, 1, keys()), &expected);
+        prop_assert_eq!(&contents(&b, 1, keys()), &expected);
+        let again = diff(&a, &b, 1).unwrap();
+        prop_assert!(again.differences.is_empty());
+        prop_assert_eq!(again.round_trips, 1);
+    }
+}
+
+#[test]
+fn diff_costs_one_round_trip_per_level_and_bytes_per_difference() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(da.path(), Options::default()).unwrap();
+    let b = Store::open(db.path(), Options::default()).unwrap();
+    for i in 0..2000u32 {
+        for s in [&a, &b] {
+            s.put_versioned(format!("key-{i}").as_bytes(), b"v", u64::from(i) + 1).unwrap();
+        }
+    }
+    a.sync_index().unwrap();
+    b.sync_index().unwrap();
+    let same = diff(&a, &b, 0).unwrap();
+    assert_eq!((same.round_trips, same.differences.len()), (1, 0));
+
+    for d in [1u32, 100] {
+        for i in 0..d {
+            a.put(format!("only-a-{d}-{i}").as_bytes(), b"x").unwrap();
+        }
+        a.sync_index().unwrap();
+        let report = diff(&a, &b, 0).unwrap();
+        assert_eq!(report.differences.len() as u32, d);
+        assert_eq!(report.round_trips, a.shape().levels + 2);
+        let per_key = report.payload_bytes / u64::from(d);
+        assert!(per_key <= 2048, "{per_key} bytes per differing key at d = {d}");
+        assert!(report.differences.iter().all(|x| x.local.is_some() && x.remote.is_none()));
+        sync(&a, &b, 0, &SyncOptions::default()).unwrap();
+    }
+}
+
+#[test]
+fn a_delete_does_not_come_back_and_tombstones_are_purged_after_grace() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(da.path(), small_options()).unwrap();
+    let b = Store::open(db.path(), small_options()).unwrap();
+    let v = a.put(b"cart", b"3 items").unwrap();
+    b.put_versioned(b"cart", b"3 items", v).unwrap();
+    a.delete(b"cart").unwrap(); // the delete's replication to b is lost
+    a.sync_index().unwrap();
+    b.sync_index().unwrap();
+    let report = sync(&a, &b, 0, &SyncOptions::default()).unwrap();
+    assert_eq!((report.repaired_local, report.repaired_remote), (0, 1));
+    assert_eq!(b.get(b"cart").unwrap(), None);
+    assert!(b.partition(0).get_record(b"cart").unwrap().unwrap().tombstone);
+    // Within the grace period tombstones stay; after it both sides drop them.
+    assert_eq!(a.purge_tombstones(0, std::time::Duration::from_secs(3600)).unwrap(), 0);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    for s in [&a, &b] {
+        assert_eq!(s.purge_tombstones(0, std::time::Duration::ZERO).unwrap(), 1);
+        s.sync_index().unwrap();
+        assert_eq!(s.root(0), Hash::ZERO);
+        assert!(s.verify(&mut |_| {}).unwrap().is_ok());
+    }
+}
+
+/// A replica that writes a newer value to the real store between the diff and the
+/// repair, as a foreground write racing an exchange would.
+struct Racing<'a> {
+    store: &'a Store,
+    key: &'a [u8],
+}
+
+impl Replica for Racing<'_> {
+    fn shape(&self) -> merkle_index::Result<merkle_index::Shape> {
+        Replica::shape(self.store)
+    }
+    fn partitions(&self) -> merkle_index::Result<Vec<u32>> {
+        Replica::partitions(self.store)
+    }
+    fn roots(&self, p: &[u32]) -> merkle_index::Result<Vec<Hash>> {
+        self.store.roots(p)
+    }
+    fn children(&self, p: u32, l: u32, n: &[u64]) -> merkle_index::Result<Vec<Hash>> {
+        Replica::children(self.store, p, l, n)
+    }
+    fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<Entry>>> {
+        self.store.entries(p, s)
+    }
+    fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Option<Record>>> {
+        let before = self.store.records(p, k);
+        self.store.partition(p).put_versioned(self.key, b"newest", 1_000_000).unwrap();
+        before
+    }
+    fn apply(&self, p: u32, r: &[Repair]) -> merkle_index::Result<u64> {
+        self.store.apply(p, r)
+    }
+}
+
+#[test]
+fn a_write_during_the_exchange_is_not_overwritten() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(da.path(), small_options()).unwrap();
+    let b = Store::open(db.path(), small_options()).unwrap();
+    a.put_versioned(b"k", b"old", 1).unwrap();
+    b.put_versioned(b"k", b"newer", 2).unwrap();
+    a.sync_index().unwrap();
+    b.sync_index().unwrap();
+    let racing = Racing { store: &a, key: b"k" };
+    let report = sync(&racing, &b, 0, &SyncOptions::default()).unwrap();
+    assert_eq!((report.repaired_local, report.skipped), (0, 1));
+    assert_eq!(a.get(b"k").unwrap(), Some(b"newest".to_vec()));
+    // The next exchange carries the newest value over.
+    a.sync_index().unwrap();
+    sync(&a, &b, 0, &SyncOptions::default()).unwrap();
+    assert_eq!(b.get(b"k").unwrap(), Some(b"newest".to_vec()));
+}
+
+#[test]
+fn a_resolver_decides_instead_of_versions() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(da.path(), small_options()).unwrap();
+    let b = Store::open(db.path(), small_options()).unwrap();
+    a.put_versioned(b"k", b"local, newer", 9).unwrap();
+    b.put_versioned(b"k", b"remote, older", 1).unwrap();
+    a.sync_index().unwrap();
+    b.sync_index().unwrap();
+    let remote_wins = |_: &[u8], _: Option<&Record>, _: Option<&Record>| Winner::Remote;
+    let options = SyncOptions {
+        resolver: &remote_wins,
+        ..SyncOptions::default()
+    };
+    sync(&a, &b, 0, &options).unwrap();
+    assert_eq!(a.get(b"k").unwrap(), Some(b"remote, older".to_vec()));
+}
+
+#[test]
+fn trees_of_disjoint_partitions_merge_by_xor() {
+    let (da, db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(da.path(), small_options()).unwrap();
+    let b = Store::open(db.path(), small_options()).unwrap();
+    let union = Store::open(dc.path(), small_options()).unwrap();
+    for i in 0..90u32 {
+        let p = i % 3;
+        let side = if p < 2 { &a } else { &b };
+        side.partition(p).put_versioned(&i.to_le_bytes(), b"v", 7).unwrap();
+        union.partition(p).put_versioned(&i.to_le_bytes(), b"v", 7).unwrap();
+    }
+    for s in [&a, &b, &union] {
+        s.sync_index().unwrap();
+    }
+    let merged = merged_root(&[a.root(0), a.root(1), b.root(2)]);
+    assert_eq!(merged, merged_root(&[union.root(0), union.root(1), union.root(2)]));
+    assert!(!merged.is_zero());
+    // Both stores hold partition 0 only on a: b's empty partition differs in every key.
+    let report = diff(&a, &b, 0).unwrap();
+    assert_eq!(report.differences.len(), 30);
+}
+
+#[test]
+fn different_shapes_are_refused() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(da.path(), small_options()).unwrap();
+    let b = Store::open(db.path(), Options::default()).unwrap();
+    let err = diff(&a, &b, 0).unwrap_err();
+    assert!(err.to_string().contains("different trees"), "{err}");
+}
