@@ -1,1 +1,92 @@
-fn main() {}
+//! `merkle-index`: operate a merkle-index store from the command line.
+//!
+//! Exit codes: 0 fine; 1 the command ran and found problems (verify found corruption,
+//! diff found differences, get found nothing); 2 it could not run.
+
+mod cmd;
+mod net;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "merkle-index", version, about = "A durable key-value store with a crash-recoverable Merkle index for anti-entropy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a synthetic workload (key-000000000000, ...) and report durable progress.
+    Load(cmd::load::Args),
+    /// Write one value.
+    Put(cmd::kv::PutArgs),
+    /// Print one value (exit 1 if absent).
+    Get(cmd::kv::KeyArgs),
+    /// Delete one key (writes a tombstone).
+    Delete(cmd::kv::KeyArgs),
+    /// Keys, roots, checkpoint and last open of a store.
+    Stats(cmd::stats::Args),
+    /// Print a partition's root hash.
+    Root(cmd::root::Args),
+    /// Recompute everything from the data and report problems (exit 1 if any).
+    Verify(cmd::verify::Args),
+    /// Recompute the index from the data.
+    Rebuild(cmd::rebuild::Args),
+    /// Print a node's children or a segment's entries.
+    Dump(cmd::dump::Args),
+    /// Compare two stores (--db A --db B) or a store and a peer (--peer); exit 1 if they differ.
+    Diff(cmd::exchange::Args),
+    /// Repair both sides of a diff: newest version wins.
+    Sync(cmd::exchange::SyncArgs),
+    /// Answer authenticated anti-entropy peers over TCP.
+    Serve(cmd::serve::Args),
+    /// Three replicas drift apart, one crashes, anti-entropy repairs them.
+    Demo(cmd::demo::Args),
+    /// (internal) the demo's replica process that gets killed.
+    #[command(hide = true)]
+    DemoWriter(cmd::demo::WriterArgs),
+}
+
+/// How a command that ran ended.
+pub enum Outcome {
+    Fine,
+    Problems,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    let result = match cli.command {
+        Command::Load(a) => cmd::load::run(a),
+        Command::Put(a) => cmd::kv::put(a),
+        Command::Get(a) => cmd::kv::get(a),
+        Command::Delete(a) => cmd::kv::delete(a),
+        Command::Stats(a) => cmd::stats::run(a),
+        Command::Root(a) => cmd::root::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Rebuild(a) => cmd::rebuild::run(a),
+        Command::Dump(a) => cmd::dump::run(a),
+        Command::Diff(a) => cmd::exchange::diff(a),
+        Command::Sync(a) => cmd::exchange::sync(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::DemoWriter(a) => cmd::demo::writer(a),
+    };
+    match result {
+        Ok(Outcome::Fine) => ExitCode::SUCCESS,
+        Ok(Outcome::Problems) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("merkle-index: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

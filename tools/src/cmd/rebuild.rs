@@ -1,0 +1,46 @@
+//! `rebuild`: a thin wrapper over `Store::rebuild`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::{progress, Outcome};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Store directory.
+    #[arg(long)]
+    db: PathBuf,
+    /// One JSON object on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<Outcome> {
+    let store = super::open(&a.db)?;
+    let bar = progress::bar(1, "segments");
+    let started = Instant::now();
+    let report = store.rebuild(&mut progress::scan_callback(&bar))?;
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    store.close()?;
+    if a.json {
+        let out = json!({
+            "keys": report.keys,
+            "partitions": report.partitions,
+            "undecodable": report.undecodable,
+            "seconds": seconds,
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "rebuilt the index of {} partitions from {} keys in {seconds:.2} s",
+            report.partitions, report.keys
+        );
+        if report.undecodable > 0 {
+            println!("{} undecodable records were skipped; run verify to list them", report.undecodable);
+        }
+    }
+    Ok(Outcome::Fine)
+}

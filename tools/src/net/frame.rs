@@ -1,0 +1,95 @@
+//! Length-prefixed frames with a maximum size; decoding never trusts the length.
+
+use std::io::{self, Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Largest accepted frame (16 MiB); larger lengths are refused before any allocation.
+pub const MAX_FRAME: u32 = 16 << 20;
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub enum FrameError {
+    /// The length prefix was 0 or above [`MAX_FRAME`].
+    BadLength(u32),
+    /// The payload was not a valid message.
+    Decode(postcard::Error),
+    /// The connection failed, closed early, or timed out.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::BadLength(n) => write!(f, "frame length {n} outside 1..={MAX_FRAME}"),
+            FrameError::Decode(e) => write!(f, "malformed message: {e}"),
+            FrameError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                write!(f, "connection closed mid-frame")
+            }
+            FrameError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                write!(f, "timed out waiting for the peer")
+            }
+            FrameError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+impl From<io::Error> for FrameError {
+    fn from(e: io::Error) -> Self {
+        FrameError::Io(e)
+    }
+}
+
+/// Writes one message; returns the bytes put on the wire.
+pub fn write<T: Serialize>(out: &mut impl Write, message: &T) -> Result<u64, FrameError> {
+    let payload = postcard::to_stdvec(message).map_err(FrameError::Decode)?;
+    let len = u32::try_from(payload.len())
+        .unwrap_or(u32::MAX)
+        .min(MAX_FRAME + 1);
+    if len > MAX_FRAME {
+        return Err(FrameError::BadLength(len));
+    }
+    out.write_all(&len.to_be_bytes())?;
+    out.write_all(&payload)?;
+    out.flush()?;
+    Ok(4 + u64::from(len))
+}
+
+/// Reads one message; returns it with the bytes taken off the wire.
+pub fn read<T: DeserializeOwned>(input: &mut impl Read) -> Result<(T, u64), FrameError> {
+    read_next(input)?.ok_or_else(|| FrameError::Io(io::ErrorKind::UnexpectedEof.into()))
+}
+
+/// Like [`read`], but a connection closed cleanly between frames gives `Ok(None)`.
+pub fn read_next<T: DeserializeOwned>(input: &mut impl Read) -> Result<Option<(T, u64)>, FrameError> {
+    let mut len = [0u8; 4];
+    let mut filled = 0;
+    while filled < len.len() {
+        match input.read(&mut len[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_be_bytes(len);
+    if len == 0 || len > MAX_FRAME {
+        return Err(FrameError::BadLength(len));
+    }
+    let mut payload = vec![0u8; len as usize];
+    input.read_exact(&mut payload)?;
+    Ok(Some((decode(&payload)?, 4 + u64::from(len))))
+}
+
+/// Decodes a payload; the whole payload must be one message.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    match postcard::take_from_bytes(payload) {
+        Ok((message, [])) => Ok(message),
+        Ok(_) => Err(FrameError::Decode(postcard::Error::DeserializeBadEncoding)),
+        Err(e) => Err(FrameError::Decode(e)),
+    }
+}

@@ -1,0 +1,135 @@
+//! Messages of the protocol (serialized with postcard; see `frame`).
+
+use merkle_index::{Entry, Hash, Record, Repair};
+use serde::{Deserialize, Serialize};
+
+/// Protocol version sent in the challenge; a client refuses other versions.
+pub const PROTOCOL: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Challenge {
+    pub protocol: u32,
+    pub server_nonce: [u8; 32],
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub client_nonce: [u8; 32],
+    pub mac: [u8; 32],
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Welcome {
+    pub mac: [u8; 32],
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Shape,
+    Partitions,
+    Roots(Vec<u32>),
+    Children { partition: u32, level: u32, parents: Vec<u64> },
+    Entries { partition: u32, segments: Vec<u32> },
+    Records { partition: u32, keys: Vec<Vec<u8>> },
+    Apply { partition: u32, repairs: Vec<WireRepair> },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    Shape { width: u32, levels: u32 },
+    Partitions(Vec<u32>),
+    Hashes(Vec<[u8; 16]>),
+    Entries(Vec<Vec<WireEntry>>),
+    Records(Vec<Option<WireRecord>>),
+    Applied(u64),
+    Error(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireEntry {
+    pub key: Vec<u8>,
+    pub version: u64,
+    pub tombstone: bool,
+    pub hash: [u8; 16],
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireRecord {
+    pub version: u64,
+    pub tombstone: bool,
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireRepair {
+    pub key: Vec<u8>,
+    pub expected: Option<[u8; 16]>,
+    pub record: WireRecord,
+}
+
+pub fn hashes(h: &[Hash]) -> Vec<[u8; 16]> {
+    h.iter().map(|h| h.to_bytes()).collect()
+}
+
+impl From<&Entry> for WireEntry {
+    fn from(e: &Entry) -> Self {
+        WireEntry {
+            key: e.key.clone(),
+            version: e.version,
+            tombstone: e.tombstone,
+            hash: e.hash.to_bytes(),
+        }
+    }
+}
+
+impl From<WireEntry> for Entry {
+    fn from(e: WireEntry) -> Self {
+        Entry {
+            key: e.key,
+            version: e.version,
+            tombstone: e.tombstone,
+            hash: Hash::from_bytes(e.hash),
+        }
+    }
+}
+
+impl From<&Record> for WireRecord {
+    fn from(r: &Record) -> Self {
+        WireRecord {
+            version: r.version,
+            tombstone: r.tombstone,
+            value: r.value.clone(),
+        }
+    }
+}
+
+impl From<WireRecord> for Record {
+    // The value hash is recomputed from the bytes received, never trusted from the wire.
+    fn from(r: WireRecord) -> Self {
+        if r.tombstone {
+            Record::tombstone(r.version)
+        } else {
+            Record::value(r.version, &r.value)
+        }
+    }
+}
+
+impl From<&Repair> for WireRepair {
+    fn from(r: &Repair) -> Self {
+        WireRepair {
+            key: r.key.clone(),
+            expected: r.expected.map(Hash::to_bytes),
+            record: (&r.record).into(),
+        }
+    }
+}
+
+impl From<WireRepair> for Repair {
+    fn from(r: WireRepair) -> Self {
+        Repair {
+            key: r.key,
+            expected: r.expected.map(Hash::from_bytes),
+            record: r.record.into(),
+        }
+    }
+}
