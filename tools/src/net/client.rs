@@ -14,6 +14,7 @@ use super::proto::{Challenge, Hello, Request, Response, Welcome, PROTOCOL};
 
 /// An authenticated connection to `merkle-index serve`.
 pub struct Client {
+    shape: Shape,
     stream: Mutex<TcpStream>,
     /// Bytes written and read, handshake included.
     pub sent: AtomicU64,
@@ -52,7 +53,9 @@ impl Client {
         if !key.check("server", &client_nonce, &challenge.server_nonce, &welcome.mac) {
             bail!("the server failed to prove it holds the key; not talking to it");
         }
+        let shape = Shape::new(welcome.width, welcome.levels).context("the server sent an invalid tree shape")?;
         Ok(Client {
+            shape,
             stream: Mutex::new(stream),
             sent: AtomicU64::new(sent),
             received: AtomicU64::new(received),
@@ -92,10 +95,7 @@ fn hashes(response: Response, what: &str) -> merkle_index::Result<Vec<Hash>> {
 
 impl Replica for Client {
     fn shape(&self) -> merkle_index::Result<Shape> {
-        match self.call(&Request::Shape)? {
-            Response::Shape { width, levels } => Shape::new(width, levels),
-            other => Err(unexpected("shape", &other)),
-        }
+        Ok(self.shape)
     }
 
     fn partitions(&self) -> merkle_index::Result<Vec<u32>> {

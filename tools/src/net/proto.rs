@@ -21,11 +21,13 @@ pub struct Hello {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Welcome {
     pub mac: [u8; 32],
+    /// The server's tree shape, so a diff needs no extra round trip to learn it.
+    pub width: u32,
+    pub levels: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
-    Shape,
     Partitions,
     Roots(Vec<u32>),
     Children { partition: u32, level: u32, parents: Vec<u64> },
@@ -36,7 +38,6 @@ pub enum Request {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Response {
-    Shape { width: u32, levels: u32 },
     Partitions(Vec<u32>),
     Hashes(Vec<[u8; 16]>),
     Entries(Vec<Vec<WireEntry>>),

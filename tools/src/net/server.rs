@@ -80,8 +80,11 @@ fn connection(store: &Store, mut stream: TcpStream, key: &Key, limits: Limits) -
     if !key.check("client", &server_nonce, &hello.client_nonce, &hello.mac) {
         anyhow::bail!("handshake: wrong key (MAC mismatch)");
     }
+    let shape = store.shape();
     let welcome = Welcome {
         mac: key.mac("server", &hello.client_nonce, &server_nonce),
+        width: shape.width,
+        levels: shape.levels,
     };
     frame::write(&mut stream, &welcome)?;
     let mut requests = 0;
@@ -107,13 +110,6 @@ fn connection(store: &Store, mut stream: TcpStream, key: &Key, limits: Limits) -
 
 fn answer(store: &Store, request: Request) -> merkle_index::Result<Response> {
     Ok(match request {
-        Request::Shape => {
-            let shape = Replica::shape(store)?;
-            Response::Shape {
-                width: shape.width,
-                levels: shape.levels,
-            }
-        }
         Request::Partitions => Response::Partitions(Replica::partitions(store)?),
         Request::Roots(p) => Response::Hashes(proto::hashes(&store.roots(&p)?)),
         Request::Children {
