@@ -20,13 +20,21 @@ fn rate(n: u64, d: Duration) -> f64 {
 }
 
 fn main() {
-    let n: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let value = [7u8; 100];
     let mut opts = Options::default().checkpoint_interval(Duration::from_secs(3600));
-    if let Ok(r) = std::env::var("REGION") { opts.region_segments = r.parse().unwrap(); }
+    if let Ok(r) = std::env::var("REGION") {
+        opts.region_segments = r.parse().unwrap();
+    }
 
     // Put throughput: store vs bare sled with the same cache, same keys.
-    let put_n = std::env::var("PUTS").ok().and_then(|s| s.parse().ok()).unwrap_or(n.min(300_000));
+    let put_n = std::env::var("PUTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(n.min(300_000));
     let bare_dir = tempfile::tempdir().unwrap();
     let bare = sled::Config::new()
         .path(bare_dir.path())
@@ -59,19 +67,37 @@ fn main() {
         store.put(&key(i), &value).unwrap();
     }
     store.sync_index().unwrap();
-    println!("index memory: {:.1} MiB", store.index_memory_bytes() as f64 / (1 << 20) as f64);
+    println!(
+        "index memory: {:.1} MiB",
+        store.index_memory_bytes() as f64 / (1 << 20) as f64
+    );
 
     let t = Instant::now();
     let r = store.rebuild(&mut |_| {}).unwrap();
-    println!("rebuild: {} keys in {:?} = {:.0} keys/s", r.keys, t.elapsed(), rate(r.keys, t.elapsed()));
+    println!(
+        "rebuild: {} keys in {:?} = {:.0} keys/s",
+        r.keys,
+        t.elapsed(),
+        rate(r.keys, t.elapsed())
+    );
     let t = Instant::now();
     let v = store.verify(&mut |_| {}).unwrap();
-    println!("verify: {} keys in {:?} = {:.0} keys/s, ok={}", v.keys, t.elapsed(), rate(v.keys, t.elapsed()), v.is_ok());
+    println!(
+        "verify: {} keys in {:?} = {:.0} keys/s, ok={}",
+        v.keys,
+        t.elapsed(),
+        rate(v.keys, t.elapsed()),
+        v.is_ok()
+    );
     store.close().unwrap();
 
     // Clean reopen: sled alone vs store (index ready).
     let t = Instant::now();
-    let db = sled::Config::new().path(dir.path().join("sled")).cache_capacity(opts.cache_bytes).open().unwrap();
+    let db = sled::Config::new()
+        .path(dir.path().join("sled"))
+        .cache_capacity(opts.cache_bytes)
+        .open()
+        .unwrap();
     let sled_open = t.elapsed();
     drop(db);
     let t = Instant::now();
@@ -93,7 +119,10 @@ fn main() {
     store.simulate_crash();
     let store = Store::open(dir.path(), opts.clone()).unwrap();
     let recovery = store.open_report().duration;
-    println!("crash reopen after 1,000 writes: index ready in {recovery:?}: {:?}", store.open_report().recovery);
+    println!(
+        "crash reopen after 1,000 writes: index ready in {recovery:?}: {:?}",
+        store.open_report().recovery
+    );
     store.checkpoint().unwrap();
     for i in 0..n / 2 {
         store.put(&key(i), &value[..50]).unwrap();

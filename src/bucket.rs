@@ -128,7 +128,13 @@ mod tests {
         bytes[5] ^= 1;
         let mut out = vec![Hash::ZERO; 4];
         let err = decode(id(), &bytes, &mut out).unwrap_err();
-        assert!(matches!(err, Corruption::ChecksumMismatch { what: "index bucket", .. }));
+        assert!(matches!(
+            err,
+            Corruption::ChecksumMismatch {
+                what: "index bucket",
+                ..
+            }
+        ));
         let bytes = encode(id(), &hashes);
         let other = BucketId { bucket: 10, ..id() };
         assert!(decode(other, &bytes, &mut out).is_err());

@@ -10,11 +10,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The store directory does not exist and `Options::create_if_missing` is false.
-    #[error("no store at {0}: check the path, or create the store first (e.g. `merkle-index load`)")]
+    #[error(
+        "no store at {0}: check the path, or create the store first (e.g. `merkle-index load`)"
+    )]
     NotFound(PathBuf),
 
     /// The path exists but does not hold a merkle-index store.
-    #[error("{path} is not a merkle-index store ({reason}); point at a store directory or an empty one")]
+    #[error(
+        "{path} is not a merkle-index store ({reason}); point at a store directory or an empty one"
+    )]
     NotAStore { path: PathBuf, reason: String },
 
     /// The options given to `open` disagree with those the store was created with.

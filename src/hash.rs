@@ -95,7 +95,8 @@ impl fmt::Debug for Hash {
 
 // Deriving a context key costs a compression; derive each role's once and start hashers
 // from it (the same derive-key-mode hash as `Hasher::new_derive_key`).
-static PLACEMENT: LazyLock<ContextKey> = LazyLock::new(|| hash_derive_key_context(PLACEMENT_CONTEXT));
+static PLACEMENT: LazyLock<ContextKey> =
+    LazyLock::new(|| hash_derive_key_context(PLACEMENT_CONTEXT));
 static ENTRY: LazyLock<ContextKey> = LazyLock::new(|| hash_derive_key_context(ENTRY_CONTEXT));
 static VALUE: LazyLock<ContextKey> = LazyLock::new(|| hash_derive_key_context(VALUE_CONTEXT));
 
@@ -133,7 +134,13 @@ pub fn value_hash(value: &[u8]) -> Hash {
 }
 
 /// The hash one entry contributes (by XOR) to its segment.
-pub fn entry_hash(partition: u32, key: &[u8], version: u64, tombstone: bool, value_hash: Hash) -> Hash {
+pub fn entry_hash(
+    partition: u32,
+    key: &[u8],
+    version: u64,
+    tombstone: bool,
+    value_hash: Hash,
+) -> Hash {
     let mut hasher = hasher(&ENTRY);
     hasher.update(&partition.to_le_bytes());
     hasher.update(&(key.len() as u32).to_le_bytes());

@@ -51,7 +51,14 @@ impl Hasher {
         let (tx, rx) = bounded(capacity);
         let thread = std::thread::Builder::new()
             .name("merkle-index hasher".into())
-            .spawn(move || Worker { index, rx, dirty: false }.run(interval))
+            .spawn(move || {
+                Worker {
+                    index,
+                    rx,
+                    dirty: false,
+                }
+                .run(interval)
+            })
             .map_err(|e| Error::io("spawn hasher thread", e))?;
         Ok(Hasher {
             tx,
@@ -211,7 +218,11 @@ impl Worker {
     /// Advances the epoch, waits until every write of the old epoch has sent its update
     /// (applying updates meanwhile, so writers blocked on a full channel can finish),
     /// then persists. Requests that arrive meanwhile are queued in `pending`.
-    fn checkpoint(&mut self, full: bool, pending: &mut VecDeque<Request>) -> Result<CheckpointInfo> {
+    fn checkpoint(
+        &mut self,
+        full: bool,
+        pending: &mut VecDeque<Request>,
+    ) -> Result<CheckpointInfo> {
         let old = self.index.gate.advance();
         while !self.index.gate.drained(old) {
             if let Ok(msg) = self.rx.recv_timeout(Duration::from_millis(1)) {

@@ -118,7 +118,10 @@ impl Index {
             tree.clear_dirty();
         }
         self.marks.clear_through(epoch)?;
-        *self.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
+        *self
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(info);
         Ok(info)
     }
 
@@ -140,7 +143,10 @@ impl Index {
             }
         }
         bounds.push(Bound::Unbounded);
-        let ranges: Vec<_> = bounds.windows(2).map(|w| (w[0].clone(), exclusive(&w[1]))).collect();
+        let ranges: Vec<_> = bounds
+            .windows(2)
+            .map(|w| (w[0].clone(), exclusive(&w[1])))
+            .collect();
         let loaded = parallel::map(
             &ranges,
             |range| {
@@ -165,7 +171,9 @@ impl Index {
         let mut trees = Trees::new();
         for (id, hashes) in loaded.into_iter().flatten() {
             let level = u32::from(id.level);
-            let tree = trees.entry(id.partition).or_insert_with(|| Tree::new(shape));
+            let tree = trees
+                .entry(id.partition)
+                .or_insert_with(|| Tree::new(shape));
             if !tree.load_bucket(level, id.bucket, &hashes) {
                 return Err(Corruption::BadHeader {
                     what: "index bucket",

@@ -53,7 +53,7 @@ mod verify;
 pub const FORMAT_VERSION: u32 = 1;
 
 pub use error::{Corruption, Error, Result};
-pub use exchange::{Replica, Repair};
+pub use exchange::{Repair, Replica};
 pub use hash::{entry_hash, segment_of, value_hash, Hash, HASH_BYTES};
 pub use meta::CheckpointInfo;
 pub use options::{Options, Shape};
@@ -62,6 +62,7 @@ pub use recovery::{OpenReport, Recovery};
 pub use scan::Progress;
 pub use store::{Entry, Partition, RebuildReport, Store};
 pub use sync::{
-    diff, merged_root, newest_wins, sync, DiffReport, Difference, Resolver, SyncOptions, SyncReport, Winner,
+    diff, merged_root, newest_wins, sync, DiffReport, Difference, Resolver, SyncOptions,
+    SyncReport, Winner,
 };
 pub use verify::{Problem, ProblemKind, VerifyReport};

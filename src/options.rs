@@ -93,10 +93,14 @@ impl Options {
             )));
         }
         if self.channel_capacity == 0 {
-            return Err(Error::InvalidOptions("channel_capacity must be at least 1".into()));
+            return Err(Error::InvalidOptions(
+                "channel_capacity must be at least 1".into(),
+            ));
         }
         if self.checkpoint_interval.is_zero() {
-            return Err(Error::InvalidOptions("checkpoint_interval must be positive".into()));
+            return Err(Error::InvalidOptions(
+                "checkpoint_interval must be positive".into(),
+            ));
         }
         Ok(shape)
     }
@@ -119,7 +123,9 @@ impl Shape {
     /// Checks the limits: `2 <= width <= 65,536`, `1 <= levels`, `segments <= 2^32`.
     pub fn new(width: u32, levels: u32) -> Result<Shape> {
         if !(2..=65_536).contains(&width) {
-            return Err(Error::InvalidOptions(format!("width ({width}) must be between 2 and 65,536")));
+            return Err(Error::InvalidOptions(format!(
+                "width ({width}) must be between 2 and 65,536"
+            )));
         }
         let segments = u64::from(width)
             .checked_pow(levels)
@@ -181,7 +187,11 @@ mod tests {
             Options::default().with_segments(1000, 16),
             Err(Error::InvalidOptions(_))
         ));
-        assert!(Options::default().with_segments(1 << 33, 2).unwrap().validate().is_err());
+        assert!(Options::default()
+            .with_segments(1 << 33, 2)
+            .unwrap()
+            .validate()
+            .is_err());
         assert!(Shape::new(1, 3).is_err());
     }
 }

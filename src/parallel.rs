@@ -19,7 +19,8 @@ pub(crate) fn map<I: Sync, T: Send>(
         .max(1);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<Result<T>>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    let results: Mutex<Vec<Option<Result<T>>>> =
+        Mutex::new((0..items.len()).map(|_| None).collect());
     // Takes the next item; false when none is left.
     let work_one = || {
         let i = next.fetch_add(1, Relaxed);

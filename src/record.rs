@@ -52,7 +52,13 @@ impl Record {
 
     /// The hash this record contributes to its segment when stored under `key`.
     pub fn entry_hash(&self, partition: u32, key: &[u8]) -> Hash {
-        entry_hash(partition, key, self.version, self.tombstone, self.value_hash)
+        entry_hash(
+            partition,
+            key,
+            self.version,
+            self.tombstone,
+            self.value_hash,
+        )
     }
 
     pub(crate) fn header(&self) -> RecordHeader {
@@ -63,7 +69,10 @@ impl Record {
         }
     }
 
-    pub(crate) fn decode(bytes: &[u8], location: impl FnOnce() -> String) -> Result<Record, Corruption> {
+    pub(crate) fn decode(
+        bytes: &[u8],
+        location: impl FnOnce() -> String,
+    ) -> Result<Record, Corruption> {
         let header = RecordHeader::decode(bytes, location)?;
         Ok(Record {
             version: header.version,
@@ -102,7 +111,10 @@ impl RecordHeader {
         out
     }
 
-    pub(crate) fn decode(bytes: &[u8], location: impl FnOnce() -> String) -> Result<RecordHeader, Corruption> {
+    pub(crate) fn decode(
+        bytes: &[u8],
+        location: impl FnOnce() -> String,
+    ) -> Result<RecordHeader, Corruption> {
         let (Some(&format), Some(&flags), Some(version), Some(hash)) = (
             bytes.first(),
             bytes.get(1),
@@ -133,7 +145,13 @@ impl RecordHeader {
     }
 
     pub(crate) fn entry_hash(&self, partition: u32, key: &[u8]) -> Hash {
-        entry_hash(partition, key, self.version, self.tombstone, self.value_hash)
+        entry_hash(
+            partition,
+            key,
+            self.version,
+            self.tombstone,
+            self.value_hash,
+        )
     }
 }
 
@@ -168,9 +186,15 @@ mod tests {
     #[test]
     fn record_round_trip() {
         let r = Record::value(42, b"hello");
-        assert_eq!(Record::decode(&r.header().encode(&r.value), String::new).unwrap(), r);
+        assert_eq!(
+            Record::decode(&r.header().encode(&r.value), String::new).unwrap(),
+            r
+        );
         let t = Record::tombstone(7);
-        assert_eq!(Record::decode(&t.header().encode(&t.value), String::new).unwrap(), t);
+        assert_eq!(
+            Record::decode(&t.header().encode(&t.value), String::new).unwrap(),
+            t
+        );
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub(crate) fn recover(
             Err(e) => snapshot_problem = Some(e.to_string()),
         }
     }
-    let attempt = marks.all().map_err(Error::from).and_then(|regions| {
+    let attempt = marks.all().and_then(|regions| {
         let trees = Index::load_buckets(shape, buckets)?;
         Ok((regions, trees))
     });
@@ -151,7 +151,8 @@ pub(crate) fn recover(
     let marked: u64 = regions.iter().map(|r| u64::from(r.count)).sum();
     let partitions = trees.len().max(1) as u64;
     if marked as f64 > FULL_REBUILD_FRACTION * (partitions * shape.segments) as f64 {
-        let reason = format!("{marked} segments marked since the last checkpoint; one full scan is cheaper");
+        let reason =
+            format!("{marked} segments marked since the last checkpoint; one full scan is cheaper");
         return full_rebuild(out, data, shape, reason);
     }
     out.trees = trees;
@@ -191,7 +192,12 @@ fn rehash(out: &mut Recovered, data: &sled::Tree, shape: Shape, regions: &[Regio
     Ok(keys)
 }
 
-fn full_rebuild(mut out: Recovered, data: &sled::Tree, shape: Shape, reason: String) -> Result<Recovered> {
+fn full_rebuild(
+    mut out: Recovered,
+    data: &sled::Tree,
+    shape: Shape,
+    reason: String,
+) -> Result<Recovered> {
     let scan = scan_all(data, shape, false, &mut |_| {})?;
     out.trees = scan.trees;
     out.clock = out.clock.max(scan.max_version);

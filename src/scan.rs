@@ -105,7 +105,9 @@ pub(crate) fn scan_all(
 /// Keys too short to hold a partition and segment (they sort before any piece).
 fn stray_keys(data: &sled::Tree, parts: &[u32]) -> Result<Vec<Problem>> {
     let mut out = Vec::new();
-    let end = parts.first().map_or(Bound::Unbounded, |p| Bound::Excluded(p.to_be_bytes().to_vec()));
+    let end = parts.first().map_or(Bound::Unbounded, |p| {
+        Bound::Excluded(p.to_be_bytes().to_vec())
+    });
     for item in data.range::<Vec<u8>, _>((Bound::Unbounded, end)) {
         let (key, _) = item?;
         if split_data_key(&key).is_none() {
@@ -186,14 +188,16 @@ fn hash_piece(
             Ok(h) => h,
             Err(e) => {
                 // Contributes nothing, here and in every other scan; verify reports it.
-                out.problems.push(problem(ProblemKind::BadRecord(e.to_string())));
+                out.problems
+                    .push(problem(ProblemKind::BadRecord(e.to_string())));
                 continue;
             }
         };
         if check_values {
             let expected = segment_of(user_key, shape.segments);
             if expected != segment {
-                out.problems.push(problem(ProblemKind::Misplaced { expected }));
+                out.problems
+                    .push(problem(ProblemKind::Misplaced { expected }));
             }
             let computed = value_hash(value.get(RECORD_HEADER..).unwrap_or_default());
             if computed != header.value_hash {
@@ -204,7 +208,10 @@ fn hash_piece(
             }
         }
         out.max_version = out.max_version.max(header.version);
-        if let Some(slot) = out.hashes.get_mut(segment.wrapping_sub(piece.first) as usize) {
+        if let Some(slot) = out
+            .hashes
+            .get_mut(segment.wrapping_sub(piece.first) as usize)
+        {
             *slot ^= header.entry_hash(partition, user_key);
         }
     }
@@ -213,7 +220,11 @@ fn hash_piece(
 }
 
 /// Key range of segments `first .. first + count` of `partition`.
-pub(crate) fn segment_range(partition: u32, first: u32, count: u64) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+pub(crate) fn segment_range(
+    partition: u32,
+    first: u32,
+    count: u64,
+) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     let start = [partition.to_be_bytes(), first.to_be_bytes()].concat();
     let end = u64::from(first) + count;
     let end = match u32::try_from(end) {

@@ -60,7 +60,12 @@ fn header(shape: Shape, epoch: u64, partitions: u32) -> [u8; CHECKSUMMED_HEADER]
 }
 
 /// Writes the snapshot of `trees` atomically into `dir`.
-pub(crate) fn write(dir: &Path, shape: Shape, epoch: u64, trees: &BTreeMap<u32, Tree>) -> Result<()> {
+pub(crate) fn write(
+    dir: &Path,
+    shape: Shape,
+    epoch: u64,
+    trees: &BTreeMap<u32, Tree>,
+) -> Result<()> {
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     let path = dir.join(SNAPSHOT_FILE);
     let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
@@ -70,7 +75,8 @@ pub(crate) fn write(dir: &Path, shape: Shape, epoch: u64, trees: &BTreeMap<u32, 
     let file = File::create(&tmp).map_err(|e| io("create", e))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     out.write_all(&head).map_err(|e| io("write", e))?;
-    out.write_all(&[0u8; HEADER_LEN - CHECKSUMMED_HEADER]).map_err(|e| io("write", e))?;
+    out.write_all(&[0u8; HEADER_LEN - CHECKSUMMED_HEADER])
+        .map_err(|e| io("write", e))?;
     let mut buf = Vec::with_capacity(1 << 16);
     for (&id, tree) in trees {
         buf.clear();
@@ -90,9 +96,13 @@ pub(crate) fn write(dir: &Path, shape: Shape, epoch: u64, trees: &BTreeMap<u32, 
         out.write_all(&buf).map_err(|e| io("write", e))?;
     }
     let mut file = out.into_inner().map_err(|e| io("write", e.into_error()))?;
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(CHECKSUMMED_HEADER as u64))
-        .map_err(|e| io("seek", e))?;
-    file.write_all(sum.finalize().as_bytes()).map_err(|e| io("write", e))?;
+    std::io::Seek::seek(
+        &mut file,
+        std::io::SeekFrom::Start(CHECKSUMMED_HEADER as u64),
+    )
+    .map_err(|e| io("seek", e))?;
+    file.write_all(sum.finalize().as_bytes())
+        .map_err(|e| io("write", e))?;
     file.sync_all().map_err(|e| io("fsync", e))?;
     drop(file);
     fs::rename(&tmp, &path).map_err(|e| io("rename", e))?;
@@ -175,7 +185,9 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
     let mut sum = blake3::Hasher::new_derive_key(SNAPSHOT_CONTEXT);
     sum.update(head);
     sum.update(body);
-    let stored = bytes.get(CHECKSUMMED_HEADER..HEADER_LEN).unwrap_or_default();
+    let stored = bytes
+        .get(CHECKSUMMED_HEADER..HEADER_LEN)
+        .unwrap_or_default();
     if sum.finalize().as_bytes().as_slice() != stored {
         return Err(Error::Corrupt(Corruption::ChecksumMismatch {
             what: "snapshot",

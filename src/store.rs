@@ -101,14 +101,26 @@ impl Store {
         let started = Instant::now();
         let data = db.open_tree("data")?;
         let buckets = db.open_tree("index")?;
-        let marks = Marks::new(db.open_tree("marks")?, options.region_segments, shape.segments);
+        let marks = Marks::new(
+            db.open_tree("marks")?,
+            options.region_segments,
+            shape.segments,
+        );
         let found = recover(dir, shape, &meta, &data, &buckets, &marks, created)?;
         // From here on the snapshot is stale: no later open may trust it.
         meta.set_state(false, 0)?;
         snapshot::remove(dir)?;
         db.flush()?;
         let index = Arc::new(Index::new(
-            shape, db, data, buckets, meta, marks, found.trees, found.epoch, found.clock,
+            shape,
+            db,
+            data,
+            buckets,
+            meta,
+            marks,
+            found.trees,
+            found.epoch,
+            found.clock,
         )?);
         let hasher = Hasher::spawn(
             Arc::clone(&index),
@@ -228,7 +240,7 @@ impl Store {
                 self.index.shape.levels
             )));
         }
-        let first = node.checked_mul(width).unwrap_or(u64::MAX);
+        let first = node.saturating_mul(width);
         let ids: Vec<u64> = (first..first.saturating_add(width)).collect();
         self.nodes(partition, level + 1, &ids)
     }
@@ -242,7 +254,11 @@ impl Store {
             )));
         }
         let mut out = Vec::new();
-        for item in self.index.data.scan_prefix(segment_prefix(partition, segment)) {
+        for item in self
+            .index
+            .data
+            .scan_prefix(segment_prefix(partition, segment))
+        {
             let (k, v) = item?;
             let Some((_, _, key)) = split_data_key(&k) else {
                 continue;
@@ -339,7 +355,13 @@ impl Store {
     }
 
     /// Writes a record under `key`.
-    pub(crate) fn write(&self, partition: u32, key: &[u8], header: RecordHeader, value: &[u8]) -> Result<()> {
+    pub(crate) fn write(
+        &self,
+        partition: u32,
+        key: &[u8],
+        header: RecordHeader,
+        value: &[u8],
+    ) -> Result<()> {
         let index = &*self.index;
         let segment = segment_of(key, index.shape.segments);
         let encoded = header.encode(value);
@@ -372,17 +394,29 @@ impl Store {
             )));
         }
         let header = record.header();
-        self.swap(partition, &repair.key, repair.expected, Some(header.encode(&record.value)))
+        self.swap(
+            partition,
+            &repair.key,
+            repair.expected,
+            Some(header.encode(&record.value)),
+        )
     }
 
     /// Replaces the record of `key` with `new` (`None` removes it) if the current entry
     /// hash is `expected`; keeps the index in step. False if the key had changed.
-    fn swap(&self, partition: u32, key: &[u8], expected: Option<Hash>, new: Option<Vec<u8>>) -> Result<bool> {
+    fn swap(
+        &self,
+        partition: u32,
+        key: &[u8],
+        expected: Option<Hash>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool> {
         let index = &*self.index;
         let segment = segment_of(key, index.shape.segments);
         let data_key = data_key(partition, segment, key);
         let entry = |bytes: &[u8]| {
-            RecordHeader::decode(bytes, String::new).map_or(Hash::ZERO, |h| h.entry_hash(partition, key))
+            RecordHeader::decode(bytes, String::new)
+                .map_or(Hash::ZERO, |h| h.entry_hash(partition, key))
         };
         let new_hash = new.as_deref().map_or(Hash::ZERO, entry);
         let pass = index.gate.enter();
@@ -460,7 +494,9 @@ impl Drop for Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -480,8 +516,12 @@ impl Partition<'_> {
     /// Writes `value` under `key` with a store-assigned version, which is returned.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
         let version = self.store.next_version();
-        self.store
-            .write(self.id, key, RecordHeader::new(version, false, value), value)?;
+        self.store.write(
+            self.id,
+            key,
+            RecordHeader::new(version, false, value),
+            value,
+        )?;
         Ok(version)
     }
 
@@ -489,8 +529,12 @@ impl Partition<'_> {
     /// past it).
     pub fn put_versioned(&self, key: &[u8], value: &[u8], version: u64) -> Result<()> {
         self.store.observe_version(version);
-        self.store
-            .write(self.id, key, RecordHeader::new(version, false, value), value)
+        self.store.write(
+            self.id,
+            key,
+            RecordHeader::new(version, false, value),
+            value,
+        )
     }
 
     /// Writes a tombstone for `key`; returns its version.

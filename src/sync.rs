@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::exchange::{Replica, Repair};
+use crate::exchange::{Repair, Replica};
 use crate::record::Record;
 use crate::store::Entry;
 use crate::{Hash, HASH_BYTES};

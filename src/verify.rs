@@ -60,7 +60,10 @@ impl fmt::Display for Problem {
             ProblemKind::BadRecord(e) => write!(f, "undecodable record: {e}"),
             ProblemKind::BadDataKey => write!(f, "data key too short"),
             ProblemKind::Misplaced { expected } => {
-                write!(f, "stored in the wrong segment (placement gives {expected})")
+                write!(
+                    f,
+                    "stored in the wrong segment (placement gives {expected})"
+                )
             }
             ProblemKind::SegmentHash { index, data } => write!(
                 f,

@@ -9,7 +9,10 @@ use merkle_index::{Corruption, Error, Hash, ProblemKind, Recovery, Store};
 fn filled(dir: &std::path::Path) -> Hash {
     let store = Store::open(dir, small_options()).unwrap();
     for i in 0..200u32 {
-        store.partition(i % 2).put(format!("k{i}").as_bytes(), b"value").unwrap();
+        store
+            .partition(i % 2)
+            .put(format!("k{i}").as_bytes(), b"value")
+            .unwrap();
     }
     store.sync_index().unwrap();
     let root = store.root(0);
@@ -40,7 +43,10 @@ fn flipped_snapshot_byte_falls_back_to_the_checkpoint() {
             regions: 0,
             snapshot_problem: Some(problem),
             ..
-        } => assert!(problem.contains("checksum mismatch in snapshot"), "{problem}"),
+        } => assert!(
+            problem.contains("checksum mismatch in snapshot"),
+            "{problem}"
+        ),
         other => panic!("expected checkpoint recovery, got {other:?}"),
     }
     assert_eq!(store.root(0), root);
@@ -54,16 +60,28 @@ fn truncated_or_foreign_snapshot_is_rejected() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
     let store = Store::open(dir.path(), small_options()).unwrap();
-    let Recovery::Regions { snapshot_problem: Some(p), .. } = &store.open_report().recovery else {
+    let Recovery::Regions {
+        snapshot_problem: Some(p),
+        ..
+    } = &store.open_report().recovery
+    else {
         panic!("{:?}", store.open_report().recovery);
     };
     assert!(p.contains("bad length for snapshot"), "{p}");
     assert_eq!(store.root(0), root);
     store.close().unwrap();
 
-    std::fs::write(&path, b"not a snapshot at all, just some text that is long enough").unwrap();
+    std::fs::write(
+        &path,
+        b"not a snapshot at all, just some text that is long enough",
+    )
+    .unwrap();
     let store = Store::open(dir.path(), small_options()).unwrap();
-    let Recovery::Regions { snapshot_problem: Some(p), .. } = &store.open_report().recovery else {
+    let Recovery::Regions {
+        snapshot_problem: Some(p),
+        ..
+    } = &store.open_report().recovery
+    else {
         panic!("{:?}", store.open_report().recovery);
     };
     assert!(p.contains("bad magic"), "{p}");
@@ -89,14 +107,20 @@ fn flipped_bucket_byte_is_reported_by_verify_and_forces_rebuild_after_crash() {
     let ProblemKind::BadBucket(what) = &report.problems[0].kind else {
         panic!("{:?}", report.problems);
     };
-    assert!(what.contains("checksum mismatch in index bucket at partition 0 level 1 bucket 0"), "{what}");
+    assert!(
+        what.contains("checksum mismatch in index bucket at partition 0 level 1 bucket 0"),
+        "{what}"
+    );
     // After a crash the bad bucket would be loaded: open rebuilds instead.
     store.simulate_crash();
     let store = Store::open(dir.path(), small_options()).unwrap();
     let Recovery::FullRebuild { reason, keys } = &store.open_report().recovery else {
         panic!("{:?}", store.open_report().recovery);
     };
-    assert!(reason.contains("checksum mismatch in index bucket"), "{reason}");
+    assert!(
+        reason.contains("checksum mismatch in index bucket"),
+        "{reason}"
+    );
     assert_eq!(*keys, 200);
     assert_eq!(store.root(0), root);
     // The rebuild was persisted: verify is clean once the checkpoint lands.
@@ -123,8 +147,13 @@ fn flipped_value_byte_is_reported_with_its_key() {
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     let problem = &report.problems[0];
     assert_eq!(problem.key.as_deref(), Some(victim.as_slice()));
-    assert!(matches!(problem.kind, ProblemKind::ValueHash { .. }), "{problem}");
-    assert!(problem.to_string().contains("do not match their stored hash"));
+    assert!(
+        matches!(problem.kind, ProblemKind::ValueHash { .. }),
+        "{problem}"
+    );
+    assert!(problem
+        .to_string()
+        .contains("do not match their stored hash"));
 }
 
 #[test]
@@ -141,16 +170,25 @@ fn garbage_record_header_is_an_error_not_a_panic() {
     let store = Store::open(dir.path(), small_options()).unwrap();
     let p = u32::from_be_bytes(victim_partition(dir.path(), &victim));
     match store.partition(p).get(&victim) {
-        Err(Error::Corrupt(Corruption::BadLength { what: "data record", expected: 26, found: 3, .. })) => {}
+        Err(Error::Corrupt(Corruption::BadLength {
+            what: "data record",
+            expected: 26,
+            found: 3,
+            ..
+        })) => {}
         other => panic!("expected a bad length error, got {other:?}"),
     }
     let report = store.verify(&mut |_| {}).unwrap();
     assert!(report
         .problems
         .iter()
-        .any(|p| matches!(p.kind, ProblemKind::BadRecord(_)) && p.key.as_deref() == Some(victim.as_slice())));
+        .any(|p| matches!(p.kind, ProblemKind::BadRecord(_))
+            && p.key.as_deref() == Some(victim.as_slice())));
     // The index still counts the old entry: verify says which segment disagrees.
-    assert!(report.problems.iter().any(|p| matches!(p.kind, ProblemKind::SegmentHash { .. })));
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| matches!(p.kind, ProblemKind::SegmentHash { .. })));
     // A rebuild makes index and data agree again (the bad record contributes nothing).
     store.rebuild(&mut |_| {}).unwrap();
     let report = store.verify(&mut |_| {}).unwrap();

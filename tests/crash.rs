@@ -29,7 +29,8 @@ fn op(i: u64) -> (u32, Vec<u8>, Option<Vec<u8>>) {
     let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7;
     let key = format!("key-{}", x % KEYS).into_bytes();
     let partition = (x % KEYS % PARTITIONS) as u32;
-    let value = (i % 7 != 3).then(|| format!("value-{i}-{}", "x".repeat((x % 40) as usize)).into_bytes());
+    let value =
+        (i % 7 != 3).then(|| format!("value-{i}-{}", "x".repeat((x % 40) as usize)).into_bytes());
     (partition, key, value)
 }
 
@@ -53,7 +54,10 @@ fn crash_child() {
     let Ok(dir) = std::env::var("MERKLE_CRASH_DIR") else {
         return;
     };
-    let start: u64 = std::env::var("MERKLE_CRASH_START").unwrap().parse().unwrap();
+    let start: u64 = std::env::var("MERKLE_CRASH_START")
+        .unwrap()
+        .parse()
+        .unwrap();
     let store = Store::open(&dir, options()).unwrap();
     let mut out = std::io::stdout();
     for i in start.. {
@@ -86,7 +90,10 @@ fn check(store: &Store, durable: u64) -> u64 {
             }
         }
     }
-    assert!(survived >= durable, "lost acknowledged writes: {survived} < {durable}");
+    assert!(
+        survived >= durable,
+        "lost acknowledged writes: {survived} < {durable}"
+    );
     let models = model_after(survived);
     store.sync_index().unwrap();
     for (p, model) in models.iter().enumerate() {
@@ -95,12 +102,20 @@ fn check(store: &Store, durable: u64) -> u64 {
             let key = format!("key-{k}").into_bytes();
             let got = store.partition(p).get_record(&key).unwrap();
             let want = model.get(&key);
-            assert_eq!(got.as_ref().map(|r| r.version), want.map(|e| e.0), "gap in prefix at {key:?}");
+            assert_eq!(
+                got.as_ref().map(|r| r.version),
+                want.map(|e| e.0),
+                "gap in prefix at {key:?}"
+            );
             if let (Some(g), Some(w)) = (got, want) {
                 assert_eq!((g.tombstone, &g.value), (w.1, &w.2));
             }
         }
-        assert_eq!(store.root(p).to_bytes(), reference_root(p, model), "root of partition {p}");
+        assert_eq!(
+            store.root(p).to_bytes(),
+            reference_root(p, model),
+            "root of partition {p}"
+        );
     }
     let report = store.verify(&mut |_| {}).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
@@ -119,7 +134,13 @@ fn crash_kill_nine() {
     let mut recoveries = std::collections::BTreeMap::<String, u32>::new();
     for iteration in 0..iterations {
         let mut child = Command::new(&exe)
-            .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("MERKLE_CRASH_DIR", dir.path())
             .env("MERKLE_CRASH_START", next.to_string())
             .stdout(Stdio::piped())
@@ -159,6 +180,8 @@ fn crash_kill_nine() {
             store.simulate_crash();
         }
     }
-    eprintln!("crash_kill_nine: {iterations} kills, {next} writes survived; open paths: {recoveries:?}");
+    eprintln!(
+        "crash_kill_nine: {iterations} kills, {next} writes survived; open paths: {recoveries:?}"
+    );
     assert!(next > 0, "the child never wrote anything");
 }

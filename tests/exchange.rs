@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use common::small_options;
 use merkle_index::{
-    diff, merged_root, sync, Entry, Hash, Options, Record, Replica, Repair, Store, SyncOptions, Winner,
+    diff, merged_root, sync, Entry, Hash, Options, Record, Repair, Replica, Store, SyncOptions,
+    Winner,
 };
 use proptest::prelude::*;
 
@@ -117,7 +118,8 @@ fn diff_costs_one_round_trip_per_level_and_bytes_per_difference() {
     let b = Store::open(db.path(), Options::default()).unwrap();
     for i in 0..2000u32 {
         for s in [&a, &b] {
-            s.put_versioned(format!("key-{i}").as_bytes(), b"v", u64::from(i) + 1).unwrap();
+            s.put_versioned(format!("key-{i}").as_bytes(), b"v", u64::from(i) + 1)
+                .unwrap();
         }
     }
     a.sync_index().unwrap();
@@ -134,8 +136,14 @@ fn diff_costs_one_round_trip_per_level_and_bytes_per_difference() {
         assert_eq!(report.differences.len() as u32, d);
         assert_eq!(report.round_trips, a.shape().levels + 2);
         let per_key = report.payload_bytes / u64::from(d);
-        assert!(per_key <= 2048, "{per_key} bytes per differing key at d = {d}");
-        assert!(report.differences.iter().all(|x| x.local.is_some() && x.remote.is_none()));
+        assert!(
+            per_key <= 2048,
+            "{per_key} bytes per differing key at d = {d}"
+        );
+        assert!(report
+            .differences
+            .iter()
+            .all(|x| x.local.is_some() && x.remote.is_none()));
         sync(&a, &b, 0, &SyncOptions::default()).unwrap();
     }
 }
@@ -153,9 +161,19 @@ fn a_delete_does_not_come_back_and_tombstones_are_purged_after_grace() {
     let report = sync(&a, &b, 0, &SyncOptions::default()).unwrap();
     assert_eq!((report.repaired_local, report.repaired_remote), (0, 1));
     assert_eq!(b.get(b"cart").unwrap(), None);
-    assert!(b.partition(0).get_record(b"cart").unwrap().unwrap().tombstone);
+    assert!(
+        b.partition(0)
+            .get_record(b"cart")
+            .unwrap()
+            .unwrap()
+            .tombstone
+    );
     // Within the grace period tombstones stay; after it both sides drop them.
-    assert_eq!(a.purge_tombstones(0, std::time::Duration::from_secs(3600)).unwrap(), 0);
+    assert_eq!(
+        a.purge_tombstones(0, std::time::Duration::from_secs(3600))
+            .unwrap(),
+        0
+    );
     std::thread::sleep(std::time::Duration::from_millis(5));
     for s in [&a, &b] {
         assert_eq!(s.purge_tombstones(0, std::time::Duration::ZERO).unwrap(), 1);
@@ -190,7 +208,10 @@ impl Replica for Racing<'_> {
     }
     fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Option<Record>>> {
         let before = self.store.records(p, k);
-        self.store.partition(p).put_versioned(self.key, b"newest", 1_000_000).unwrap();
+        self.store
+            .partition(p)
+            .put_versioned(self.key, b"newest", 1_000_000)
+            .unwrap();
         before
     }
     fn apply(&self, p: u32, r: &[Repair]) -> merkle_index::Result<u64> {
@@ -207,7 +228,10 @@ fn a_write_during_the_exchange_is_not_overwritten() {
     b.put_versioned(b"k", b"newer", 2).unwrap();
     a.sync_index().unwrap();
     b.sync_index().unwrap();
-    let racing = Racing { store: &a, key: b"k" };
+    let racing = Racing {
+        store: &a,
+        key: b"k",
+    };
     let report = sync(&racing, &b, 0, &SyncOptions::default()).unwrap();
     assert_eq!((report.repaired_local, report.skipped), (0, 1));
     assert_eq!(a.get(b"k").unwrap(), Some(b"newest".to_vec()));
@@ -237,21 +261,33 @@ fn a_resolver_decides_instead_of_versions() {
 
 #[test]
 fn trees_of_disjoint_partitions_merge_by_xor() {
-    let (da, db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     let a = Store::open(da.path(), small_options()).unwrap();
     let b = Store::open(db.path(), small_options()).unwrap();
     let union = Store::open(dc.path(), small_options()).unwrap();
     for i in 0..90u32 {
         let p = i % 3;
         let side = if p < 2 { &a } else { &b };
-        side.partition(p).put_versioned(&i.to_le_bytes(), b"v", 7).unwrap();
-        union.partition(p).put_versioned(&i.to_le_bytes(), b"v", 7).unwrap();
+        side.partition(p)
+            .put_versioned(&i.to_le_bytes(), b"v", 7)
+            .unwrap();
+        union
+            .partition(p)
+            .put_versioned(&i.to_le_bytes(), b"v", 7)
+            .unwrap();
     }
     for s in [&a, &b, &union] {
         s.sync_index().unwrap();
     }
     let merged = merged_root(&[a.root(0), a.root(1), b.root(2)]);
-    assert_eq!(merged, merged_root(&[union.root(0), union.root(1), union.root(2)]));
+    assert_eq!(
+        merged,
+        merged_root(&[union.root(0), union.root(1), union.root(2)])
+    );
     assert!(!merged.is_zero());
     // Both stores hold partition 0 only on a: b's empty partition differs in every key.
     let report = diff(&a, &b, 0).unwrap();

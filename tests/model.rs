@@ -12,8 +12,15 @@ use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put { partition: u32, key: u8, value: Vec<u8> },
-    Delete { partition: u32, key: u8 },
+    Put {
+        partition: u32,
+        key: u8,
+        value: Vec<u8>,
+    },
+    Delete {
+        partition: u32,
+        key: u8,
+    },
     Checkpoint,
     Reopen,
     Crash,

@@ -31,7 +31,10 @@ fn writes_reads_and_root_match_the_reference() {
     let entries = store.segment_entries(3, seg).unwrap();
     assert!(entries.iter().any(|e| e.key == b"k8"));
     let seg_hash = entries.iter().fold(Hash::ZERO, |acc, e| acc ^ e.hash);
-    assert_eq!(store.nodes(3, 3, &[u64::from(seg)]).unwrap(), vec![seg_hash]);
+    assert_eq!(
+        store.nodes(3, 3, &[u64::from(seg)]).unwrap(),
+        vec![seg_hash]
+    );
     let children = store.children(3, 0, 0).unwrap();
     assert_eq!(children.len(), 4);
     assert_eq!(children.iter().fold(Hash::ZERO, |a, &h| a ^ h), p.root());
@@ -128,14 +131,20 @@ fn rebuild_and_verify_agree_with_live_index() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), Options::default()).unwrap();
     for i in 0..2000u32 {
-        store.partition(i % 2).put(&i.to_be_bytes(), &[1; 10]).unwrap();
+        store
+            .partition(i % 2)
+            .put(&i.to_be_bytes(), &[1; 10])
+            .unwrap();
     }
     store.sync_index().unwrap();
     let roots = (store.root(0), store.root(1));
     let mut calls = 0;
     let report = store.rebuild(&mut |_| calls += 1).unwrap();
     assert!(calls >= 1);
-    assert_eq!((report.keys, report.partitions, report.undecodable), (2000, 2, 0));
+    assert_eq!(
+        (report.keys, report.partitions, report.undecodable),
+        (2000, 2, 0)
+    );
     assert_eq!((store.root(0), store.root(1)), roots);
     let v = store.verify(&mut |_| {}).unwrap();
     assert!(v.is_ok(), "{:?}", v.problems);
@@ -156,7 +165,9 @@ fn concurrent_writers_keep_the_index_exact() {
             std::thread::spawn(move || {
                 for i in 0..500u32 {
                     // Overlapping keys across threads: each key must count once.
-                    store.put(&(i % 97).to_le_bytes(), &t.to_le_bytes()).unwrap();
+                    store
+                        .put(&(i % 97).to_le_bytes(), &t.to_le_bytes())
+                        .unwrap();
                 }
             })
         })

@@ -45,7 +45,9 @@ fn snapshot(dir: &Path) -> Vec<(String, String)> {
                     stack.push(p);
                 }
             } else {
-                let digest = blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string();
+                let digest = blake3::hash(&std::fs::read(&p).unwrap())
+                    .to_hex()
+                    .to_string();
                 out.push((p.display().to_string(), digest));
             }
         }
@@ -57,7 +59,17 @@ fn snapshot(dir: &Path) -> Vec<(String, String)> {
 fn loaded(keys: &str, extra: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let path = db(dir.path());
-    let mut args = vec!["load", "--db", &path, "--keys", keys, "--segments", "4096", "--flush-every", "100"];
+    let mut args = vec![
+        "load",
+        "--db",
+        &path,
+        "--keys",
+        keys,
+        "--segments",
+        "4096",
+        "--flush-every",
+        "100",
+    ];
     args.extend_from_slice(extra);
     let o = run(&args);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -68,9 +80,25 @@ fn loaded(keys: &str, extra: &[&str]) -> tempfile::TempDir {
 fn load_prints_durable_progress_as_json_lines() {
     let dir = tempfile::tempdir().unwrap();
     let path = db(dir.path());
-    let o = run(&["load", "--db", &path, "--keys", "250", "--partitions", "3", "--segments", "256", "--flush-every", "100", "--json"]);
+    let o = run(&[
+        "load",
+        "--db",
+        &path,
+        "--keys",
+        "250",
+        "--partitions",
+        "3",
+        "--segments",
+        "256",
+        "--flush-every",
+        "100",
+        "--json",
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let durable: Vec<u64> = lines.iter().filter_map(|l| l["durable"].as_u64()).collect();
     assert_eq!(durable, vec![100, 200, 250]);
     assert_eq!(lines.last().unwrap()["loaded"], 250);
@@ -78,8 +106,20 @@ fn load_prints_durable_progress_as_json_lines() {
     let stats = run(&["stats", "--db", &path, "--json"]);
     assert_eq!(code(&stats), 0);
     let s = json(&stats);
-    assert_eq!((s["segments"].as_u64(), s["width"].as_u64(), s["levels"].as_u64()), (Some(256), Some(16), Some(2)));
-    let keys: Vec<u64> = s["partitions"].as_array().unwrap().iter().map(|p| p["keys"].as_u64().unwrap()).collect();
+    assert_eq!(
+        (
+            s["segments"].as_u64(),
+            s["width"].as_u64(),
+            s["levels"].as_u64()
+        ),
+        (Some(256), Some(16), Some(2))
+    );
+    let keys: Vec<u64> = s["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["keys"].as_u64().unwrap())
+        .collect();
     assert_eq!(keys, vec![84, 83, 83]);
     assert_eq!(s["last_open"]["path"], "clean snapshot");
     assert!(s["index_memory_bytes"].as_u64().unwrap() > 0);
@@ -87,7 +127,17 @@ fn load_prints_durable_progress_as_json_lines() {
     // The same workload loaded twice gives the same roots (values depend on seed and i).
     let again = tempfile::tempdir().unwrap();
     let again_path = db(again.path());
-    let o = run(&["load", "--db", &again_path, "--keys", "250", "--partitions", "3", "--segments", "256"]);
+    let o = run(&[
+        "load",
+        "--db",
+        &again_path,
+        "--keys",
+        "250",
+        "--partitions",
+        "3",
+        "--segments",
+        "256",
+    ]);
     assert_eq!(code(&o), 0);
     for p in ["0", "1", "2"] {
         let a = stdout(&run(&["root", "--db", &path, "--partition", p]));
@@ -103,14 +153,38 @@ fn load_prints_durable_progress_as_json_lines() {
 fn put_get_delete_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let path = db(dir.path());
-    assert_eq!(code(&run(&["put", "--db", &path, "--partition", "2", "apple", "red"])), 0);
+    assert_eq!(
+        code(&run(&[
+            "put",
+            "--db",
+            &path,
+            "--partition",
+            "2",
+            "apple",
+            "red"
+        ])),
+        0
+    );
     let got = run(&["get", "--db", &path, "--partition", "2", "apple"]);
     assert_eq!((code(&got), stdout(&got).as_str()), (0, "red\n"));
     let absent = run(&["get", "--db", &path, "--partition", "1", "apple"]);
     assert_eq!(code(&absent), 1);
     assert!(stderr(&absent).contains("not found"));
-    assert_eq!(code(&run(&["delete", "--db", &path, "--partition", "2", "apple"])), 0);
-    assert_eq!(code(&run(&["get", "--db", &path, "--partition", "2", "apple"])), 1);
+    assert_eq!(
+        code(&run(&[
+            "delete",
+            "--db",
+            &path,
+            "--partition",
+            "2",
+            "apple"
+        ])),
+        0
+    );
+    assert_eq!(
+        code(&run(&["get", "--db", &path, "--partition", "2", "apple"])),
+        1
+    );
 }
 
 #[test]
@@ -120,7 +194,14 @@ fn verify_rebuild_dump_on_a_sound_store() {
     let v = run(&["verify", "--db", &path, "--json"]);
     assert_eq!(code(&v), 0, "{}", stderr(&v));
     let v = json(&v);
-    assert_eq!((v["ok"].as_bool(), v["keys"].as_u64(), v["partitions"].as_u64()), (Some(true), Some(500), Some(2)));
+    assert_eq!(
+        (
+            v["ok"].as_bool(),
+            v["keys"].as_u64(),
+            v["partitions"].as_u64()
+        ),
+        (Some(true), Some(500), Some(2))
+    );
     let text = run(&["verify", "--db", &path]);
     assert!(stdout(&text).contains("no problems"));
 
@@ -128,16 +209,37 @@ fn verify_rebuild_dump_on_a_sound_store() {
     let r = run(&["rebuild", "--db", &path, "--json"]);
     assert_eq!(code(&r), 0);
     assert_eq!(json(&r)["keys"], 500);
-    assert_eq!(stdout(&run(&["root", "--db", &path, "--partition", "1"])), root);
+    assert_eq!(
+        stdout(&run(&["root", "--db", &path, "--partition", "1"])),
+        root
+    );
 
-    let d = run(&["dump", "--db", &path, "--partition", "1", "--level", "0", "--json"]);
+    let d = run(&[
+        "dump",
+        "--db",
+        &path,
+        "--partition",
+        "1",
+        "--level",
+        "0",
+        "--json",
+    ]);
     assert_eq!(code(&d), 0, "{}", stderr(&d));
     let children = json(&d)["children"].as_array().unwrap().clone();
     assert_eq!(children.len(), 16);
     // A non-empty segment lists its keys with versions.
     let mut found = false;
     for s in 0..4096u32 {
-        let e = run(&["dump", "--db", &path, "--partition", "1", "--segment", &s.to_string(), "--json"]);
+        let e = run(&[
+            "dump",
+            "--db",
+            &path,
+            "--partition",
+            "1",
+            "--segment",
+            &s.to_string(),
+            "--json",
+        ]);
         let entries = json(&e)["entries"].as_array().unwrap().clone();
         if let Some(first) = entries.first() {
             assert!(first["key"].as_str().unwrap().starts_with("key-"));
@@ -173,7 +275,10 @@ fn corrupt_value_makes_verify_exit_one_and_name_the_key() {
     assert_eq!(v["ok"], false);
     let problem = &v["problems"][0];
     assert!(problem["key"].as_str().unwrap().starts_with("key-"));
-    assert!(problem["what"].as_str().unwrap().contains("do not match their stored hash"));
+    assert!(problem["what"]
+        .as_str()
+        .unwrap()
+        .contains("do not match their stored hash"));
     let text = run(&["verify", "--db", &path]);
     assert_eq!(code(&text), 1);
     assert!(stdout(&text).contains("problem: partition 0 segment"));
@@ -191,7 +296,10 @@ fn bad_input_exits_two_with_a_message_and_writes_nothing() {
         let o = run(&[cmd, "--db", missing.to_str().unwrap()]);
         assert_eq!(code(&o), 2, "{cmd}");
         let err = stderr(&o);
-        assert!(err.contains("no store at") && err.contains("check the path"), "{cmd}: {err}");
+        assert!(
+            err.contains("no store at") && err.contains("check the path"),
+            "{cmd}: {err}"
+        );
         assert_eq!(err.lines().count(), 1, "{err}");
     }
     assert!(!missing.exists());
@@ -207,18 +315,37 @@ fn bad_input_exits_two_with_a_message_and_writes_nothing() {
     ] {
         let o = run(&args);
         assert_eq!(code(&o), 2, "{args:?}");
-        assert!(stderr(&o).contains("is not a merkle-index store"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is not a merkle-index store"),
+            "{}",
+            stderr(&o)
+        );
     }
-    assert!(snapshot(&other) == before, "a non-store directory was written to");
+    assert!(
+        snapshot(&other) == before,
+        "a non-store directory was written to"
+    );
 
     // Options mismatch: an existing 4096-segment store opened as a 1M-segment one.
     let store = loaded("50", &[]);
     let root = stdout(&run(&["root", "--db", &db(store.path())]));
     let before = snapshot(store.path());
     assert_eq!(before.len(), 1, "the clean-close snapshot");
-    let o = run(&["load", "--db", &db(store.path()), "--keys", "5", "--segments", "1048576"]);
+    let o = run(&[
+        "load",
+        "--db",
+        &db(store.path()),
+        "--keys",
+        "5",
+        "--segments",
+        "1048576",
+    ]);
     assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("options mismatch for levels"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("options mismatch for levels"),
+        "{}",
+        stderr(&o)
+    );
     assert!(snapshot(store.path()) == before, "the snapshot was touched");
     // The store is as it was: still a clean close, same root, same keys.
     let stats = json(&run(&["stats", "--db", &db(store.path()), "--json"]));
@@ -227,7 +354,11 @@ fn bad_input_exits_two_with_a_message_and_writes_nothing() {
     assert_eq!(stdout(&run(&["root", "--db", &db(store.path())])), root);
     let o = run(&["load", "--db", &db(store.path()), "--segments", "1000"]);
     assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("must be a power of width"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("must be a power of width"),
+        "{}",
+        stderr(&o)
+    );
 
     // Usage errors.
     assert_eq!(code(&run(&["stats"])), 2);
@@ -240,7 +371,11 @@ fn corrupt_sled_files_exit_two() {
     let dir = loaded("50", &[]);
     let path = db(dir.path());
     // Overwrite sled's config file with garbage: sled refuses to open.
-    std::fs::write(dir.path().join("sled").join("conf"), b"garbage garbage garbage").unwrap();
+    std::fs::write(
+        dir.path().join("sled").join("conf"),
+        b"garbage garbage garbage",
+    )
+    .unwrap();
     let o = run(&["stats", "--db", &path]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).starts_with("merkle-index: "), "{}", stderr(&o));
@@ -255,7 +390,10 @@ fn diff_and_sync_two_local_stores() {
     assert_eq!(code(&o), 0);
     let d = run(&["diff", "--db", &pa, "--db", &pb, "--json"]);
     assert_eq!(code(&d), 1, "{}", stderr(&d));
-    let lines: Vec<serde_json::Value> = stdout(&d).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout(&d)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let summary = lines.last().unwrap();
     // Every key differs: versions of the two loads differ, and b lacks 297 keys.
     assert_eq!(summary["differences"], 300);
@@ -263,7 +401,10 @@ fn diff_and_sync_two_local_stores() {
     let s = run(&["sync", "--db", &pa, "--db", &pb, "--json"]);
     assert_eq!(code(&s), 0, "{}", stderr(&s));
     let s = json(&s);
-    assert_eq!(s["repaired_remote"].as_u64().unwrap() + s["repaired_local"].as_u64().unwrap(), 300);
+    assert_eq!(
+        s["repaired_remote"].as_u64().unwrap() + s["repaired_local"].as_u64().unwrap(),
+        300
+    );
     let d = run(&["diff", "--db", &pa, "--db", &pb]);
     assert_eq!(code(&d), 0, "{}", stdout(&d));
     assert!(stdout(&d).contains("0 differences"));
@@ -281,7 +422,10 @@ fn demo_tells_the_whole_story() {
     assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("killed (SIGKILL)"), "{out}");
-    assert!(out.contains("restarted: crash recovery") || out.contains("restarted: full rebuild"), "{out}");
+    assert!(
+        out.contains("restarted: crash recovery") || out.contains("restarted: full rebuild"),
+        "{out}"
+    );
     assert!(out.contains("over TCP"), "{out}");
     assert!(out.contains("all three replicas are equal"), "{out}");
 }

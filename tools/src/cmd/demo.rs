@@ -54,7 +54,7 @@ fn update(i: u64) -> (Vec<u8>, Vec<u8>) {
 
 fn lost_for(replica: usize, i: u64) -> bool {
     // A few replication messages never arrive: about 1 in 150 per replica.
-    (i * 7 + replica as u64 * 13) % 150 == 0
+    (i * 7 + replica as u64 * 13).is_multiple_of(150)
 }
 
 /// The process that plays replica 3 until it is killed.
@@ -66,7 +66,9 @@ pub fn writer(a: WriterArgs) -> anyhow::Result<Outcome> {
             continue;
         }
         let (key, value) = update(i);
-        store.partition(PARTITION).put_versioned(&key, &value, a.base_version + i)?;
+        store
+            .partition(PARTITION)
+            .put_versioned(&key, &value, a.base_version + i)?;
         if i % 25 == 24 {
             store.flush()?;
             writeln!(out, "durable {}", i + 1)?;
@@ -95,8 +97,14 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         }
     };
     let dirs: Vec<PathBuf> = (1..=3).map(|n| root.join(format!("replica-{n}"))).collect();
-    println!("merkle-index demo: three replicas of the shopping-cart partition ({PARTITION}) in {}", root.display());
-    let replicas: Vec<Store> = dirs.iter().map(|d| Store::open(d, Options::default())).collect::<Result<_, _>>()?;
+    println!(
+        "merkle-index demo: three replicas of the shopping-cart partition ({PARTITION}) in {}",
+        root.display()
+    );
+    let replicas: Vec<Store> = dirs
+        .iter()
+        .map(|d| Store::open(d, Options::default()))
+        .collect::<Result<_, _>>()?;
     println!(
         "  each keeps a Merkle tree of {} segments (width {}, {} levels) beside its data",
         replicas[0].shape().segments,
@@ -105,9 +113,13 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     );
 
     // 1. The coordinator writes every update to all three replicas; a few are lost.
-    let base_version = replicas[0].partition(PARTITION).put(b"cart-init", b"empty")? + 1;
+    let base_version = replicas[0]
+        .partition(PARTITION)
+        .put(b"cart-init", b"empty")?
+        + 1;
     for r in &replicas[1..] {
-        r.partition(PARTITION).put_versioned(b"cart-init", b"empty", base_version - 1)?;
+        r.partition(PARTITION)
+            .put_versioned(b"cart-init", b"empty", base_version - 1)?;
     }
     let mut lost = [0u64; 3];
     for i in 0..BEFORE_CRASH {
@@ -117,7 +129,8 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
                 lost[n] += 1;
                 continue;
             }
-            r.partition(PARTITION).put_versioned(&key, &value, base_version + i)?;
+            r.partition(PARTITION)
+                .put_versioned(&key, &value, base_version + i)?;
         }
     }
     println!(
@@ -127,12 +140,21 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
 
     // 2. Replica 3 runs in its own process and is killed mid-write.
     let mut replicas = replicas.into_iter();
-    let (r1, r2, r3) = (replicas.next().context("r1")?, replicas.next().context("r2")?, replicas.next().context("r3")?);
+    let (r1, r2, r3) = (
+        replicas.next().context("r1")?,
+        replicas.next().context("r2")?,
+        replicas.next().context("r3")?,
+    );
     r3.close()?;
     let mut child = Command::new(std::env::current_exe()?)
         .args(["demo-writer", "--db"])
         .arg(&dirs[2])
-        .args(["--start", &BEFORE_CRASH.to_string(), "--count", &DURING_CRASH.to_string()])
+        .args([
+            "--start",
+            &BEFORE_CRASH.to_string(),
+            "--count",
+            &DURING_CRASH.to_string(),
+        ])
         .args(["--base-version", &base_version.to_string()])
         .stdout(Stdio::piped())
         .spawn()
@@ -153,7 +175,8 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         let (key, value) = update(i);
         for (n, r) in [&r1, &r2].into_iter().enumerate() {
             if n == 0 || !lost_for(2, i) {
-                r.partition(PARTITION).put_versioned(&key, &value, base_version + i)?;
+                r.partition(PARTITION)
+                    .put_versioned(&key, &value, base_version + i)?;
             }
         }
     }
@@ -165,7 +188,9 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let r3 = Store::open(&dirs[2], Options::default())?;
     let how = match &r3.open_report().recovery {
         Recovery::Regions { regions, keys, .. } => {
-            format!("crash recovery re-hashed {regions} marked regions ({keys} keys), no full rebuild")
+            format!(
+                "crash recovery re-hashed {regions} marked regions ({keys} keys), no full rebuild"
+            )
         }
         Recovery::FullRebuild { reason, .. } => format!("full rebuild ({reason})"),
         other => format!("{other:?}"),
@@ -176,7 +201,11 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         started.elapsed().as_secs_f64() * 1e3
     );
     let verified = r3.verify(&mut |_| {})?;
-    println!("   verify of replica 3: {} keys, {} problems", verified.keys, verified.problems.len());
+    println!(
+        "   verify of replica 3: {} keys, {} problems",
+        verified.keys,
+        verified.problems.len()
+    );
 
     // 3. Anti-entropy: the roots differ; replica 2 is served over authenticated TCP.
     let replicas = [&r1, &r2, &r3];
@@ -223,7 +252,11 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         r.sync_index()?;
     }
     let check = merkle_index::diff(&r3, &client, PARTITION)?;
-    let roots = [r1.root(PARTITION), client.roots(&[PARTITION])?[0], r3.root(PARTITION)];
+    let roots = [
+        r1.root(PARTITION),
+        client.roots(&[PARTITION])?[0],
+        r3.root(PARTITION),
+    ];
     drop(client);
     println!("\n4. roots after anti-entropy:");
     for (n, root) in roots.iter().enumerate() {

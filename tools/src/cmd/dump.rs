@@ -61,12 +61,26 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         println!("{out}");
     } else if let Some(entries) = out["entries"].as_array() {
         for e in entries {
-            let kind = if e["tombstone"] == true { "tombstone" } else { "value" };
-            println!("{}  version {}  {kind}  {}", e["hash"].as_str().unwrap_or(""), e["version"], e["key"].as_str().unwrap_or(""));
+            let kind = if e["tombstone"] == true {
+                "tombstone"
+            } else {
+                "value"
+            };
+            println!(
+                "{}  version {}  {kind}  {}",
+                e["hash"].as_str().unwrap_or(""),
+                e["version"],
+                e["key"].as_str().unwrap_or("")
+            );
         }
     } else {
         for c in out["children"].as_array().into_iter().flatten() {
-            println!("level {} node {}: {}", out["level"].as_u64().unwrap_or(0) + 1, c["index"], c["hash"].as_str().unwrap_or(""));
+            println!(
+                "level {} node {}: {}",
+                out["level"].as_u64().unwrap_or(0) + 1,
+                c["index"],
+                c["hash"].as_str().unwrap_or("")
+            );
         }
     }
     Ok(Outcome::Fine)

@@ -57,10 +57,15 @@ impl Sides {
     fn open(a: &Args) -> anyhow::Result<Sides> {
         match (a.db.as_slice(), &a.peer) {
             ([one], Some(peer)) => {
-                let key = Key::from_file(a.key_file.as_deref().unwrap_or(std::path::Path::new("")))?;
+                let key =
+                    Key::from_file(a.key_file.as_deref().unwrap_or(std::path::Path::new("")))?;
                 let local = super::open(one)?;
                 let client = Client::connect(peer, &key, Duration::from_millis(a.timeout_ms))?;
-                Ok(Sides { local, other_store: None, client: Some(client) })
+                Ok(Sides {
+                    local,
+                    other_store: None,
+                    client: Some(client),
+                })
             }
             ([one, two], None) => Ok(Sides {
                 local: super::open(one)?,
@@ -172,7 +177,11 @@ pub fn diff(a: Args) -> anyhow::Result<Outcome> {
         );
     }
     sides.close()?;
-    Ok(if total == 0 { Outcome::Fine } else { Outcome::Problems })
+    Ok(if total == 0 {
+        Outcome::Fine
+    } else {
+        Outcome::Problems
+    })
 }
 
 pub fn sync(a: SyncArgs) -> anyhow::Result<Outcome> {

@@ -30,7 +30,9 @@ pub struct KeyArgs {
 
 pub fn put(a: PutArgs) -> anyhow::Result<Outcome> {
     let store = super::open_or_create(&a.db, Options::default())?;
-    let version = store.partition(a.partition).put(a.key.as_bytes(), a.value.as_bytes())?;
+    let version = store
+        .partition(a.partition)
+        .put(a.key.as_bytes(), a.value.as_bytes())?;
     store.close()?;
     println!("{version}");
     Ok(Outcome::Fine)
@@ -48,7 +50,10 @@ pub fn get(a: KeyArgs) -> anyhow::Result<Outcome> {
             Ok(Outcome::Fine)
         }
         None => {
-            eprintln!("merkle-index: key {:?} not found in partition {}", a.key, a.partition);
+            eprintln!(
+                "merkle-index: key {:?} not found in partition {}",
+                a.key, a.partition
+            );
             Ok(Outcome::Problems)
         }
     }

@@ -89,7 +89,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             report(i + 1);
         }
     }
-    if a.keys % a.flush_every != 0 || a.keys == 0 {
+    if !a.keys.is_multiple_of(a.flush_every) || a.keys == 0 {
         store.flush()?;
         report(a.keys);
     }
@@ -98,9 +98,15 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let rate = a.keys as f64 / seconds.max(1e-9);
     store.close()?;
     if a.json {
-        println!("{}", json!({ "loaded": a.keys, "seconds": seconds, "keys_per_sec": rate }));
+        println!(
+            "{}",
+            json!({ "loaded": a.keys, "seconds": seconds, "keys_per_sec": rate })
+        );
     } else {
-        println!("loaded {} keys in {seconds:.2} s ({rate:.0} keys/s)", a.keys);
+        println!(
+            "loaded {} keys in {seconds:.2} s ({rate:.0} keys/s)",
+            a.keys
+        );
     }
     Ok(Outcome::Fine)
 }

@@ -38,6 +38,9 @@ pub fn open_or_create(db: &Path, options: Options) -> anyhow::Result<Store> {
 pub fn show_key(key: &[u8]) -> String {
     match std::str::from_utf8(key) {
         Ok(s) if !s.chars().any(char::is_control) => s.to_string(),
-        _ => format!("0x{}", key.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        _ => format!(
+            "0x{}",
+            key.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
     }
 }

@@ -39,7 +39,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             report.partitions, report.keys
         );
         if report.undecodable > 0 {
-            println!("{} undecodable records were skipped; run verify to list them", report.undecodable);
+            println!(
+                "{} undecodable records were skipped; run verify to list them",
+                report.undecodable
+            );
         }
     }
     Ok(Outcome::Fine)

@@ -33,12 +33,15 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             "crash recovery",
             json!({ "regions": regions, "segments": segments, "keys": keys, "snapshot_problem": snapshot_problem }),
         ),
-        Recovery::FullRebuild { keys, reason } => ("full rebuild", json!({ "keys": keys, "reason": reason })),
+        Recovery::FullRebuild { keys, reason } => {
+            ("full rebuild", json!({ "keys": keys, "reason": reason }))
+        }
         _ => ("other", json!({})),
     };
     let mut partitions = Vec::new();
     for p in store.partitions() {
-        partitions.push(json!({ "id": p, "keys": store.count_keys(p)?, "root": store.root(p).to_hex() }));
+        partitions
+            .push(json!({ "id": p, "keys": store.count_keys(p)?, "root": store.root(p).to_hex() }));
     }
     let checkpoint = store.last_checkpoint();
     let out = json!({
@@ -56,15 +59,32 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         println!("{out}");
         return Ok(Outcome::Fine);
     }
-    println!("tree: {} segments, width {}, {} levels", shape.segments, shape.width, shape.levels);
+    println!(
+        "tree: {} segments, width {}, {} levels",
+        shape.segments, shape.width, shape.levels
+    );
     for p in out["partitions"].as_array().into_iter().flatten() {
-        println!("partition {}: {} keys, root {}", p["id"], p["keys"], p["root"].as_str().unwrap_or(""));
+        println!(
+            "partition {}: {} keys, root {}",
+            p["id"],
+            p["keys"],
+            p["root"].as_str().unwrap_or("")
+        );
     }
     match checkpoint {
-        Some(c) => println!("last checkpoint: epoch {} at unix ms {}", c.epoch, c.unix_ms),
+        Some(c) => println!(
+            "last checkpoint: epoch {} at unix ms {}",
+            c.epoch, c.unix_ms
+        ),
         None => println!("last checkpoint: none"),
     }
-    println!("last open: {path} in {:.1} ms {detail}", report.duration.as_secs_f64() * 1e3);
-    println!("disk: {} bytes; index memory: {} bytes", out["disk_bytes"], out["index_memory_bytes"]);
+    println!(
+        "last open: {path} in {:.1} ms {detail}",
+        report.duration.as_secs_f64() * 1e3
+    );
+    println!(
+        "disk: {} bytes; index memory: {} bytes",
+        out["disk_bytes"], out["index_memory_bytes"]
+    );
     Ok(Outcome::Fine)
 }

@@ -59,5 +59,9 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             }
         );
     }
-    Ok(if report.is_ok() { Outcome::Fine } else { Outcome::Problems })
+    Ok(if report.is_ok() {
+        Outcome::Fine
+    } else {
+        Outcome::Problems
+    })
 }

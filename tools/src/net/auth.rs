@@ -14,7 +14,8 @@ pub struct Key([u8; 32]);
 impl Key {
     /// Derives the key from a key file (surrounding whitespace ignored; at least 16 bytes).
     pub fn from_file(path: &Path) -> anyhow::Result<Key> {
-        let bytes = std::fs::read(path).with_context(|| format!("read key file {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("read key file {}", path.display()))?;
         Key::from_secret(bytes.trim_ascii())
     }
 

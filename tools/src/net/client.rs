@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use merkle_index::{Entry, Error, Hash, Record, Replica, Repair, Shape};
+use merkle_index::{Entry, Error, Hash, Record, Repair, Replica, Shape};
 
 use super::auth::{nonce, Key};
 use super::frame;
@@ -33,13 +33,18 @@ impl Client {
             .with_context(|| format!("resolve {addr}"))?
             .next()
             .with_context(|| format!("no address for {addr}"))?;
-        let mut stream = TcpStream::connect_timeout(&target, timeout).with_context(|| format!("connect to {addr}"))?;
+        let mut stream = TcpStream::connect_timeout(&target, timeout)
+            .with_context(|| format!("connect to {addr}"))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
-        let (challenge, mut received) = frame::read::<Challenge>(&mut stream).context("read the server's challenge")?;
+        let (challenge, mut received) =
+            frame::read::<Challenge>(&mut stream).context("read the server's challenge")?;
         if challenge.protocol != PROTOCOL {
-            bail!("server speaks protocol {}, this client {PROTOCOL}", challenge.protocol);
+            bail!(
+                "server speaks protocol {}, this client {PROTOCOL}",
+                challenge.protocol
+            );
         }
         let client_nonce = nonce()?;
         let hello = Hello {
@@ -50,10 +55,16 @@ impl Client {
         let (welcome, n) = frame::read::<Welcome>(&mut stream)
             .context("the server refused the handshake (wrong key file?)")?;
         received += n;
-        if !key.check("server", &client_nonce, &challenge.server_nonce, &welcome.mac) {
+        if !key.check(
+            "server",
+            &client_nonce,
+            &challenge.server_nonce,
+            &welcome.mac,
+        ) {
             bail!("the server failed to prove it holds the key; not talking to it");
         }
-        let shape = Shape::new(welcome.width, welcome.levels).context("the server sent an invalid tree shape")?;
+        let shape = Shape::new(welcome.width, welcome.levels)
+            .context("the server sent an invalid tree shape")?;
         Ok(Client {
             shape,
             stream: Mutex::new(stream),
@@ -109,7 +120,12 @@ impl Replica for Client {
         hashes(self.call(&Request::Roots(partitions.to_vec()))?, "roots")
     }
 
-    fn children(&self, partition: u32, level: u32, parents: &[u64]) -> merkle_index::Result<Vec<Hash>> {
+    fn children(
+        &self,
+        partition: u32,
+        level: u32,
+        parents: &[u64],
+    ) -> merkle_index::Result<Vec<Hash>> {
         let request = Request::Children {
             partition,
             level,
@@ -124,12 +140,19 @@ impl Replica for Client {
             segments: segments.to_vec(),
         };
         match self.call(&request)? {
-            Response::Entries(e) => Ok(e.into_iter().map(|s| s.into_iter().map(Entry::from).collect()).collect()),
+            Response::Entries(e) => Ok(e
+                .into_iter()
+                .map(|s| s.into_iter().map(Entry::from).collect())
+                .collect()),
             other => Err(unexpected("entries", &other)),
         }
     }
 
-    fn records(&self, partition: u32, keys: &[Vec<u8>]) -> merkle_index::Result<Vec<Option<Record>>> {
+    fn records(
+        &self,
+        partition: u32,
+        keys: &[Vec<u8>],
+    ) -> merkle_index::Result<Vec<Option<Record>>> {
         let request = Request::Records {
             partition,
             keys: keys.to_vec(),

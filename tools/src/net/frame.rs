@@ -27,7 +27,12 @@ impl std::fmt::Display for FrameError {
             FrameError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 write!(f, "connection closed mid-frame")
             }
-            FrameError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            FrameError::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 write!(f, "timed out waiting for the peer")
             }
             FrameError::Io(e) => write!(f, "{e}"),
@@ -64,7 +69,9 @@ pub fn read<T: DeserializeOwned>(input: &mut impl Read) -> Result<(T, u64), Fram
 }
 
 /// Like [`read`], but a connection closed cleanly between frames gives `Ok(None)`.
-pub fn read_next<T: DeserializeOwned>(input: &mut impl Read) -> Result<Option<(T, u64)>, FrameError> {
+pub fn read_next<T: DeserializeOwned>(
+    input: &mut impl Read,
+) -> Result<Option<(T, u64)>, FrameError> {
     let mut len = [0u8; 4];
     let mut filled = 0;
     while filled < len.len() {
@@ -91,5 +98,59 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
         Ok((message, [])) => Ok(message),
         Ok(_) => Err(FrameError::Decode(postcard::Error::DeserializeBadEncoding)),
         Err(e) => Err(FrameError::Decode(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::proto::{Hello, Request, Response};
+    use proptest::prelude::*;
+
+    proptest! {
+        // The fuzz target for frames: any bytes, as a frame or as a payload, give a
+        // message or an error, never a panic or a huge allocation.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = read::<Request>(&mut bytes.as_slice());
+            let _ = read::<Response>(&mut bytes.as_slice());
+            let _ = read::<Hello>(&mut bytes.as_slice());
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<Response>(&bytes);
+        }
+
+        #[test]
+        fn requests_round_trip(partition in any::<u32>(), parents in proptest::collection::vec(any::<u64>(), 0..50)) {
+            let mut wire = Vec::new();
+            let request = Request::Children { partition, level: 3, parents: parents.clone() };
+            let n = write(&mut wire, &request).unwrap();
+            prop_assert_eq!(n as usize, wire.len());
+            let (back, m) = read::<Request>(&mut wire.as_slice()).unwrap();
+            prop_assert_eq!(m, n);
+            let Request::Children { partition: p, parents: q, .. } = back else { panic!("{back:?}") };
+            prop_assert_eq!((p, q), (partition, parents));
+        }
+    }
+
+    #[test]
+    fn lengths_are_checked_before_allocating() {
+        let huge = [0xffu8, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            read::<Request>(&mut huge.as_slice()),
+            Err(FrameError::BadLength(u32::MAX))
+        ));
+        let cut = [0u8, 0, 0, 9, 1];
+        assert!(matches!(
+            read::<Request>(&mut cut.as_slice()),
+            Err(FrameError::Io(_))
+        ));
+        assert!(matches!(read_next::<Request>(&mut [].as_slice()), Ok(None)));
+        // Trailing bytes after a valid message are an error, not silently ignored.
+        let mut wire = postcard::to_stdvec(&Request::Partitions).unwrap();
+        wire.push(0);
+        assert!(matches!(
+            decode::<Request>(&wire),
+            Err(FrameError::Decode(_))
+        ));
     }
 }

@@ -30,10 +30,23 @@ pub struct Welcome {
 pub enum Request {
     Partitions,
     Roots(Vec<u32>),
-    Children { partition: u32, level: u32, parents: Vec<u64> },
-    Entries { partition: u32, segments: Vec<u32> },
-    Records { partition: u32, keys: Vec<Vec<u8>> },
-    Apply { partition: u32, repairs: Vec<WireRepair> },
+    Children {
+        partition: u32,
+        level: u32,
+        parents: Vec<u64>,
+    },
+    Entries {
+        partition: u32,
+        segments: Vec<u32>,
+    },
+    Records {
+        partition: u32,
+        keys: Vec<Vec<u8>>,
+    },
+    Apply {
+        partition: u32,
+        repairs: Vec<WireRepair>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

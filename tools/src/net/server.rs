@@ -22,7 +22,12 @@ pub struct Limits {
 }
 
 /// Serves `store` on `listener` until the process ends.
-pub fn serve(store: Arc<Store>, listener: TcpListener, key: Key, limits: Limits) -> anyhow::Result<()> {
+pub fn serve(
+    store: Arc<Store>,
+    listener: TcpListener,
+    key: Key,
+    limits: Limits,
+) -> anyhow::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let stream = match stream {
@@ -32,10 +37,15 @@ pub fn serve(store: Arc<Store>, listener: TcpListener, key: Key, limits: Limits)
                 continue;
             }
         };
-        let peer = stream.peer_addr().map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
         if active.fetch_add(1, SeqCst) >= limits.max_connections {
             active.fetch_sub(1, SeqCst);
-            eprintln!("merkle-index serve: {peer}: refused, {} connections already", limits.max_connections);
+            eprintln!(
+                "merkle-index serve: {peer}: refused, {} connections already",
+                limits.max_connections
+            );
             continue;
         }
         let (store, key, active) = (Arc::clone(&store), key.clone(), Arc::clone(&active));
@@ -44,7 +54,9 @@ pub fn serve(store: Arc<Store>, listener: TcpListener, key: Key, limits: Limits)
             .name(name.clone())
             .spawn(move || {
                 match connection(&store, stream, &key, limits) {
-                    Ok(requests) => eprintln!("merkle-index serve: {peer}: done after {requests} requests"),
+                    Ok(requests) => {
+                        eprintln!("merkle-index serve: {peer}: done after {requests} requests")
+                    }
                     Err(e) => eprintln!("merkle-index serve: {peer}: refused: {e:#}"),
                 }
                 active.fetch_sub(1, SeqCst);
@@ -64,7 +76,12 @@ pub fn bind(addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
 }
 
 /// Runs one connection: handshake first, then requests until the peer hangs up.
-fn connection(store: &Store, mut stream: TcpStream, key: &Key, limits: Limits) -> anyhow::Result<u64> {
+fn connection(
+    store: &Store,
+    mut stream: TcpStream,
+    key: &Key,
+    limits: Limits,
+) -> anyhow::Result<u64> {
     stream.set_read_timeout(Some(limits.timeout))?;
     stream.set_write_timeout(Some(limits.timeout))?;
     stream.set_nodelay(true)?;
@@ -98,7 +115,9 @@ fn connection(store: &Store, mut stream: TcpStream, key: &Key, limits: Limits) -
         let response = answer(store, request).unwrap_or_else(|e| Response::Error(e.to_string()));
         match frame::write(&mut stream, &response) {
             Err(FrameError::BadLength(n)) => {
-                let e = format!("response of {n} bytes is over the frame limit; ask for a smaller batch");
+                let e = format!(
+                    "response of {n} bytes is over the frame limit; ask for a smaller batch"
+                );
                 frame::write(&mut stream, &Response::Error(e))?;
             }
             other => {
@@ -126,9 +145,14 @@ fn answer(store: &Store, request: Request) -> merkle_index::Result<Response> {
                     parents.len()
                 )));
             }
-            Response::Hashes(proto::hashes(&Replica::children(store, partition, level, &parents)?))
+            Response::Hashes(proto::hashes(&Replica::children(
+                store, partition, level, &parents,
+            )?))
         }
-        Request::Entries { partition, segments } => Response::Entries(
+        Request::Entries {
+            partition,
+            segments,
+        } => Response::Entries(
             store
                 .entries(partition, &segments)?
                 .iter()
@@ -144,7 +168,10 @@ fn answer(store: &Store, request: Request) -> merkle_index::Result<Response> {
         ),
         Request::Apply { partition, repairs } => {
             let repairs: Vec<_> = repairs.into_iter().map(Into::into).collect();
-            Response::Applied(store.apply(partition, &repairs)?)
+            let applied = store.apply(partition, &repairs)?;
+            // Acknowledged repairs are durable: the peer will not send them again.
+            store.flush()?;
+            Response::Applied(applied)
         }
     })
 }

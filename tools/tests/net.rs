@@ -1,0 +1,273 @@
+//! The network exchange against a real `serve` process: sync over TCP, one round trip
+//! for identical trees, and hostile peers (wrong key, no handshake, garbage, a 4 GiB
+//! length, a cut frame, a staller) are refused while a good client is still served and
+//! nothing is written.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_merkle-index"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    log: std::thread::JoinHandle<String>,
+}
+
+impl Server {
+    fn start(db: &Path, key_file: &Path, timeout_ms: u64) -> Server {
+        let mut child = bin()
+            .args([
+                "serve",
+                "--db",
+                db.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--key-file",
+                key_file.to_str().unwrap(),
+                "--timeout-ms",
+                &timeout_ms.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{line}"))
+            .to_string();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut s);
+            s
+        });
+        Server { child, addr, log }
+    }
+
+    fn stop(mut self) -> String {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.log.join().unwrap()
+    }
+}
+
+fn load(db: &Path, keys: &str, seed: &str) {
+    let o = run(&[
+        "load",
+        "--db",
+        db.to_str().unwrap(),
+        "--keys",
+        keys,
+        "--seed",
+        seed,
+        "--segments",
+        "4096",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn key_file(dir: &Path, name: &str, secret: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, secret).unwrap();
+    path
+}
+
+#[test]
+fn sync_with_a_serve_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    load(&a, "400", "1");
+    load(&b, "150", "2");
+    let key = key_file(dir.path(), "key", "correct horse battery staple");
+    let server = Server::start(&b, &key, 5000);
+    let peer = |cmd: &str| {
+        run(&[
+            cmd,
+            "--db",
+            a.to_str().unwrap(),
+            "--peer",
+            &server.addr,
+            "--key-file",
+            key.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let d = peer("diff");
+    assert_eq!(
+        d.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&d.stderr)
+    );
+    assert_eq!(json_lines(&d).last().unwrap()["differences"], 400);
+    let s = peer("sync");
+    assert_eq!(
+        s.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&s.stderr)
+    );
+    let s = &json_lines(&s)[0];
+    assert_eq!(
+        s["repaired_remote"].as_u64().unwrap() + s["repaired_local"].as_u64().unwrap(),
+        400
+    );
+
+    // Identical trees now: the diff of the one partition is one round trip, and the
+    // bytes beyond the handshake are under 100 each way.
+    let d = run(&[
+        "diff",
+        "--db",
+        a.to_str().unwrap(),
+        "--peer",
+        &server.addr,
+        "--key-file",
+        key.to_str().unwrap(),
+        "--partition",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(
+        d.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&d.stdout)
+    );
+    let wire = json_lines(&d).last().unwrap()["wire"].clone();
+    assert_eq!(wire["round_trips"], 1);
+    let handshake = wire["handshake_bytes"].as_u64().unwrap();
+    let (sent, received) = (
+        wire["bytes_sent"].as_u64().unwrap(),
+        wire["bytes_received"].as_u64().unwrap(),
+    );
+    assert!(sent + received - handshake < 100, "{wire}");
+    let log = server.stop();
+    assert!(log.contains("done after"), "{log}");
+    // The server's store now equals a's.
+    let root =
+        |db: &Path| String::from_utf8(run(&["root", "--db", db.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(root(&a), root(&b));
+}
+
+fn expect_closed(stream: &mut TcpStream) {
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue, // the challenge
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("expected the server to close the connection: {e}"),
+        }
+    }
+}
+
+#[test]
+fn hostile_peers_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    load(&a, "100", "1");
+    load(&b, "100", "2");
+    let good = key_file(dir.path(), "good", "the right pre-shared key, long enough");
+    let bad = key_file(dir.path(), "bad", "a wrong pre-shared key, also long");
+    let root =
+        |db: &Path| String::from_utf8(run(&["root", "--db", db.to_str().unwrap()]).stdout).unwrap();
+    let before = root(&b);
+    let server = Server::start(&b, &good, 700);
+
+    // A client that connects and says nothing keeps its thread busy but nobody else's.
+    let mut staller = TcpStream::connect(&server.addr).unwrap();
+
+    // Wrong key: the sync fails at the handshake, exit 2, nothing written.
+    let o = run(&[
+        "sync",
+        "--db",
+        a.to_str().unwrap(),
+        "--peer",
+        &server.addr,
+        "--key-file",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("refused the handshake"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let timeout = Some(Duration::from_secs(5));
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("4 GiB length", vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+        ("zero length", vec![0, 0, 0, 0]),
+        ("cut frame", vec![0, 0, 0, 80, 1, 2, 3]),
+        // A request frame (Partitions = variant 0) sent instead of the Hello.
+        ("no handshake", vec![0, 0, 0, 1, 0]),
+    ];
+    for (what, bytes) in hostile {
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        s.set_read_timeout(timeout).unwrap();
+        s.write_all(&bytes).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write); // may already be closed by the server
+        expect_closed(&mut s);
+        eprintln!("{what}: closed");
+    }
+
+    // Meanwhile a good client is served (the staller is still connected).
+    let o = run(&[
+        "diff",
+        "--db",
+        a.to_str().unwrap(),
+        "--peer",
+        &server.addr,
+        "--key-file",
+        good.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    staller.set_read_timeout(timeout).unwrap();
+    expect_closed(&mut staller);
+
+    let log = server.stop();
+    for expected in [
+        "wrong key (MAC mismatch)",
+        "frame length 4294967295 outside",
+        "frame length 0 outside",
+        "connection closed mid-frame",
+        "malformed message",
+        "timed out waiting for the peer",
+    ] {
+        assert!(
+            log.contains(expected),
+            "server log lacks {expected:?}:\n{log}"
+        );
+    }
+    assert_eq!(root(&b), before, "a refused peer changed the store");
+}
