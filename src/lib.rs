@@ -27,6 +27,8 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[doc(hidden)]
+pub mod bench_support;
 mod bucket;
 mod clock;
 mod error;

@@ -347,6 +347,22 @@ impl Store {
         Ok(())
     }
 
+    /// Marks `segments` changed in the index without touching the data, so benchmarks
+    /// can time a checkpoint of a given size. Leaves the index wrong; never use it on a
+    /// store you keep.
+    #[doc(hidden)]
+    pub fn bench_touch_segments(&self, partition: u32, segments: impl Iterator<Item = u32>) -> Result<()> {
+        for segment in segments {
+            let delta = crate::hash::value_hash(&segment.to_le_bytes());
+            self.hasher.send(Msg::Update {
+                partition,
+                segment: segment % self.index.shape.segments as u32,
+                delta,
+            })?;
+        }
+        self.hasher.barrier()
+    }
+
     /// Stops without checkpoint or snapshot, as if the process had died (tests).
     #[doc(hidden)]
     pub fn simulate_crash(mut self) {

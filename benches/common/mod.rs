@@ -1,0 +1,48 @@
+//! Setup shared by the benches: workload keys, store loading, and the bench size.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use merkle_index::{Options, Store};
+
+/// Keys for the big benches: 1M normally; 20k under `cargo bench -- --test` (CI smoke run).
+pub fn big_keys() -> u64 {
+    if std::env::args().any(|a| a == "--test") {
+        20_000
+    } else {
+        1_000_000
+    }
+}
+
+/// Random-looking 16-byte key `i` (a scrambled counter).
+pub fn key(i: u64) -> [u8; 16] {
+    let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) ^ i;
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&x.to_be_bytes());
+    k[8..].copy_from_slice(&i.to_be_bytes());
+    k
+}
+
+/// Options for bench stores: defaults, but no periodic checkpoint during setup.
+pub fn options() -> Options {
+    Options::default().checkpoint_interval(std::time::Duration::from_secs(3600))
+}
+
+/// A store with `n` keys of 100-byte values, closed cleanly.
+pub fn loaded_store(dir: &Path, n: u64) {
+    let store = Store::open(dir, options()).unwrap();
+    let value = [7u8; 100];
+    for i in 0..n {
+        store.put_versioned(&key(i), &value, i + 1).unwrap();
+    }
+    store.close().unwrap();
+}
+
+/// A bare sled database with the same config as a store's.
+pub fn bare_sled(dir: &Path) -> sled::Db {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(options().cache_bytes)
+        .open()
+        .unwrap()
+}
