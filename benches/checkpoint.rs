@@ -9,7 +9,9 @@ use merkle_index::Store;
 
 fn checkpoint(c: &mut Criterion) {
     let mut group = c.benchmark_group("checkpoint");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), common::options()).unwrap();
     let mut offset = 0u32;
@@ -20,7 +22,8 @@ fn checkpoint(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     // Spread updates over the segment space (untimed), then persist them.
-                    let segments = (0..n).map(|i| offset.wrapping_add(i).wrapping_mul(2_654_435_761));
+                    let segments =
+                        (0..n).map(|i| offset.wrapping_add(i).wrapping_mul(2_654_435_761));
                     store.bench_touch_segments(0, segments).unwrap();
                     offset = offset.wrapping_add(n);
                     let start = Instant::now();

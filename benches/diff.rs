@@ -16,11 +16,14 @@ fn diffs(c: &mut Criterion) {
     let a = Store::open(da.path(), common::options()).unwrap();
     let b = Store::open(db.path(), common::options()).unwrap();
     let mut group = c.benchmark_group("diff");
-    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
     let mut written = 0u64;
-    for d in [0u64, 1, 100, 10_000] {
+    for d in [0u64, 1, 100, 1_000, 10_000] {
         while written < d {
-            a.put_versioned(&common::key(base + written), b"only on a", 1).unwrap();
+            a.put_versioned(&common::key(base + written), b"only on a", 1)
+                .unwrap();
             written += 1;
         }
         a.sync_index().unwrap();

@@ -13,7 +13,9 @@ fn scans(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     common::loaded_store(dir.path(), keys);
     let mut group = c.benchmark_group("scan");
-    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Elements(keys));
     {
         let db = common::bare_sled(&dir.path().join("sled"));

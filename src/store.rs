@@ -351,7 +351,11 @@ impl Store {
     /// can time a checkpoint of a given size. Leaves the index wrong; never use it on a
     /// store you keep.
     #[doc(hidden)]
-    pub fn bench_touch_segments(&self, partition: u32, segments: impl Iterator<Item = u32>) -> Result<()> {
+    pub fn bench_touch_segments(
+        &self,
+        partition: u32,
+        segments: impl Iterator<Item = u32>,
+    ) -> Result<()> {
         for segment in segments {
             let delta = crate::hash::value_hash(&segment.to_le_bytes());
             self.hasher.send(Msg::Update {

@@ -25,7 +25,14 @@ pub fn key(i: u64) -> [u8; 16] {
 
 /// Options for bench stores: defaults, but no periodic checkpoint during setup.
 pub fn options() -> Options {
-    Options::default().checkpoint_interval(std::time::Duration::from_secs(3600))
+    let mut o = Options::default().checkpoint_interval(std::time::Duration::from_secs(3600));
+    if let Some(mb) = std::env::var("MERKLE_BENCH_CACHE_MB")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        o.cache_bytes = mb << 20;
+    }
+    o
 }
 
 /// A store with `n` keys of 100-byte values, closed cleanly.
