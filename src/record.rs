@@ -52,13 +52,7 @@ impl Record {
 
     /// The hash this record contributes to its segment when stored under `key`.
     pub fn entry_hash(&self, partition: u32, key: &[u8]) -> Hash {
-        entry_hash(
-            partition,
-            key,
-            self.version,
-            self.tombstone,
-            self.value_hash,
-        )
+        self.header().entry_hash(partition, key)
     }
 
     pub(crate) fn header(&self) -> RecordHeader {

@@ -33,13 +33,13 @@ enum Command {
     /// Delete one key (writes a tombstone).
     Delete(cmd::kv::KeyArgs),
     /// Keys, roots, checkpoint and last open of a store.
-    Stats(cmd::stats::Args),
+    Stats(cmd::StoreArgs),
     /// Print a partition's root hash.
     Root(cmd::root::Args),
     /// Recompute everything from the data and report problems (exit 1 if any).
-    Verify(cmd::verify::Args),
+    Verify(cmd::StoreArgs),
     /// Recompute the index from the data.
-    Rebuild(cmd::rebuild::Args),
+    Rebuild(cmd::StoreArgs),
     /// Print a node's children or a segment's entries.
     Dump(cmd::dump::Args),
     /// Compare two stores (--db A --db B) or a store and a peer (--peer); exit 1 if they differ.

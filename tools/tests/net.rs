@@ -271,3 +271,65 @@ fn hostile_peers_are_refused_and_change_nothing() {
     }
     assert_eq!(root(&b), before, "a refused peer changed the store");
 }
+
+/// Wire bytes per differing key over TCP on default 1M-segment trees (a figure for the
+/// README; run with `cargo test --release -p merkle-index-cli --test net -- --ignored
+/// --nocapture`). Asserts the targets: <= 2 KiB per key, round trips <= levels + 2.
+#[test]
+#[ignore = "measurement; takes a few seconds in release"]
+fn wire_bytes_per_difference() {
+    use merkle_index::{Options, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let key = key_file(dir.path(), "key", "a pre-shared key of decent length");
+    {
+        let (sa, sb) = (
+            Store::open(&a, Options::default()).unwrap(),
+            Store::open(&b, Options::default()).unwrap(),
+        );
+        for i in 0..100_000u64 {
+            for s in [&sa, &sb] {
+                s.put_versioned(format!("base-{i}").as_bytes(), &[1u8; 100], i + 1)
+                    .unwrap();
+            }
+        }
+        sa.close().unwrap();
+        sb.close().unwrap();
+    }
+    let server = Server::start(&b, &key, 5000);
+    let mut written = 0u64;
+    for d in [1u64, 100, 10_000] {
+        {
+            let sa = Store::open(&a, Options::default()).unwrap();
+            while written < d {
+                sa.put_versioned(format!("only-a-{written}").as_bytes(), &[2u8; 100], 1)
+                    .unwrap();
+                written += 1;
+            }
+            sa.close().unwrap();
+        }
+        let o = run(&[
+            "diff",
+            "--db",
+            a.to_str().unwrap(),
+            "--peer",
+            &server.addr,
+            "--key-file",
+            key.to_str().unwrap(),
+            "--partition",
+            "0",
+            "--json",
+        ]);
+        let summary = json_lines(&o).last().unwrap().clone();
+        let wire = &summary["wire"];
+        let beyond = wire["bytes_sent"].as_u64().unwrap()
+            + wire["bytes_received"].as_u64().unwrap()
+            - wire["handshake_bytes"].as_u64().unwrap();
+        let per_key = beyond / d;
+        eprintln!("d={d}: {} round trips, {beyond} bytes on the wire beyond the handshake, {per_key} per differing key", wire["round_trips"]);
+        assert_eq!(summary["differences"], d);
+        assert!(per_key <= 2048);
+        assert!(wire["round_trips"].as_u64().unwrap() <= 5 + 2);
+    }
+    server.stop();
+}

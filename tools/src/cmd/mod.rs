@@ -11,9 +11,20 @@ pub mod serve;
 pub mod stats;
 pub mod verify;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use merkle_index::{Options, Store};
+
+/// The arguments of commands that read one store and can answer in JSON.
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    /// Store directory.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// One JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Opens an existing store with its own shape.
 pub fn open(db: &Path) -> anyhow::Result<Store> {

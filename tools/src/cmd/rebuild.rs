@@ -1,23 +1,12 @@
 //! `rebuild`: a thin wrapper over `Store::rebuild`.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::json;
 
 use crate::{progress, Outcome};
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Store directory.
-    #[arg(long)]
-    db: PathBuf,
-    /// One JSON object on stdout instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-pub fn run(a: Args) -> anyhow::Result<Outcome> {
+pub fn run(a: super::StoreArgs) -> anyhow::Result<Outcome> {
     let store = super::open(&a.db)?;
     let bar = progress::bar(1, "segments");
     let started = Instant::now();

@@ -1,23 +1,11 @@
 //! `stats`: what a store holds and how its last open went.
 
-use std::path::PathBuf;
-
 use merkle_index::Recovery;
 use serde_json::json;
 
 use crate::Outcome;
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Store directory.
-    #[arg(long)]
-    db: PathBuf,
-    /// One JSON object on stdout instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-pub fn run(a: Args) -> anyhow::Result<Outcome> {
+pub fn run(a: super::StoreArgs) -> anyhow::Result<Outcome> {
     let store = super::open(&a.db)?;
     let shape = store.shape();
     let report = store.open_report().clone();
