@@ -28,6 +28,11 @@ pub(crate) enum Msg {
     },
     /// Answered once every message sent before it has been applied.
     Barrier(Sender<()>),
+    /// Work that needs more than an XOR; served between batches of updates.
+    Request(Request),
+}
+
+pub(crate) enum Request {
     /// Persist dirty buckets now; with `full`, every bucket, removing stale ones.
     Checkpoint(bool, Reply<CheckpointInfo>),
     /// Swap in rebuilt trees and persist them all.
@@ -70,9 +75,9 @@ impl Hasher {
         self.tx.send(msg).map_err(|_| Error::Closed)
     }
 
-    fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T> {
+    fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
         let (reply, answer) = bounded(1);
-        self.send(make(reply))?;
+        self.send(Msg::Request(make(reply)))?;
         answer.recv().map_err(|_| Error::Closed)?
     }
 
@@ -83,16 +88,16 @@ impl Hasher {
     }
 
     pub(crate) fn checkpoint(&self, full: bool) -> Result<CheckpointInfo> {
-        self.ask(|reply| Msg::Checkpoint(full, reply))
+        self.ask(|reply| Request::Checkpoint(full, reply))
     }
 
     pub(crate) fn replace(&self, trees: Trees) -> Result<CheckpointInfo> {
-        self.ask(|reply| Msg::Replace(trees, reply))
+        self.ask(|reply| Request::Replace(trees, reply))
     }
 
     /// Final checkpoint, then joins the thread.
     pub(crate) fn shutdown(&mut self) -> Result<CheckpointInfo> {
-        let result = self.ask(Msg::Shutdown);
+        let result = self.ask(Request::Shutdown);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -114,13 +119,6 @@ struct Worker {
     rx: Receiver<Msg>,
     /// Anything applied since the last checkpoint.
     dirty: bool,
-}
-
-/// A message that needs more than an XOR; served between batches of updates.
-enum Request {
-    Checkpoint(bool, Reply<CheckpointInfo>),
-    Replace(Trees, Reply<CheckpointInfo>),
-    Shutdown(Reply<CheckpointInfo>),
 }
 
 impl Worker {
@@ -197,9 +195,7 @@ impl Worker {
                 Msg::Barrier(reply) => {
                     let _ = reply.send(());
                 }
-                Msg::Checkpoint(full, reply) => pending.push_back(Request::Checkpoint(full, reply)),
-                Msg::Replace(t, reply) => pending.push_back(Request::Replace(t, reply)),
-                Msg::Shutdown(reply) => pending.push_back(Request::Shutdown(reply)),
+                Msg::Request(request) => pending.push_back(request),
             }
             if applied as usize >= BATCH || !pending.is_empty() {
                 break;

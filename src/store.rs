@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::exchange::Repair;
 use crate::file::sync_tree;
 use crate::hash::{segment_of, Hash};
-use crate::hasher::{Hasher, Msg};
+use crate::hasher::{Hasher, Msg, Request};
 use crate::index::Index;
 use crate::marks::Marks;
 use crate::meta::{CheckpointInfo, Meta};
@@ -130,7 +130,8 @@ impl Store {
         if found.needs_checkpoint {
             // Persist the recovered index in the background; until that checkpoint lands
             // the marks stay, so a crash meanwhile repeats this recovery, nothing worse.
-            hasher.send(Msg::Checkpoint(found.full, crossbeam_channel::bounded(1).0))?;
+            let request = Request::Checkpoint(found.full, crossbeam_channel::bounded(1).0);
+            hasher.send(Msg::Request(request))?;
         }
         Ok(Store {
             dir: dir.to_path_buf(),
