@@ -66,8 +66,12 @@ pub fn run(a: super::StoreArgs) -> anyhow::Result<Outcome> {
         ),
         None => println!("last checkpoint: none"),
     }
+    let detail = match detail.as_object() {
+        Some(fields) if !fields.is_empty() => format!(" {detail}"),
+        _ => String::new(),
+    };
     println!(
-        "last open: {path} in {:.1} ms {detail}",
+        "last open: {path}, index ready in {:.1} ms{detail}",
         report.duration.as_secs_f64() * 1e3
     );
     println!(
