@@ -74,10 +74,7 @@ impl Store {
     fn open_inner(dir: &Path, mut options: Options, adopt_shape: bool) -> Result<Store> {
         options.validate()?;
         prepare_dir(dir, &options)?;
-        let db = sled::Config::new()
-            .path(dir.join(SLED_DIR))
-            .cache_capacity(options.cache_bytes)
-            .open()?;
+        let db = open_sled(dir, &options)?;
         let meta = Meta::new(db.open_tree("meta")?);
         let created = meta.is_new()?;
         if created && !options.create_if_missing {
@@ -503,6 +500,29 @@ impl Store {
 
     pub(crate) fn observe_version(&self, version: u64) {
         self.index.clock.observe(version);
+    }
+}
+
+/// Opens sled, waiting up to a second for its lock: sled's I/O threads release the
+/// database file a moment after the previous handle is dropped, so a close followed at
+/// once by an open (in this process) would otherwise fail. A store held by a live process
+/// still fails, after that second.
+fn open_sled(dir: &Path, options: &Options) -> Result<sled::Db> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let opened = sled::Config::new()
+            .path(dir.join(SLED_DIR))
+            .cache_capacity(options.cache_bytes)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
     }
 }
 

@@ -20,9 +20,17 @@ fn filled(dir: &std::path::Path) -> Hash {
     root
 }
 
-/// Edits the raw sled database of a closed store.
+/// Edits the raw sled database of a closed store (sled's I/O threads may hold its lock
+/// for a moment after the store is dropped).
 fn with_sled(dir: &std::path::Path, edit: impl FnOnce(&sled::Db)) {
-    let db = sled::open(dir.join("sled")).unwrap();
+    let db = (0..100)
+        .find_map(|_| {
+            sled::open(dir.join("sled")).ok().or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                None
+            })
+        })
+        .expect("sled stayed locked");
     edit(&db);
     db.flush().unwrap();
 }

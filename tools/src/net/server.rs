@@ -53,12 +53,15 @@ pub fn serve(
         let spawned = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
-                match connection(&store, stream, &key, limits) {
+                let mut stream = stream;
+                // Logged before the socket closes, so the peer's view and the log agree.
+                match connection(&store, &mut stream, &key, limits) {
                     Ok(requests) => {
                         eprintln!("merkle-index serve: {peer}: done after {requests} requests")
                     }
                     Err(e) => eprintln!("merkle-index serve: {peer}: refused: {e:#}"),
                 }
+                drop(stream);
                 active.fetch_sub(1, SeqCst);
             });
         if let Err(e) = spawned {
@@ -78,7 +81,7 @@ pub fn bind(addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
 /// Runs one connection: handshake first, then requests until the peer hangs up.
 fn connection(
     store: &Store,
-    mut stream: TcpStream,
+    stream: &mut TcpStream,
     key: &Key,
     limits: Limits,
 ) -> anyhow::Result<u64> {
@@ -87,13 +90,13 @@ fn connection(
     stream.set_nodelay(true)?;
     let server_nonce = nonce()?;
     frame::write(
-        &mut stream,
+        stream,
         &Challenge {
             protocol: PROTOCOL,
             server_nonce,
         },
     )?;
-    let (hello, _) = frame::read::<Hello>(&mut stream).context("handshake")?;
+    let (hello, _) = frame::read::<Hello>(stream).context("handshake")?;
     if !key.check("client", &server_nonce, &hello.client_nonce, &hello.mac) {
         anyhow::bail!("handshake: wrong key (MAC mismatch)");
     }
@@ -103,22 +106,22 @@ fn connection(
         width: shape.width,
         levels: shape.levels,
     };
-    frame::write(&mut stream, &welcome)?;
+    frame::write(stream, &welcome)?;
     let mut requests = 0;
     loop {
-        let request = match frame::read_next::<Request>(&mut stream) {
+        let request = match frame::read_next::<Request>(stream) {
             Ok(Some((r, _))) => r,
             Ok(None) => return Ok(requests),
             Err(e) => return Err(e).context(format!("request {}", requests + 1)),
         };
         requests += 1;
         let response = answer(store, request).unwrap_or_else(|e| Response::Error(e.to_string()));
-        match frame::write(&mut stream, &response) {
+        match frame::write(stream, &response) {
             Err(FrameError::BadLength(n)) => {
                 let e = format!(
                     "response of {n} bytes is over the frame limit; ask for a smaller batch"
                 );
-                frame::write(&mut stream, &Response::Error(e))?;
+                frame::write(stream, &Response::Error(e))?;
             }
             other => {
                 other?;
