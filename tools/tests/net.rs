@@ -90,6 +90,21 @@ fn load(db: &Path, keys: &str, seed: &str) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// Runs `cmd --db db --peer addr --key-file key` plus `extra`.
+fn peer(cmd: &str, db: &Path, addr: &str, key: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        cmd,
+        "--db",
+        db.to_str().unwrap(),
+        "--peer",
+        addr,
+        "--key-file",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 fn key_file(dir: &Path, name: &str, secret: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, secret).unwrap();
@@ -104,19 +119,7 @@ fn sync_with_a_serve_process() {
     load(&b, "150", "2");
     let key = key_file(dir.path(), "key", "correct horse battery staple");
     let server = Server::start(&b, &key, 5000);
-    let peer = |cmd: &str| {
-        run(&[
-            cmd,
-            "--db",
-            a.to_str().unwrap(),
-            "--peer",
-            &server.addr,
-            "--key-file",
-            key.to_str().unwrap(),
-            "--json",
-        ])
-    };
-    let d = peer("diff");
+    let d = peer("diff", &a, &server.addr, &key, &["--json"]);
     assert_eq!(
         d.status.code(),
         Some(1),
@@ -124,7 +127,7 @@ fn sync_with_a_serve_process() {
         String::from_utf8_lossy(&d.stderr)
     );
     assert_eq!(json_lines(&d).last().unwrap()["differences"], 400);
-    let s = peer("sync");
+    let s = peer("sync", &a, &server.addr, &key, &["--json"]);
     assert_eq!(
         s.status.code(),
         Some(0),
@@ -139,18 +142,13 @@ fn sync_with_a_serve_process() {
 
     // Identical trees now: the diff of the one partition is one round trip, and the
     // bytes beyond the handshake are under 100 each way.
-    let d = run(&[
+    let d = peer(
         "diff",
-        "--db",
-        a.to_str().unwrap(),
-        "--peer",
+        &a,
         &server.addr,
-        "--key-file",
-        key.to_str().unwrap(),
-        "--partition",
-        "0",
-        "--json",
-    ]);
+        &key,
+        &["--partition", "0", "--json"],
+    );
     assert_eq!(
         d.status.code(),
         Some(0),
@@ -202,15 +200,7 @@ fn hostile_peers_are_refused_and_change_nothing() {
     let mut staller = TcpStream::connect(&server.addr).unwrap();
 
     // Wrong key: the sync fails at the handshake, exit 2, nothing written.
-    let o = run(&[
-        "sync",
-        "--db",
-        a.to_str().unwrap(),
-        "--peer",
-        &server.addr,
-        "--key-file",
-        bad.to_str().unwrap(),
-    ]);
+    let o = peer("sync", &a, &server.addr, &bad, &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("refused the handshake"),
@@ -237,15 +227,7 @@ fn hostile_peers_are_refused_and_change_nothing() {
     }
 
     // Meanwhile a good client is served (the staller is still connected).
-    let o = run(&[
-        "diff",
-        "--db",
-        a.to_str().unwrap(),
-        "--peer",
-        &server.addr,
-        "--key-file",
-        good.to_str().unwrap(),
-    ]);
+    let o = peer("diff", &a, &server.addr, &good, &[]);
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -308,18 +290,13 @@ fn wire_bytes_per_difference() {
             }
             sa.close().unwrap();
         }
-        let o = run(&[
+        let o = peer(
             "diff",
-            "--db",
-            a.to_str().unwrap(),
-            "--peer",
+            &a,
             &server.addr,
-            "--key-file",
-            key.to_str().unwrap(),
-            "--partition",
-            "0",
-            "--json",
-        ]);
+            &key,
+            &["--partition", "0", "--json"],
+        );
         let summary = json_lines(&o).last().unwrap().clone();
         let wire = &summary["wire"];
         let beyond = wire["bytes_sent"].as_u64().unwrap()
