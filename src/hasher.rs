@@ -4,7 +4,6 @@
 //! bounded however fast they write) and wakes on a `tick` for periodic checkpoints.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -173,13 +172,16 @@ impl Worker {
         }
     }
 
-    /// Applies `first` and whatever is already queued (up to a batch) under one lock.
-    fn apply_batch(&mut self, first: Msg, pending: &mut VecDeque<Request>) {
+    /// Applies `first` and whatever is already queued (up to a batch) under one lock;
+    /// returns how many messages it took off the channel.
+    fn apply_batch(&mut self, first: Msg, pending: &mut VecDeque<Request>) -> usize {
         let mut trees = self.index.trees_mut();
         let shape = self.index.shape;
-        let mut applied = 0u64;
+        let mut applied = 0usize;
+        let mut taken = 0usize;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
+            taken += 1;
             match msg {
                 Msg::Update {
                     partition,
@@ -197,18 +199,14 @@ impl Worker {
                 }
                 Msg::Request(request) => pending.push_back(request),
             }
-            if applied as usize >= BATCH || !pending.is_empty() {
+            if applied >= BATCH || !pending.is_empty() {
                 break;
             }
             next = self.rx.try_recv().ok();
         }
         drop(trees);
-        if applied > 0 {
-            self.dirty = true;
-            self.index
-                .updates_applied
-                .fetch_add(applied, Ordering::Relaxed);
-        }
+        self.dirty |= applied > 0;
+        taken
     }
 
     /// Advances the epoch, waits until every write of the old epoch has sent its update
@@ -229,10 +227,7 @@ impl Worker {
         let mut queued = self.rx.len();
         while queued > 0 {
             let Ok(msg) = self.rx.try_recv() else { break };
-            let before = self.index.updates_applied();
-            self.apply_batch(msg, pending);
-            let taken = (self.index.updates_applied() - before).max(1) as usize;
-            queued = queued.saturating_sub(taken);
+            queued = queued.saturating_sub(self.apply_batch(msg, pending));
         }
         let result = self.index.persist(old, full);
         if result.is_ok() {

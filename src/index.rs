@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::bucket::{self, BucketId};
@@ -31,7 +30,6 @@ pub(crate) struct Index {
     /// Only the hasher thread takes this for writing, and only briefly.
     trees: RwLock<Trees>,
     pub(crate) last_checkpoint: Mutex<Option<CheckpointInfo>>,
-    pub(crate) updates_applied: AtomicU64,
 }
 
 impl Index {
@@ -59,7 +57,6 @@ impl Index {
             clock: Clock::new(clock),
             trees: RwLock::new(trees),
             last_checkpoint: Mutex::new(last),
-            updates_applied: AtomicU64::new(0),
         })
     }
 
@@ -199,10 +196,6 @@ impl Index {
             tree.clear_dirty();
         }
         Ok(trees)
-    }
-
-    pub(crate) fn updates_applied(&self) -> u64 {
-        self.updates_applied.load(Ordering::Relaxed)
     }
 }
 

@@ -141,17 +141,20 @@ pub(crate) fn verify(
             }
         }
     }
-    for (p, s) in suspects {
-        barrier()?;
-        let piece = Piece {
-            partition: p,
-            first: s,
+    // Re-hash every suspect after one barrier: a write that raced the scan is in both
+    // the data and the index by now, so only real disagreements remain.
+    barrier()?;
+    let pieces: Vec<Piece> = suspects
+        .into_iter()
+        .map(|(partition, first)| Piece {
+            partition,
+            first,
             count: 1,
-        };
-        let fresh = hash_pieces(&index.data, shape, vec![piece], false, &mut |_| {})?
-            .first()
-            .and_then(|h| h.hashes.first().copied())
-            .unwrap_or_default();
+        })
+        .collect();
+    for hashed in hash_pieces(&index.data, shape, pieces, false, &mut |_| {})? {
+        let (p, s) = (hashed.piece.partition, hashed.piece.first);
+        let fresh = hashed.hashes.first().copied().unwrap_or_default();
         let live = index
             .trees()
             .get(&p)

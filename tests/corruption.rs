@@ -20,6 +20,17 @@ fn filled(dir: &std::path::Path) -> Hash {
     root
 }
 
+/// Why open rejected the snapshot (it must have recovered from the checkpoint instead).
+fn snapshot_problem(store: &Store) -> String {
+    match &store.open_report().recovery {
+        Recovery::Regions {
+            snapshot_problem: Some(p),
+            ..
+        } => p.clone(),
+        other => panic!("expected checkpoint recovery after a bad snapshot, got {other:?}"),
+    }
+}
+
 /// Edits the raw sled database of a closed store (sled's I/O threads may hold its lock
 /// for a moment after the store is dropped).
 fn with_sled(dir: &std::path::Path, edit: impl FnOnce(&sled::Db)) {
@@ -68,13 +79,7 @@ fn truncated_or_foreign_snapshot_is_rejected() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
     let store = Store::open(dir.path(), small_options()).unwrap();
-    let Recovery::Regions {
-        snapshot_problem: Some(p),
-        ..
-    } = &store.open_report().recovery
-    else {
-        panic!("{:?}", store.open_report().recovery);
-    };
+    let p = snapshot_problem(&store);
     assert!(p.contains("bad length for snapshot"), "{p}");
     assert_eq!(store.root(0), root);
     store.close().unwrap();
@@ -85,13 +90,7 @@ fn truncated_or_foreign_snapshot_is_rejected() {
     )
     .unwrap();
     let store = Store::open(dir.path(), small_options()).unwrap();
-    let Recovery::Regions {
-        snapshot_problem: Some(p),
-        ..
-    } = &store.open_report().recovery
-    else {
-        panic!("{:?}", store.open_report().recovery);
-    };
+    let p = snapshot_problem(&store);
     assert!(p.contains("bad magic"), "{p}");
     assert_eq!(store.root(0), root);
 }
