@@ -3,12 +3,21 @@
 //! A version is `unix_ms << 16 | counter`: it follows wall time when the clock moves and
 //! counts within a millisecond (or while the wall clock is behind), so versions issued
 //! by one store strictly increase, and `observe` keeps them above any version seen.
+//!
+//! Versions from elsewhere (callers, repairs) are accepted only up to `max_drift` ahead
+//! of this node's wall clock: one replica with a clock far in the future (or a caller
+//! passing `u64::MAX`) would otherwise drag every later version with it, until the
+//! clock saturates and new writes can no longer win over old ones.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
 
 pub(crate) struct Clock {
     last: AtomicU64,
+    /// `max_drift` in HLC units (milliseconds shifted left by 16).
+    max_drift: u64,
 }
 
 pub(crate) fn unix_ms() -> u64 {
@@ -18,31 +27,65 @@ pub(crate) fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A duration in HLC units (`ms << 16`), saturating.
+pub(crate) fn hlc_span(d: Duration) -> u64 {
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(1 << 16)
+}
+
 impl Clock {
-    pub(crate) fn new(floor: u64) -> Clock {
+    pub(crate) fn new(floor: u64, max_drift: Duration) -> Clock {
         Clock {
             last: AtomicU64::new(floor),
+            max_drift: hlc_span(max_drift),
         }
     }
 
+    /// The highest version accepted from elsewhere right now.
+    pub(crate) fn limit(&self) -> u64 {
+        (unix_ms() << 16).saturating_add(self.max_drift)
+    }
+
+    /// Fails if `version` is further ahead of the wall clock than the drift allows.
+    pub(crate) fn check(&self, version: u64) -> Result<()> {
+        let limit = self.limit();
+        if version > limit {
+            return Err(Error::VersionAhead { version, limit });
+        }
+        Ok(())
+    }
+
     /// A version greater than every version issued or observed before.
-    pub(crate) fn next(&self) -> u64 {
+    pub(crate) fn next(&self) -> Result<u64> {
         let wall = unix_ms() << 16;
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
-            let next = wall.max(last.saturating_add(1));
+            let next = last
+                .checked_add(1)
+                .ok_or(Error::ClockExhausted { last })?
+                .max(wall);
             match self
                 .last
                 .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => return next,
+                Ok(_) => return Ok(next),
                 Err(seen) => last = seen,
             }
         }
     }
 
-    /// Moves the clock past a version written by someone else.
-    pub(crate) fn observe(&self, version: u64) {
+    /// Moves the clock past a version written by someone else, if it is within the
+    /// allowed drift.
+    pub(crate) fn observe(&self, version: u64) -> Result<()> {
+        self.check(version)?;
+        self.observe_stored(version);
+        Ok(())
+    }
+
+    /// Moves the clock past a version already stored (recovery, rebuild): what is on
+    /// disk must never be outvoted by a later local write, whatever its value.
+    pub(crate) fn observe_stored(&self, version: u64) {
         self.last.fetch_max(version, Ordering::AcqRel);
     }
 
@@ -55,13 +98,32 @@ impl Clock {
 mod tests {
     use super::*;
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     #[test]
     fn strictly_increasing_and_above_observed() {
-        let c = Clock::new(0);
-        let a = c.next();
-        let b = c.next();
+        let c = Clock::new(0, HOUR);
+        let a = c.next().unwrap();
+        let b = c.next().unwrap();
         assert!(b > a);
-        c.observe(u64::MAX - 10);
-        assert_eq!(c.next(), u64::MAX - 9);
+        let ahead = (unix_ms() + 60_000) << 16;
+        c.observe(ahead).unwrap();
+        assert!(c.next().unwrap() > ahead);
+    }
+
+    #[test]
+    fn versions_past_the_drift_are_refused_and_the_clock_never_saturates() {
+        let c = Clock::new(0, HOUR);
+        assert!(matches!(
+            c.observe(u64::MAX - 1),
+            Err(Error::VersionAhead { .. })
+        ));
+        let far = (unix_ms() + 2 * 3_600_000) << 16;
+        assert!(c.observe(far).is_err());
+        assert!(c.next().unwrap() < far);
+        // A stored version at the very top (an old store) is honoured, and the clock
+        // then refuses to issue rather than repeat or wrap.
+        c.observe_stored(u64::MAX);
+        assert!(matches!(c.next(), Err(Error::ClockExhausted { .. })));
     }
 }

@@ -29,6 +29,10 @@ pub enum Error {
         requested: u64,
     },
 
+    /// The store was written in a format this build does not read.
+    #[error("the store has format version {found}; this build reads versions 1 to {supported}: open it with the merkle-index release that wrote it")]
+    UnsupportedFormat { found: u32, supported: u32 },
+
     /// The options are not usable (out of range, inconsistent).
     #[error("invalid options: {0}")]
     InvalidOptions(String),
@@ -40,6 +44,21 @@ pub enum Error {
     /// An argument is out of range (a level, node or segment past the tree).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// A version is further ahead of this node's wall clock than
+    /// `Options::max_clock_drift` allows (a writer or replica with a skewed clock).
+    #[error("version {version} is ahead of this node's clock by more than max_clock_drift (latest accepted now: {limit}); check the clock of the node that wrote it")]
+    VersionAhead { version: u64, limit: u64 },
+
+    /// The store's clock reached `u64::MAX` (only possible with versions stored before
+    /// the drift bound existed); no later version can be issued.
+    #[error("the store's clock is exhausted (last version {last}); rewrite the affected keys with put_versioned at sane versions")]
+    ClockExhausted { last: u64 },
+
+    /// A replica answered with something other than what was asked (too few or too many
+    /// items, a count that does not add up).
+    #[error("protocol error: {0}")]
+    Protocol(String),
 
     /// The store was closed, or its hasher thread stopped.
     #[error("the store is closed")]
@@ -86,6 +105,20 @@ pub enum Corruption {
         location: String,
         expected: usize,
         found: usize,
+    },
+    /// A stored value's bytes no longer match the hash stored with them (bit rot).
+    #[error("value of {location} does not match its stored hash (stored {stored}, computed {computed}); run `merkle-index verify --repair`, then sync from a replica")]
+    ValueHash {
+        location: String,
+        stored: String,
+        computed: String,
+    },
+    /// A stored value decodes but is out of its valid range.
+    #[error("out-of-range {what} at {location}: {detail}")]
+    OutOfRange {
+        what: &'static str,
+        location: String,
+        detail: String,
     },
     /// A magic number or format version was not the one this build writes.
     #[error("bad header in {what} at {location}: {detail}")]

@@ -1,10 +1,10 @@
 //! The questions anti-entropy asks of a tree, answered by a local store or (in the CLI)
 //! by a network client, so that diff and sync are written once.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::options::Shape;
 use crate::record::Record;
-use crate::store::{Entry, Store};
+use crate::store::{Entry, RepairOutcome, Store};
 use crate::Hash;
 
 /// A repair to write on one side: `record` under `key`, only if the key's current entry
@@ -21,6 +21,49 @@ pub struct Repair {
     pub record: Record,
 }
 
+/// One key's record as a replica reports it to an exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// No record (never written, purged, or quarantined).
+    Absent,
+    /// The record, its value checked against its hash.
+    Found(Record),
+    /// A record is stored but its header does not decode or its bytes fail their hash:
+    /// it is never shipped, and a good copy from the other side may replace it.
+    Corrupt,
+}
+
+impl Lookup {
+    /// The record, if one was found intact.
+    pub fn record(&self) -> Option<&Record> {
+        match self {
+            Lookup::Found(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// What [`Replica::apply`] did with a batch of repairs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Repairs written.
+    pub written: u64,
+    /// Repairs skipped because the key changed since the diff saw it.
+    pub stale: u64,
+    /// Repairs refused as invalid: a version further ahead than this replica's
+    /// `max_clock_drift`, or a value that does not match its hash.
+    pub refused: u64,
+}
+
+impl Applied {
+    /// Adds another batch's counts.
+    pub fn add(&mut self, other: Applied) {
+        self.written += other.written;
+        self.stale += other.stale;
+        self.refused += other.refused;
+    }
+}
+
 /// A tree that can be questioned, one batch per call (one round trip over a network).
 pub trait Replica {
     /// The tree shape; both sides of an exchange must agree.
@@ -34,9 +77,9 @@ pub trait Replica {
     /// The entries of each segment in `segments`, in the same order.
     fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>>;
     /// The records (tombstones included) of `keys`, in the same order.
-    fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Option<Record>>>;
-    /// Applies repairs; returns how many were written (the rest had changed meanwhile).
-    fn apply(&self, partition: u32, repairs: &[Repair]) -> Result<u64>;
+    fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Lookup>>;
+    /// Applies repairs, each only if its key is as the diff saw it.
+    fn apply(&self, partition: u32, repairs: &[Repair]) -> Result<Applied>;
 }
 
 impl Replica for Store {
@@ -67,17 +110,26 @@ impl Replica for Store {
             .collect()
     }
 
-    fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Option<Record>>> {
+    fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Lookup>> {
         keys.iter()
-            .map(|k| self.partition(partition).get_record(k))
+            .map(|k| match self.partition(partition).get_record(k) {
+                Ok(Some(r)) => Ok(Lookup::Found(r)),
+                Ok(None) => Ok(Lookup::Absent),
+                Err(Error::Corrupt(_)) => Ok(Lookup::Corrupt),
+                Err(e) => Err(e),
+            })
             .collect()
     }
 
-    fn apply(&self, partition: u32, repairs: &[Repair]) -> Result<u64> {
-        let mut written = 0;
+    fn apply(&self, partition: u32, repairs: &[Repair]) -> Result<Applied> {
+        let mut applied = Applied::default();
         for repair in repairs {
-            written += u64::from(self.write_if(partition, repair)?);
+            match self.write_if(partition, repair)? {
+                RepairOutcome::Written => applied.written += 1,
+                RepairOutcome::Stale => applied.stale += 1,
+                RepairOutcome::Refused => applied.refused += 1,
+            }
         }
-        Ok(written)
+        Ok(applied)
     }
 }

@@ -43,7 +43,7 @@ impl Index {
         marks: Marks,
         trees: Trees,
         epoch: u64,
-        clock: u64,
+        clock: Clock,
     ) -> Result<Index> {
         let last = meta.checkpoint()?;
         Ok(Index {
@@ -54,7 +54,7 @@ impl Index {
             meta,
             marks,
             gate: Gate::new(epoch),
-            clock: Clock::new(clock),
+            clock,
             trees: RwLock::new(trees),
             last_checkpoint: Mutex::new(last),
         })

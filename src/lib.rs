@@ -40,6 +40,7 @@ mod hasher;
 mod index;
 mod marks;
 mod meta;
+mod migrate;
 mod options;
 mod parallel;
 mod record;
@@ -52,10 +53,10 @@ mod tree;
 mod verify;
 
 /// Version of the on-disk format written by this build (see `FORMAT.md`).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 pub use error::{Corruption, Error, Result};
-pub use exchange::{Repair, Replica};
+pub use exchange::{Applied, Lookup, Repair, Replica};
 pub use hash::{entry_hash, segment_of, value_hash, Hash, HASH_BYTES};
 pub use meta::CheckpointInfo;
 pub use options::{Options, Shape};

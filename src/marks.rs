@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use crate::error::{Corruption, Result};
+use crate::meta::MAX_EPOCH;
 
 /// A run of segments of one partition that must be re-hashed after a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,12 +95,27 @@ impl Marks {
             let k: [u8; 16] = (*k).try_into().map_err(|_| bad())?;
             let v: [u8; 4] = (*v).try_into().map_err(|_| bad())?;
             let [e0, e1, e2, e3, e4, e5, e6, e7, p0, p1, p2, p3, f0, f1, f2, f3] = k;
-            out.push(Region {
+            let region = Region {
                 epoch: u64::from_be_bytes([e0, e1, e2, e3, e4, e5, e6, e7]),
                 partition: u32::from_be_bytes([p0, p1, p2, p3]),
                 first: u32::from_be_bytes([f0, f1, f2, f3]),
                 count: u32::from_le_bytes(v),
-            });
+            };
+            // The region may be any size (the option can change between opens), but it
+            // must lie inside the tree, and its epoch must leave room to count on.
+            let end = u64::from(region.first) + u64::from(region.count);
+            if region.count == 0 || end > self.segments || region.epoch >= MAX_EPOCH {
+                return Err(Corruption::OutOfRange {
+                    what: "dirty mark",
+                    location: format!("{:02x?}", &k),
+                    detail: format!(
+                        "epoch {} segments {}..{end} (a tree has {} segments)",
+                        region.epoch, region.first, self.segments
+                    ),
+                }
+                .into());
+            }
+            out.push(region);
         }
         Ok(out)
     }

@@ -1,7 +1,7 @@
 //! The meta tree: format version, tree shape, clean-close state, last checkpoint.
 //!
 //! ```text
-//! "format"     u32 LE                                   format version (1)
+//! "format"     u32 LE                                   format version (2; 1 migrates)
 //! "shape"      width u32 LE | levels u32 LE | hash bytes u32 LE
 //! "state"      clean u8 (0/1) | epoch u64 LE            epoch of the snapshot, if clean
 //! "checkpoint" epoch u64 LE | unix ms u64 LE | clock u64 LE
@@ -17,6 +17,18 @@ const FORMAT: &[u8] = b"format";
 const SHAPE: &[u8] = b"shape";
 const STATE: &[u8] = b"state";
 const CHECKPOINT: &[u8] = b"checkpoint";
+
+/// Epochs grow by one per checkpoint; a stored epoch at or past this is corrupt (and
+/// would overflow when the next epoch is computed).
+pub(crate) const MAX_EPOCH: u64 = 1 << 62;
+
+fn out_of_range(what: &'static str, detail: String) -> Error {
+    Error::Corrupt(Corruption::OutOfRange {
+        what,
+        location: "meta tree".into(),
+        detail,
+    })
+}
 
 /// The last checkpoint that reached disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,19 +80,19 @@ impl Meta {
         Ok(())
     }
 
-    /// Fails with a clear error unless the stored format and shape equal `shape`.
-    pub(crate) fn check(&self, shape: Shape) -> Result<()> {
+    /// Fails with a clear error unless the stored shape equals `shape` and the stored
+    /// format is one this build reads; returns the stored format (older ones migrate).
+    pub(crate) fn check(&self, shape: Shape) -> Result<u32> {
         let format = self.tree.get(FORMAT)?.unwrap_or_default();
-        let format = u32::from_le_bytes(fixed::<4>("meta format", &format)?);
-        if format != FORMAT_VERSION {
-            return Err(Error::OptionsMismatch {
-                what: "format version",
-                stored: format.into(),
-                requested: FORMAT_VERSION.into(),
+        let format = u32::from_le_bytes(fixed::<4>("meta format", &format).map_err(damaged)?);
+        if format == 0 || format > FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                found: format,
+                supported: FORMAT_VERSION,
             });
         }
         let stored = self.tree.get(SHAPE)?.unwrap_or_default();
-        let stored = fixed::<12>("meta shape", &stored)?;
+        let stored = fixed::<12>("meta shape", &stored).map_err(damaged)?;
         let requested = shape_bytes(shape);
         let names = ["width", "levels", "hash bytes"];
         for ((what, s), r) in names.iter().zip(stored.chunks(4)).zip(requested.chunks(4)) {
@@ -94,6 +106,12 @@ impl Meta {
                 });
             }
         }
+        Ok(format)
+    }
+
+    /// Records that the store is now in `format`.
+    pub(crate) fn set_format(&self, format: u32) -> Result<()> {
+        self.tree.insert(FORMAT, &format.to_le_bytes())?;
         Ok(())
     }
 
@@ -102,7 +120,8 @@ impl Meta {
         let Some(stored) = self.tree.get(SHAPE)? else {
             return Ok(None);
         };
-        let [w0, w1, w2, w3, l0, l1, l2, l3, ..] = fixed::<12>("meta shape", &stored)?;
+        let [w0, w1, w2, w3, l0, l1, l2, l3, ..] =
+            fixed::<12>("meta shape", &stored).map_err(damaged)?;
         Ok(Some((
             u32::from_le_bytes([w0, w1, w2, w3]),
             u32::from_le_bytes([l0, l1, l2, l3]),
@@ -115,7 +134,14 @@ impl Meta {
             return Ok(None);
         };
         let [clean, e @ ..] = fixed::<9>("meta state", &state)?;
-        Ok((clean == 1).then(|| u64::from_le_bytes(e)))
+        let epoch = u64::from_le_bytes(e);
+        if clean > 1 || epoch >= MAX_EPOCH {
+            return Err(out_of_range(
+                "meta state",
+                format!("clean flag {clean} (0 or 1), epoch {epoch} (below 2^62)"),
+            ));
+        }
+        Ok((clean == 1).then_some(epoch))
     }
 
     pub(crate) fn set_state(&self, clean: bool, epoch: u64) -> Result<()> {
@@ -130,11 +156,18 @@ impl Meta {
             return Ok(None);
         };
         let b = fixed::<24>("meta checkpoint", &bytes)?;
-        Ok(Some(CheckpointInfo {
+        let info = CheckpointInfo {
             epoch: le_u64(&b),
             unix_ms: le_u64(b.get(8..).unwrap_or_default()),
             clock: le_u64(b.get(16..).unwrap_or_default()),
-        }))
+        };
+        if info.epoch >= MAX_EPOCH {
+            return Err(out_of_range(
+                "meta checkpoint",
+                format!("epoch {} (below 2^62)", info.epoch),
+            ));
+        }
+        Ok(Some(info))
     }
 
     pub(crate) fn set_checkpoint(&self, info: CheckpointInfo) -> Result<()> {
@@ -144,6 +177,17 @@ impl Meta {
         }
         self.tree.insert(CHECKPOINT, v)?;
         Ok(())
+    }
+}
+
+/// Damaged `format` or `shape` leaves the store unable to place keys: say what to do.
+fn damaged(e: Error) -> Error {
+    Error::NotAStore {
+        path: "meta tree".into(),
+        reason: format!(
+            "{e}: its metadata is damaged, so its tree shape is unknown; the data itself is \
+             intact: move the directory aside, create a new store and sync it from a replica"
+        ),
     }
 }
 

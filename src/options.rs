@@ -33,6 +33,11 @@ pub struct Options {
     /// default is 1 GiB). Below the size of the hot data, sled re-reads and re-decodes
     /// nodes on every write: with 1M keys of 100 bytes, 128 MiB halved put throughput.
     pub cache_bytes: u64,
+    /// How far ahead of this node's wall clock a version from elsewhere (a caller's
+    /// `put_versioned`, a repair from a replica) may be (default 1 hour). Further ahead
+    /// is refused with [`Error::VersionAhead`]: accepting it would drag this store's
+    /// clock along, so that later local writes lose to it. At most 365 days.
+    pub max_clock_drift: Duration,
     /// Create the store if the directory is missing or empty (default true).
     pub create_if_missing: bool,
 }
@@ -46,6 +51,7 @@ impl Default for Options {
             checkpoint_interval: Duration::from_secs(30),
             channel_capacity: 16 * 1024,
             cache_bytes: 512 * 1024 * 1024,
+            max_clock_drift: Duration::from_secs(3600),
             create_if_missing: true,
         }
     }
@@ -77,6 +83,12 @@ impl Options {
         self
     }
 
+    /// Sets the largest accepted clock drift of versions from elsewhere.
+    pub fn max_clock_drift(mut self, drift: Duration) -> Self {
+        self.max_clock_drift = drift;
+        self
+    }
+
     /// Sets the checkpoint interval.
     pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
         self.checkpoint_interval = interval;
@@ -105,9 +117,17 @@ impl Options {
                 "checkpoint_interval must be positive".into(),
             ));
         }
+        if self.max_clock_drift > MAX_CLOCK_DRIFT {
+            return Err(Error::InvalidOptions(format!(
+                "max_clock_drift ({:?}) must be at most 365 days",
+                self.max_clock_drift
+            )));
+        }
         Ok(shape)
     }
 }
+
+const MAX_CLOCK_DRIFT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The shape of every tree in a store: `levels` levels of `width`-way nodes below a root.
 ///

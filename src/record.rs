@@ -2,18 +2,26 @@
 //!
 //! ```text
 //! data key:    partition u32 BE | segment u32 BE | user key bytes
-//! data value:  format u8 = 1 | flags u8 (bit 0 = tombstone) | version u64 LE
-//!              | value hash [16] | value bytes
+//! data value:  format u8 = 2 | flags u8 (bit 0 = tombstone) | version u64 LE
+//!              | value hash [16] | (tombstones only) deleted-here unix ms u64 LE
+//!              | value bytes
 //! ```
+//! Format 1 records (stores created before format version 2) have no deletion time;
+//! they are still read, and opening such a store rewrites its tombstones once.
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
+use crate::clock::unix_ms;
 use crate::error::Corruption;
 use crate::hash::{entry_hash, value_hash, Hash, HASH_BYTES};
 
-pub(crate) const RECORD_FORMAT: u8 = 1;
+pub(crate) const RECORD_FORMAT: u8 = 2;
+/// The layout of format version 1: no deletion time in tombstones.
+pub(crate) const RECORD_FORMAT_V1: u8 = 1;
 const FLAG_TOMBSTONE: u8 = 1;
 /// format + flags + version + value hash.
 pub(crate) const RECORD_HEADER: usize = 1 + 1 + 8 + HASH_BYTES;
+/// A format 2 tombstone's header: the above plus the local deletion time.
+const TOMBSTONE_HEADER: usize = RECORD_HEADER + 8;
 pub(crate) const DATA_KEY_PREFIX: usize = 8;
 
 /// A stored value with its metadata.
@@ -55,24 +63,38 @@ impl Record {
         self.header().entry_hash(partition, key)
     }
 
+    /// The header to store this record under, deleted here now if it is a tombstone.
     pub(crate) fn header(&self) -> RecordHeader {
         RecordHeader {
             version: self.version,
             tombstone: self.tombstone,
             value_hash: self.value_hash,
+            deleted_ms: if self.tombstone { unix_ms() } else { 0 },
+            len: 0,
         }
     }
 
+    /// Decodes a stored record and checks its value against the stored hash, so rotten
+    /// bytes are never handed out (or shipped to a replica) as if they were good.
     pub(crate) fn decode(
         bytes: &[u8],
-        location: impl FnOnce() -> String,
+        location: impl Fn() -> String,
     ) -> Result<Record, Corruption> {
-        let header = RecordHeader::decode(bytes, location)?;
+        let header = RecordHeader::decode(bytes, &location)?;
+        let value = header.value(bytes);
+        let computed = value_hash(value);
+        if computed != header.value_hash {
+            return Err(Corruption::ValueHash {
+                location: location(),
+                stored: header.value_hash.to_string(),
+                computed: computed.to_string(),
+            });
+        }
         Ok(Record {
             version: header.version,
             tombstone: header.tombstone,
             value_hash: header.value_hash,
-            value: bytes.get(RECORD_HEADER..).unwrap_or_default().to_vec(),
+            value: value.to_vec(),
         })
     }
 }
@@ -83,26 +105,41 @@ pub(crate) struct RecordHeader {
     pub version: u64,
     pub tombstone: bool,
     pub value_hash: Hash,
+    /// For a tombstone, when this store learned of the delete (unix ms; 0 if unknown,
+    /// in a format 1 record). Local: not part of the entry hash.
+    pub deleted_ms: u64,
+    /// Encoded header length (where the value starts); 0 until decoded.
+    pub len: usize,
 }
 
 impl RecordHeader {
-    /// The header of a live value or (with `tombstone`) of a delete marker.
+    /// The header of a live value or (with `tombstone`) of a delete marker made now.
     pub(crate) fn new(version: u64, tombstone: bool, value: &[u8]) -> RecordHeader {
         RecordHeader {
             version,
             tombstone,
             value_hash: value_hash(value),
+            deleted_ms: if tombstone { unix_ms() } else { 0 },
+            len: 0,
         }
     }
 
     pub(crate) fn encode(&self, value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_HEADER + value.len());
+        let mut out = Vec::with_capacity(TOMBSTONE_HEADER + value.len());
         out.push(RECORD_FORMAT);
         out.push(if self.tombstone { FLAG_TOMBSTONE } else { 0 });
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.value_hash.to_bytes());
+        if self.tombstone {
+            out.extend_from_slice(&self.deleted_ms.to_le_bytes());
+        }
         out.extend_from_slice(value);
         out
+    }
+
+    /// The value bytes of the record this header was decoded from.
+    pub(crate) fn value<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        bytes.get(self.len..).unwrap_or_default()
     }
 
     pub(crate) fn decode(
@@ -122,20 +159,41 @@ impl RecordHeader {
                 found: bytes.len(),
             });
         };
-        if format != RECORD_FORMAT || flags & !FLAG_TOMBSTONE != 0 {
+        if !(format == RECORD_FORMAT || format == RECORD_FORMAT_V1) || flags & !FLAG_TOMBSTONE != 0
+        {
             return Err(Corruption::BadHeader {
                 what: "data record",
                 location: location(),
-                detail: format!("format {format} flags {flags:#04x}, expected format {RECORD_FORMAT} flags 0 or 1"),
+                detail: format!("format {format} flags {flags:#04x}, expected format {RECORD_FORMAT_V1} or {RECORD_FORMAT} and flags 0 or 1"),
             });
         }
-        let version = u64::from_le_bytes(version.try_into().unwrap_or_default());
-        let value_hash = Hash::from_bytes(hash.try_into().unwrap_or_default());
-        Ok(RecordHeader {
-            version,
-            tombstone: flags & FLAG_TOMBSTONE != 0,
-            value_hash,
-        })
+        let tombstone = flags & FLAG_TOMBSTONE != 0;
+        let mut header = RecordHeader {
+            version: u64::from_le_bytes(version.try_into().unwrap_or_default()),
+            tombstone,
+            value_hash: Hash::from_bytes(hash.try_into().unwrap_or_default()),
+            deleted_ms: 0,
+            len: RECORD_HEADER,
+        };
+        if tombstone && format == RECORD_FORMAT {
+            let Some(ms) = bytes.get(RECORD_HEADER..TOMBSTONE_HEADER) else {
+                return Err(Corruption::BadLength {
+                    what: "tombstone record",
+                    location: location(),
+                    expected: TOMBSTONE_HEADER,
+                    found: bytes.len(),
+                });
+            };
+            header.deleted_ms = u64::from_le_bytes(ms.try_into().unwrap_or_default());
+            header.len = TOMBSTONE_HEADER;
+        }
+        Ok(header)
+    }
+
+    /// True for a format 1 tombstone, which has no deletion time yet.
+    pub(crate) fn is_v1_tombstone(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&RECORD_FORMAT_V1)
+            && bytes.get(1).is_some_and(|f| f & FLAG_TOMBSTONE != 0)
     }
 
     pub(crate) fn entry_hash(&self, partition: u32, key: &[u8]) -> Hash {
@@ -189,6 +247,45 @@ mod tests {
             Record::decode(&t.header().encode(&t.value), String::new).unwrap(),
             t
         );
+    }
+
+    #[test]
+    fn tombstones_carry_their_local_deletion_time_outside_the_entry_hash() {
+        let mut h = RecordHeader::new(9, true, b"");
+        h.deleted_ms = 1234;
+        let bytes = h.encode(b"");
+        let back = RecordHeader::decode(&bytes, String::new).unwrap();
+        assert_eq!(
+            (back.deleted_ms, back.len, back.version),
+            (1234, bytes.len(), 9)
+        );
+        let mut other = h;
+        other.deleted_ms = 99;
+        assert_eq!(h.entry_hash(1, b"k"), other.entry_hash(1, b"k"));
+        // A format 1 tombstone decodes with an unknown deletion time.
+        let mut v1 = bytes.clone();
+        v1[0] = RECORD_FORMAT_V1;
+        v1.truncate(RECORD_HEADER);
+        assert!(RecordHeader::is_v1_tombstone(&v1));
+        assert_eq!(
+            RecordHeader::decode(&v1, String::new).unwrap().deleted_ms,
+            0
+        );
+        // A format 2 tombstone cut before its time is an error, not a panic.
+        assert!(matches!(
+            RecordHeader::decode(&bytes[..RECORD_HEADER + 3], String::new),
+            Err(Corruption::BadLength { .. })
+        ));
+    }
+
+    #[test]
+    fn rotten_values_are_refused() {
+        let mut bytes = RecordHeader::new(1, false, b"value").encode(b"value");
+        *bytes.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            Record::decode(&bytes, String::new),
+            Err(Corruption::ValueHash { .. })
+        ));
     }
 
     #[test]

@@ -2,13 +2,13 @@
 //! brings the index back, and the report of how it went.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::index::{Index, Trees};
 use crate::marks::{Marks, Region};
-use crate::meta::Meta;
+use crate::meta::{CheckpointInfo, Meta};
 use crate::options::{Options, Shape};
 use crate::scan::{hash_pieces, scan_all, Piece};
 use crate::snapshot;
@@ -67,8 +67,10 @@ pub(crate) struct Recovered {
     pub full: bool,
 }
 
-/// Checks the directory and says whether it holds a store already.
-pub(crate) fn prepare_dir(path: &Path, options: &Options) -> Result<()> {
+/// Checks the directory, creating it if allowed. Returns the directories whose entries
+/// a new store adds (the store directory, and the parent of every directory created), to
+/// be fsynced once the database files exist; empty for an existing store.
+pub(crate) fn prepare_dir(path: &Path, options: &Options) -> Result<Vec<PathBuf>> {
     let missing = |reason: &str| Error::NotAStore {
         path: path.to_path_buf(),
         reason: reason.into(),
@@ -78,14 +80,29 @@ pub(crate) fn prepare_dir(path: &Path, options: &Options) -> Result<()> {
             if !options.create_if_missing {
                 return Err(Error::NotFound(path.to_path_buf()));
             }
+            let mut to_sync = vec![path.to_path_buf()];
+            let mut ancestor = path.parent();
+            while let Some(dir) = ancestor {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                to_sync.push(dir.to_path_buf());
+                if dir.exists() {
+                    break;
+                }
+                ancestor = dir.parent();
+            }
             fs::create_dir_all(path)
                 .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+            Ok(to_sync)
         }
-        Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
-        Ok(m) if !m.is_dir() => return Err(missing("not a directory")),
+        Err(e) => Err(Error::io(format!("stat {}", path.display()), e)),
+        Ok(m) if !m.is_dir() => Err(missing("not a directory")),
         Ok(_) => {
             if path.join(SLED_DIR).is_dir() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             let empty = fs::read_dir(path)
                 .map_err(|e| Error::io(format!("list {}", path.display()), e))?
@@ -97,9 +114,9 @@ pub(crate) fn prepare_dir(path: &Path, options: &Options) -> Result<()> {
             if !options.create_if_missing {
                 return Err(missing("empty directory"));
             }
+            Ok(vec![path.to_path_buf()])
         }
     }
-    Ok(())
 }
 
 /// Chooses and runs the recovery path. Nothing is written here.
@@ -112,7 +129,17 @@ pub(crate) fn recover(
     marks: &Marks,
     created: bool,
 ) -> Result<Recovered> {
-    let checkpoint = meta.checkpoint()?.unwrap_or_default();
+    // A damaged checkpoint record or state flag costs a full scan, never the store.
+    let (checkpoint, meta_problem) = match meta.checkpoint() {
+        Ok(c) => (c.unwrap_or_default(), None),
+        Err(Error::Corrupt(e)) => (CheckpointInfo::default(), Some(e.to_string())),
+        Err(e) => return Err(e),
+    };
+    let clean_epoch = match meta.clean_epoch() {
+        Ok(e) => e,
+        Err(Error::Corrupt(_)) => None,
+        Err(e) => return Err(e),
+    };
     let mut out = Recovered {
         trees: Trees::new(),
         recovery: Recovery::Created,
@@ -125,7 +152,20 @@ pub(crate) fn recover(
         return Ok(out);
     }
     let mut snapshot_problem = None;
-    if let Some(epoch) = meta.clean_epoch()? {
+    if let Some(problem) = meta_problem {
+        // Epochs must keep growing: start past every mark still present.
+        if let Ok(regions) = marks.all() {
+            let newest = regions.iter().map(|r| r.epoch).max().unwrap_or(0);
+            out.epoch = out.epoch.max(newest + 1);
+        }
+        return full_rebuild(
+            out,
+            data,
+            shape,
+            format!("checkpoint record unreadable: {problem}"),
+        );
+    }
+    if let Some(epoch) = clean_epoch {
         out.epoch = out.epoch.max(epoch + 1);
         match snapshot::read(dir, shape, epoch) {
             Ok(Some(trees)) => {

@@ -10,7 +10,7 @@ use crate::hash::{segment_of, value_hash, Hash};
 use crate::index::{key_prefixes, Trees};
 use crate::options::Shape;
 use crate::parallel;
-use crate::record::{split_data_key, RecordHeader, RECORD_HEADER};
+use crate::record::{split_data_key, RecordHeader};
 use crate::tree::Tree;
 use crate::verify::{Problem, ProblemKind};
 
@@ -199,7 +199,7 @@ fn hash_piece(
                 out.problems
                     .push(problem(ProblemKind::Misplaced { expected }));
             }
-            let computed = value_hash(value.get(RECORD_HEADER..).unwrap_or_default());
+            let computed = value_hash(header.value(&value));
             if computed != header.value_hash {
                 out.problems.push(problem(ProblemKind::ValueHash {
                     stored: header.value_hash,

@@ -4,7 +4,7 @@
 //! ```text
 //! offset size  field
 //!      0    8  magic "MRKLSNAP"
-//!      8    4  format version, u32 LE (1)
+//!      8    4  snapshot layout version, u32 LE (1)
 //!     12    4  hash bytes, u32 LE (16)
 //!     16    4  width, u32 LE
 //!     20    4  levels, u32 LE
@@ -30,7 +30,8 @@ use crate::file::sync_dir;
 use crate::hash::{Hash, HASH_BYTES, SNAPSHOT_CONTEXT};
 use crate::options::Shape;
 use crate::tree::Tree;
-use crate::FORMAT_VERSION;
+/// Version of the snapshot layout (independent of the store format version).
+const SNAPSHOT_VERSION: u32 = 1;
 
 pub(crate) const SNAPSHOT_FILE: &str = "index.snapshot";
 const MAGIC: &[u8; 8] = b"MRKLSNAP";
@@ -41,7 +42,7 @@ fn header(shape: Shape, epoch: u64, partitions: u32) -> [u8; CHECKSUMMED_HEADER]
     let mut h = [0u8; CHECKSUMMED_HEADER];
     let fields: [&[u8]; 8] = [
         MAGIC,
-        &FORMAT_VERSION.to_le_bytes(),
+        &SNAPSHOT_VERSION.to_le_bytes(),
         &(HASH_BYTES as u32).to_le_bytes(),
         &shape.width.to_le_bytes(),
         &shape.levels.to_le_bytes(),

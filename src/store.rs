@@ -4,20 +4,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::clock::Clock;
+use crate::error::Corruption;
 use crate::error::{Error, Result};
 use crate::exchange::Repair;
-use crate::file::sync_tree;
+use crate::file::{sync_dir, sync_tree};
 use crate::hash::{segment_of, Hash};
 use crate::hasher::{Hasher, Msg, Request};
 use crate::index::Index;
 use crate::marks::Marks;
 use crate::meta::{CheckpointInfo, Meta};
+use crate::migrate;
 use crate::options::{Options, Shape};
 use crate::record::{data_key, segment_prefix, split_data_key, Record, RecordHeader};
 use crate::recovery::{prepare_dir, recover, OpenReport, SLED_DIR};
 use crate::scan::{scan_all, Progress};
 use crate::snapshot;
-use crate::verify::{verify, VerifyReport};
+use crate::verify::{verify, ProblemKind, VerifyReport};
+use crate::FORMAT_VERSION;
 
 /// A durable key-value store with a Merkle index per partition.
 ///
@@ -28,6 +32,8 @@ use crate::verify::{verify, VerifyReport};
 pub struct Store {
     dir: PathBuf,
     index: Arc<Index>,
+    /// Bad records moved out of `data` by [`Store::quarantine`], under their data keys.
+    quarantine: sled::Tree,
     hasher: Hasher,
     report: OpenReport,
     closed: bool,
@@ -44,6 +50,16 @@ pub struct Entry {
     pub tombstone: bool,
     /// The hash it contributes to its segment.
     pub hash: Hash,
+}
+
+/// What became of one repair (see [`Store::apply`](crate::Replica::apply)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RepairOutcome {
+    Written,
+    /// The key changed since the diff saw it.
+    Stale,
+    /// Invalid: value does not match its hash, or version too far ahead.
+    Refused,
 }
 
 /// What [`Store::rebuild`] did.
@@ -73,8 +89,13 @@ impl Store {
 
     fn open_inner(dir: &Path, mut options: Options, adopt_shape: bool) -> Result<Store> {
         options.validate()?;
-        prepare_dir(dir, &options)?;
+        let created_dirs = prepare_dir(dir, &options)?;
         let db = open_sled(dir, &options)?;
+        // A new store's directory entries (its own, its parents' if they were made, and
+        // sled's) must survive power loss before the first flush returns.
+        for created in &created_dirs {
+            sync_dir(created)?;
+        }
         let meta = Meta::new(db.open_tree("meta")?);
         let created = meta.is_new()?;
         if created && !options.create_if_missing {
@@ -90,14 +111,16 @@ impl Store {
             }
         }
         let shape = options.validate()?;
+        let data = db.open_tree("data")?;
         if created {
             meta.init(shape)?;
-        } else {
-            meta.check(shape)?;
+            sync_tree(&dir.join(SLED_DIR))?;
+        } else if meta.check(shape)? < FORMAT_VERSION {
+            migrate::to_current(&db, &data, &meta)?;
         }
         let started = Instant::now();
-        let data = db.open_tree("data")?;
         let buckets = db.open_tree("index")?;
+        let quarantine = db.open_tree("quarantine")?;
         let marks = Marks::new(
             db.open_tree("marks")?,
             options.region_segments,
@@ -117,7 +140,7 @@ impl Store {
             marks,
             found.trees,
             found.epoch,
-            found.clock,
+            Clock::new(found.clock, options.max_clock_drift),
         )?);
         let hasher = Hasher::spawn(
             Arc::clone(&index),
@@ -133,6 +156,7 @@ impl Store {
         Ok(Store {
             dir: dir.to_path_buf(),
             index,
+            quarantine,
             hasher,
             report: OpenReport {
                 recovery: found.recovery,
@@ -244,6 +268,10 @@ impl Store {
     }
 
     /// The entries of one segment, read from the data (not the index), in key order.
+    ///
+    /// A record whose header does not decode contributes nothing to the index and is
+    /// left out here too, so it reads as absent to an exchange (and a good copy from a
+    /// replica can replace it); `verify` reports it.
     pub fn segment_entries(&self, partition: u32, segment: u32) -> Result<Vec<Entry>> {
         if u64::from(segment) >= self.index.shape.segments {
             return Err(Error::InvalidArgument(format!(
@@ -261,7 +289,9 @@ impl Store {
             let Some((_, _, key)) = split_data_key(&k) else {
                 continue;
             };
-            let h = RecordHeader::decode(&v, || format!("partition {partition} key {key:02x?}"))?;
+            let Ok(h) = RecordHeader::decode(&v, String::new) else {
+                continue;
+            };
             out.push(Entry {
                 key: key.to_vec(),
                 version: h.version,
@@ -312,12 +342,77 @@ impl Store {
         verify(&self.index, &|| self.hasher.barrier(), progress)
     }
 
+    /// Moves every record `report` found bad (a value that fails its hash, a header that
+    /// does not decode, a key in the wrong segment or too short to place) out of the
+    /// data into the store's quarantine, keeping the index in step. The key then reads
+    /// as absent, so the next sync with a good replica restores it; the bad bytes stay
+    /// in the quarantine for inspection. A record rewritten since `report` was made is
+    /// left alone. Returns how many records were moved.
+    pub fn quarantine(&self, report: &VerifyReport) -> Result<u64> {
+        let index = &*self.index;
+        let mut moved = 0;
+        for problem in &report.problems {
+            let still_bad: fn(&[u8]) -> bool = match problem.kind {
+                ProblemKind::ValueHash { .. } => |b| {
+                    matches!(
+                        Record::decode(b, String::new),
+                        Err(Corruption::ValueHash { .. })
+                    )
+                },
+                ProblemKind::BadRecord(_) => |b| RecordHeader::decode(b, String::new).is_err(),
+                ProblemKind::Misplaced { .. } | ProblemKind::BadDataKey => |_| true,
+                _ => continue,
+            };
+            let (Some(key), placed) = (&problem.key, problem.partition.zip(problem.segment)) else {
+                continue;
+            };
+            let raw = match placed {
+                Some((p, s)) if problem.kind != ProblemKind::BadDataKey => data_key(p, s, key),
+                _ => key.clone(),
+            };
+            let pass = index.gate.enter();
+            if let Some((p, s)) = placed {
+                index.marks.mark(pass.epoch, p, s)?;
+            }
+            let Some(current) = index.data.get(&raw)? else {
+                continue;
+            };
+            if !still_bad(&current) {
+                continue;
+            }
+            self.quarantine.insert(&raw, current.clone())?;
+            if index
+                .data
+                .compare_and_swap(&raw, Some(current.clone()), None::<&[u8]>)?
+                .is_err()
+            {
+                self.quarantine.remove(&raw)?;
+                continue; // rewritten meanwhile: no longer this record
+            }
+            if let (Some((p, s)), Ok(h)) = (placed, RecordHeader::decode(&current, String::new)) {
+                self.hasher.send(Msg::Update {
+                    partition: p,
+                    segment: s,
+                    delta: h.entry_hash(p, key),
+                })?;
+            }
+            drop(pass);
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    /// Records held in the quarantine (see [`Store::quarantine`]).
+    pub fn quarantined(&self) -> usize {
+        self.quarantine.len()
+    }
+
     /// Recomputes the whole index from the data and persists it. Writes wait meanwhile.
     pub fn rebuild(&self, progress: &mut dyn FnMut(Progress)) -> Result<RebuildReport> {
         let _paused = self.index.gate.pause();
         self.hasher.barrier()?;
         let scan = scan_all(&self.index.data, self.index.shape, false, progress)?;
-        self.index.clock.observe(scan.max_version);
+        self.index.clock.observe_stored(scan.max_version);
         let partitions = scan.trees.len();
         let checkpoint = self.hasher.replace(scan.trees)?;
         Ok(RebuildReport {
@@ -403,21 +498,29 @@ impl Store {
     }
 
     /// Writes `repair.record` only if the key's entry hash is still `repair.expected`.
-    pub(crate) fn write_if(&self, partition: u32, repair: &Repair) -> Result<bool> {
+    /// A repair whose value fails its hash, or whose version is further ahead than
+    /// `max_clock_drift`, is refused; one that is written moves the clock past it.
+    pub(crate) fn write_if(&self, partition: u32, repair: &Repair) -> Result<RepairOutcome> {
         let record = &repair.record;
-        if record.value_hash != crate::hash::value_hash(&record.value) {
-            return Err(Error::InvalidArgument(format!(
-                "repair of key {:?}: value does not match its hash",
-                String::from_utf8_lossy(&repair.key)
-            )));
+        let tombstone_ok = !record.tombstone || record.value.is_empty();
+        if record.value_hash != crate::hash::value_hash(&record.value) || !tombstone_ok {
+            return Ok(RepairOutcome::Refused);
+        }
+        if self.index.clock.observe(record.version).is_err() {
+            return Ok(RepairOutcome::Refused);
         }
         let header = record.header();
-        self.swap(
+        let written = self.swap(
             partition,
             &repair.key,
             repair.expected,
             Some(header.encode(&record.value)),
-        )
+        )?;
+        Ok(if written {
+            RepairOutcome::Written
+        } else {
+            RepairOutcome::Stale
+        })
     }
 
     /// Replaces the record of `key` with `new` (`None` removes it) if the current entry
@@ -432,18 +535,21 @@ impl Store {
         let index = &*self.index;
         let segment = segment_of(key, index.shape.segments);
         let data_key = data_key(partition, segment, key);
+        // An undecodable record contributes nothing and reads as absent.
         let entry = |bytes: &[u8]| {
             RecordHeader::decode(bytes, String::new)
-                .map_or(Hash::ZERO, |h| h.entry_hash(partition, key))
+                .ok()
+                .map(|h| h.entry_hash(partition, key))
         };
-        let new_hash = new.as_deref().map_or(Hash::ZERO, entry);
+        let new_hash = new.as_deref().and_then(entry).unwrap_or_default();
         let pass = index.gate.enter();
         index.marks.mark(pass.epoch, partition, segment)?;
         let current = index.data.get(&data_key)?;
-        if current.as_deref().map(entry) != expected {
+        let old = current.as_deref().and_then(entry);
+        if old != expected {
             return Ok(false);
         }
-        let old_hash = current.as_deref().map_or(Hash::ZERO, entry);
+        let old_hash = old.unwrap_or_default();
         if index
             .data
             .compare_and_swap(&data_key, current, new)?
@@ -460,13 +566,15 @@ impl Store {
         Ok(true)
     }
 
-    /// Removes tombstones of `partition` whose version is older than `grace` by the
-    /// store's clock (versions are `unix_ms << 16 | counter`). Returns how many.
+    /// Removes tombstones of `partition` that this store learned of (by a local delete
+    /// or a repair) more than `grace` ago by its own wall clock, whatever their
+    /// versions. Returns how many.
     ///
     /// A tombstone must outlive the longest time a replica can go without a sync, or the
     /// value it deleted can come back from a replica that missed the delete.
     pub fn purge_tombstones(&self, partition: u32, grace: Duration) -> Result<u64> {
-        let cutoff = (crate::clock::unix_ms().saturating_sub(grace.as_millis() as u64)) << 16;
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        let now = crate::clock::unix_ms();
         let mut purged = 0;
         for item in self.index.data.scan_prefix(partition.to_be_bytes()) {
             let (k, v) = item?;
@@ -476,7 +584,7 @@ impl Store {
             let Ok(h) = RecordHeader::decode(&v, String::new) else {
                 continue;
             };
-            if h.tombstone && h.version < cutoff {
+            if h.tombstone && h.deleted_ms.saturating_add(grace_ms) <= now {
                 let expected = Some(h.entry_hash(partition, key));
                 purged += u64::from(self.swap(partition, key, expected, None)?);
             }
@@ -494,12 +602,12 @@ impl Store {
         })?))
     }
 
-    pub(crate) fn next_version(&self) -> u64 {
+    pub(crate) fn next_version(&self) -> Result<u64> {
         self.index.clock.next()
     }
 
-    pub(crate) fn observe_version(&self, version: u64) {
-        self.index.clock.observe(version);
+    pub(crate) fn observe_version(&self, version: u64) -> Result<()> {
+        self.index.clock.observe(version)
     }
 }
 
@@ -556,7 +664,7 @@ impl Partition<'_> {
 
     /// Writes `value` under `key` with a store-assigned version, which is returned.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
-        let version = self.store.next_version();
+        let version = self.store.next_version()?;
         self.store.write(
             self.id,
             key,
@@ -567,9 +675,10 @@ impl Partition<'_> {
     }
 
     /// Writes `value` under `key` with the caller's version (the store's clock moves
-    /// past it).
+    /// past it). A version further ahead of the wall clock than
+    /// `Options::max_clock_drift` is refused with [`Error::VersionAhead`].
     pub fn put_versioned(&self, key: &[u8], value: &[u8], version: u64) -> Result<()> {
-        self.store.observe_version(version);
+        self.store.observe_version(version)?;
         self.store.write(
             self.id,
             key,
@@ -580,7 +689,7 @@ impl Partition<'_> {
 
     /// Writes a tombstone for `key`; returns its version.
     pub fn delete(&self, key: &[u8]) -> Result<u64> {
-        let version = self.store.next_version();
+        let version = self.store.next_version()?;
         self.store
             .write(self.id, key, RecordHeader::new(version, true, b""), b"")?;
         Ok(version)
@@ -588,12 +697,14 @@ impl Partition<'_> {
 
     /// Writes a tombstone with the caller's version.
     pub fn delete_versioned(&self, key: &[u8], version: u64) -> Result<()> {
-        self.store.observe_version(version);
+        self.store.observe_version(version)?;
         self.store
             .write(self.id, key, RecordHeader::new(version, true, b""), b"")
     }
 
-    /// The live value of `key`; `None` if absent or deleted.
+    /// The live value of `key`; `None` if absent or deleted. A value whose bytes no
+    /// longer match their stored hash is a [`Corruption::ValueHash`] error, never bad
+    /// bytes.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self
             .store

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::exchange::{Repair, Replica};
+use crate::exchange::{Applied, Lookup, Repair, Replica};
 use crate::record::Record;
 use crate::store::Entry;
 use crate::{Hash, HASH_BYTES};
@@ -97,6 +97,16 @@ pub struct SyncReport {
     pub repaired_remote: u64,
     /// Repairs skipped because the key changed during the exchange.
     pub skipped: u64,
+    /// Remote records this side refused (version too far ahead of its clock, or value
+    /// not matching its hash).
+    pub refused_local: u64,
+    /// Local records the remote side refused.
+    pub refused_remote: u64,
+    /// Local records whose bytes fail their hash or do not decode: never shipped, and
+    /// replaced by the remote's record where it has one.
+    pub corrupt_local: u64,
+    /// Remote records found corrupt, likewise.
+    pub corrupt_remote: u64,
 }
 
 /// Compares one partition of two replicas level by level: one batched request per level
@@ -118,6 +128,7 @@ pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result
     let mine = local.roots(&[partition])?;
     let theirs = remote.roots(&[partition])?;
     report.round_trips += 1;
+    expect_len("roots", 1, mine.len(), theirs.len())?;
     report.payload_bytes += (theirs.len() * HASH_BYTES) as u64;
     report.nodes_compared += 1;
     if mine == theirs {
@@ -131,13 +142,8 @@ pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result
         report.round_trips += 1;
         report.payload_bytes += (theirs.len() * HASH_BYTES) as u64;
         report.nodes_compared += mine.len() as u64;
-        if mine.len() != theirs.len() {
-            return Err(Error::InvalidArgument(format!(
-                "remote answered {} hashes for {} nodes",
-                theirs.len(),
-                mine.len()
-            )));
-        }
+        let asked = differing.len() * shape.width as usize;
+        expect_len("child hashes", asked, mine.len(), theirs.len())?;
         differing = differing
             .iter()
             .flat_map(|&parent| parent * width..parent * width + width)
@@ -150,6 +156,12 @@ pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result
     let mine = local.entries(partition, &segments)?;
     let theirs = remote.entries(partition, &segments)?;
     report.round_trips += 1;
+    expect_len(
+        "segment entry lists",
+        segments.len(),
+        mine.len(),
+        theirs.len(),
+    )?;
     report.segments_compared = segments.len() as u64;
     for (a, b) in mine.into_iter().zip(theirs) {
         report.payload_bytes += b
@@ -193,12 +205,18 @@ pub fn sync(
         let keys: Vec<Vec<u8>> = chunk.iter().map(|d| d.key.clone()).collect();
         let mine = local.records(partition, &keys)?;
         let theirs = remote.records(partition, &keys)?;
+        expect_len("records", keys.len(), mine.len(), theirs.len())?;
         let (mut to_local, mut to_remote) = (Vec::new(), Vec::new());
         for ((d, l), r) in chunk.iter().zip(mine).zip(theirs) {
             let expected_local = d.local.as_ref().map(|e| e.hash);
             let expected_remote = d.remote.as_ref().map(|e| e.hash);
-            // Records read now may be newer than the diff; the conditional write below
-            // then skips them rather than act on a stale view.
+            report.corrupt_local += u64::from(l == Lookup::Corrupt);
+            report.corrupt_remote += u64::from(r == Lookup::Corrupt);
+            // A corrupt record counts as absent: it is never shipped, and the other
+            // side's good record (if any) replaces it. Records read now may be newer than
+            // the diff; the conditional write then skips them rather than act on a stale
+            // view.
+            let (l, r) = (found(l), found(r));
             match (options.resolver)(&d.key, l.as_ref(), r.as_ref()) {
                 Winner::Local => {
                     if let Some(record) = l {
@@ -220,15 +238,50 @@ pub fn sync(
                 }
             }
         }
-        let wanted = (to_local.len() + to_remote.len()) as u64;
-        let here = local.apply(partition, &to_local)?;
-        let there = remote.apply(partition, &to_remote)?;
-        report.repaired_local += here;
-        report.repaired_remote += there;
-        report.skipped += wanted.saturating_sub(here + there);
+        let here = apply_all(local, partition, &to_local)?;
+        let there = apply_all(remote, partition, &to_remote)?;
+        report.repaired_local += here.written;
+        report.repaired_remote += there.written;
+        report.skipped += here.stale + there.stale;
+        report.refused_local += here.refused;
+        report.refused_remote += there.refused;
     }
     report.diff = diff;
     Ok(report)
+}
+
+fn found(lookup: Lookup) -> Option<Record> {
+    match lookup {
+        Lookup::Found(r) => Some(r),
+        Lookup::Absent | Lookup::Corrupt => None,
+    }
+}
+
+/// Applies `repairs`, checking that the replica accounted for each one.
+fn apply_all(replica: &dyn Replica, partition: u32, repairs: &[Repair]) -> Result<Applied> {
+    if repairs.is_empty() {
+        return Ok(Applied::default());
+    }
+    let applied = replica.apply(partition, repairs)?;
+    let total = applied.written + applied.stale + applied.refused;
+    if total != repairs.len() as u64 {
+        return Err(Error::Protocol(format!(
+            "replica accounted for {total} of {} repairs",
+            repairs.len()
+        )));
+    }
+    Ok(applied)
+}
+
+/// A replica that answers with more or fewer items than asked for would silently hide
+/// differences (or invent them): that is a protocol error.
+fn expect_len(what: &str, asked: usize, mine: usize, theirs: usize) -> Result<()> {
+    if mine != asked || theirs != asked {
+        return Err(Error::Protocol(format!(
+            "asked for {asked} {what}, got {mine} locally and {theirs} remotely"
+        )));
+    }
+    Ok(())
 }
 
 /// Root of the union of disjoint partitions: the XOR of their roots (entry hashes

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use common::small_options;
 use merkle_index::{
-    diff, merged_root, sync, Entry, Hash, Options, Record, Repair, Replica, Store, SyncOptions,
-    Winner,
+    diff, merged_root, sync, Applied, Entry, Hash, Lookup, Options, Record, Repair, Replica, Store,
+    SyncOptions, Winner,
 };
 use proptest::prelude::*;
 
@@ -206,7 +206,7 @@ impl Replica for Racing<'_> {
     fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<Entry>>> {
         self.store.entries(p, s)
     }
-    fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Option<Record>>> {
+    fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Lookup>> {
         let before = self.store.records(p, k);
         self.store
             .partition(p)
@@ -214,7 +214,7 @@ impl Replica for Racing<'_> {
             .unwrap();
         before
     }
-    fn apply(&self, p: u32, r: &[Repair]) -> merkle_index::Result<u64> {
+    fn apply(&self, p: u32, r: &[Repair]) -> merkle_index::Result<Applied> {
         self.store.apply(p, r)
     }
 }

@@ -194,12 +194,15 @@ pub fn sync(a: SyncArgs) -> anyhow::Result<Outcome> {
     };
     let partitions = sides.partitions(a.common.partition)?;
     let (mut differences, mut here, mut there, mut skipped) = (0, 0, 0, 0);
+    let (mut refused, mut corrupt) = (0, 0);
     for &p in &partitions {
         let report = merkle_index::sync(&sides.local, sides.remote(), p, &options)?;
         differences += report.diff.differences.len();
         here += report.repaired_local;
         there += report.repaired_remote;
         skipped += report.skipped;
+        refused += report.refused_local + report.refused_remote;
+        corrupt += report.corrupt_local + report.corrupt_remote;
     }
     let summary = json!({
         "partitions": partitions,
@@ -207,6 +210,8 @@ pub fn sync(a: SyncArgs) -> anyhow::Result<Outcome> {
         "repaired_local": here,
         "repaired_remote": there,
         "skipped": skipped,
+        "refused": refused,
+        "corrupt": corrupt,
         "wire": sides.wire(),
     });
     if a.common.json {
@@ -216,6 +221,11 @@ pub fn sync(a: SyncArgs) -> anyhow::Result<Outcome> {
             "{differences} differences in {} partitions: repaired {here} here, {there} there, {skipped} changed meanwhile (next sync)",
             partitions.len()
         );
+        if refused + corrupt > 0 {
+            println!(
+                "{refused} repairs refused (version too far ahead, or bytes not matching their hash); {corrupt} corrupt records not shipped (run verify --repair on their side)"
+            );
+        }
     }
     sides.close()?;
     Ok(Outcome::Fine)

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use merkle_index::{Entry, Error, Hash, Record, Repair, Replica, Shape};
+use merkle_index::{Applied, Entry, Error, Hash, Lookup, Repair, Replica, Shape};
 
 use super::auth::{nonce, Key};
 use super::frame;
@@ -97,6 +97,17 @@ fn unexpected(what: &str, got: &Response) -> Error {
     Error::InvalidArgument(format!("peer answered {got:?} to a {what} request"))
 }
 
+/// An answer with more or fewer items than asked for is a protocol error: paired up
+/// with the request, it would hide (or invent) differences.
+fn expect_items(what: &str, asked: usize, got: usize) -> merkle_index::Result<()> {
+    if asked != got {
+        return Err(Error::Protocol(format!(
+            "peer answered {got} {what} for {asked} asked"
+        )));
+    }
+    Ok(())
+}
+
 fn hashes(response: Response, what: &str) -> merkle_index::Result<Vec<Hash>> {
     match response {
         Response::Hashes(h) => Ok(h.into_iter().map(Hash::from_bytes).collect()),
@@ -117,7 +128,9 @@ impl Replica for Client {
     }
 
     fn roots(&self, partitions: &[u32]) -> merkle_index::Result<Vec<Hash>> {
-        hashes(self.call(&Request::Roots(partitions.to_vec()))?, "roots")
+        let roots = hashes(self.call(&Request::Roots(partitions.to_vec()))?, "roots")?;
+        expect_items("roots", partitions.len(), roots.len())?;
+        Ok(roots)
     }
 
     fn children(
@@ -131,7 +144,13 @@ impl Replica for Client {
             level,
             parents: parents.to_vec(),
         };
-        hashes(self.call(&request)?, "children")
+        let children = hashes(self.call(&request)?, "children")?;
+        expect_items(
+            "child hashes",
+            parents.len() * self.shape.width as usize,
+            children.len(),
+        )?;
+        Ok(children)
     }
 
     fn entries(&self, partition: u32, segments: &[u32]) -> merkle_index::Result<Vec<Vec<Entry>>> {
@@ -140,39 +159,48 @@ impl Replica for Client {
             segments: segments.to_vec(),
         };
         match self.call(&request)? {
-            Response::Entries(e) => Ok(e
-                .into_iter()
-                .map(|s| s.into_iter().map(Entry::from).collect())
-                .collect()),
+            Response::Entries(e) => {
+                expect_items("segment entry lists", segments.len(), e.len())?;
+                Ok(e.into_iter()
+                    .map(|s| s.into_iter().map(Entry::from).collect())
+                    .collect())
+            }
             other => Err(unexpected("entries", &other)),
         }
     }
 
-    fn records(
-        &self,
-        partition: u32,
-        keys: &[Vec<u8>],
-    ) -> merkle_index::Result<Vec<Option<Record>>> {
+    fn records(&self, partition: u32, keys: &[Vec<u8>]) -> merkle_index::Result<Vec<Lookup>> {
         let request = Request::Records {
             partition,
             keys: keys.to_vec(),
         };
         match self.call(&request)? {
-            Response::Records(r) => Ok(r.into_iter().map(|r| r.map(Record::from)).collect()),
+            Response::Records(r) => {
+                expect_items("records", keys.len(), r.len())?;
+                Ok(r.into_iter().map(Lookup::from).collect())
+            }
             other => Err(unexpected("records", &other)),
         }
     }
 
-    fn apply(&self, partition: u32, repairs: &[Repair]) -> merkle_index::Result<u64> {
+    fn apply(&self, partition: u32, repairs: &[Repair]) -> merkle_index::Result<Applied> {
         if repairs.is_empty() {
-            return Ok(0);
+            return Ok(Applied::default());
         }
         let request = Request::Apply {
             partition,
             repairs: repairs.iter().map(Into::into).collect(),
         };
         match self.call(&request)? {
-            Response::Applied(n) => Ok(n),
+            Response::Applied {
+                written,
+                stale,
+                refused,
+            } => Ok(Applied {
+                written,
+                stale,
+                refused,
+            }),
             other => Err(unexpected("apply", &other)),
         }
     }

@@ -1,10 +1,10 @@
 //! Messages of the protocol (serialized with postcard; see `frame`).
 
-use merkle_index::{Entry, Hash, Record, Repair};
+use merkle_index::{Entry, Hash, Lookup, Record, Repair};
 use serde::{Deserialize, Serialize};
 
 /// Protocol version sent in the challenge; a client refuses other versions.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Challenge {
@@ -54,8 +54,12 @@ pub enum Response {
     Partitions(Vec<u32>),
     Hashes(Vec<[u8; 16]>),
     Entries(Vec<Vec<WireEntry>>),
-    Records(Vec<Option<WireRecord>>),
-    Applied(u64),
+    Records(Vec<WireLookup>),
+    Applied {
+        written: u64,
+        stale: u64,
+        refused: u64,
+    },
     Error(String),
 }
 
@@ -68,9 +72,19 @@ pub struct WireEntry {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+pub enum WireLookup {
+    Absent,
+    Found(WireRecord),
+    Corrupt,
+}
+
+/// A record with the hash its sender checked it against, so the receiver can check the
+/// bytes end to end (a mismatch makes the repair refused, never stored).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct WireRecord {
     pub version: u64,
     pub tombstone: bool,
+    pub value_hash: [u8; 16],
     pub value: Vec<u8>,
 }
 
@@ -112,18 +126,40 @@ impl From<&Record> for WireRecord {
         WireRecord {
             version: r.version,
             tombstone: r.tombstone,
+            value_hash: r.value_hash.to_bytes(),
             value: r.value.clone(),
         }
     }
 }
 
 impl From<WireRecord> for Record {
-    // The value hash is recomputed from the bytes received, never trusted from the wire.
+    // The hash travels as sent; whoever stores the record checks the bytes against it.
     fn from(r: WireRecord) -> Self {
-        if r.tombstone {
-            Record::tombstone(r.version)
-        } else {
-            Record::value(r.version, &r.value)
+        Record {
+            version: r.version,
+            tombstone: r.tombstone,
+            value_hash: Hash::from_bytes(r.value_hash),
+            value: r.value,
+        }
+    }
+}
+
+impl From<&Lookup> for WireLookup {
+    fn from(l: &Lookup) -> Self {
+        match l {
+            Lookup::Absent => WireLookup::Absent,
+            Lookup::Found(r) => WireLookup::Found(r.into()),
+            Lookup::Corrupt => WireLookup::Corrupt,
+        }
+    }
+}
+
+impl From<WireLookup> for Lookup {
+    fn from(l: WireLookup) -> Self {
+        match l {
+            WireLookup::Absent => Lookup::Absent,
+            WireLookup::Found(r) => Lookup::Found(r.into()),
+            WireLookup::Corrupt => Lookup::Corrupt,
         }
     }
 }

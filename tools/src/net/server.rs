@@ -166,7 +166,7 @@ fn answer(store: &Store, request: Request) -> merkle_index::Result<Response> {
             store
                 .records(partition, &keys)?
                 .iter()
-                .map(|r| r.as_ref().map(Into::into))
+                .map(Into::into)
                 .collect(),
         ),
         Request::Apply { partition, repairs } => {
@@ -174,7 +174,11 @@ fn answer(store: &Store, request: Request) -> merkle_index::Result<Response> {
             let applied = store.apply(partition, &repairs)?;
             // Acknowledged repairs are durable: the peer will not send them again.
             store.flush()?;
-            Response::Applied(applied)
+            Response::Applied {
+                written: applied.written,
+                stale: applied.stale,
+                refused: applied.refused,
+            }
         }
     })
 }
