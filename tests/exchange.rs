@@ -302,3 +302,48 @@ fn different_shapes_are_refused() {
     let err = diff(&a, &b, 0).unwrap_err();
     assert!(err.to_string().contains("different trees"), "{err}");
 }
+
+/// A peer that answers entry and record requests with one item too few.
+struct Short<'a>(&'a Store);
+
+impl Replica for Short<'_> {
+    fn shape(&self) -> merkle_index::Result<merkle_index::Shape> {
+        Replica::shape(self.0)
+    }
+    fn partitions(&self) -> merkle_index::Result<Vec<u32>> {
+        Replica::partitions(self.0)
+    }
+    fn roots(&self, p: &[u32]) -> merkle_index::Result<Vec<Hash>> {
+        self.0.roots(p)
+    }
+    fn children(&self, p: u32, l: u32, n: &[u64]) -> merkle_index::Result<Vec<Hash>> {
+        Replica::children(self.0, p, l, n)
+    }
+    fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<Entry>>> {
+        let mut all = self.0.entries(p, s)?;
+        all.pop();
+        Ok(all)
+    }
+    fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Lookup>> {
+        self.0.records(p, k)
+    }
+    fn apply(&self, p: u32, r: &[Repair]) -> merkle_index::Result<Applied> {
+        self.0.apply(p, r)
+    }
+}
+
+#[test]
+fn a_short_answer_is_a_protocol_error_not_fewer_differences() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(da.path(), small_options()).unwrap();
+    let b = Store::open(db.path(), small_options()).unwrap();
+    for i in 0..20u32 {
+        a.put(&i.to_le_bytes(), b"only here").unwrap();
+    }
+    a.sync_index().unwrap();
+    let err = diff(&a, &Short(&b), 0).unwrap_err();
+    assert!(
+        matches!(&err, merkle_index::Error::Protocol(m) if m.contains("segment entry lists")),
+        "{err}"
+    );
+}

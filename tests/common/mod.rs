@@ -64,3 +64,34 @@ pub fn small_options() -> merkle_index::Options {
     o.cache_bytes = 8 << 20;
     o
 }
+
+/// Edits the raw sled database of a closed store (sled's I/O threads may hold its lock
+/// for a moment after the store is dropped).
+pub fn with_sled(dir: &std::path::Path, edit: impl FnOnce(&sled::Db)) {
+    let db = (0..100)
+        .find_map(|_| {
+            sled::open(dir.join("sled")).ok().or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                None
+            })
+        })
+        .expect("sled stayed locked");
+    edit(&db);
+    db.flush().unwrap();
+}
+
+/// The current time as a version of the store's clock (`unix_ms << 16`), plus `ahead`.
+pub fn hlc_now_plus(ahead: std::time::Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    ((now + ahead).as_millis() as u64) << 16
+}
+
+/// The raw sled key of `key` in `partition` (FORMAT.md: partition BE, segment BE, key).
+pub fn raw_data_key(partition: u32, key: &[u8], segments: u64) -> Vec<u8> {
+    let mut out = partition.to_be_bytes().to_vec();
+    out.extend_from_slice(&(reference_segment(key, segments) as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
