@@ -1,8 +1,11 @@
 //! `merkle-index`: operate a merkle-index store from the command line.
 //!
 //! Exit codes: 0 fine; 1 the command ran and found problems (verify found corruption,
-//! diff found differences, get found nothing); 2 it could not run.
+//! diff found differences, get found nothing); 2 it could not run. A reader that closes
+//! stdout early (`| head`) does not change the status: the rest of the output is dropped.
 
+#[macro_use]
+mod output;
 mod cmd;
 mod net;
 mod progress;
@@ -24,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write a synthetic workload (key-000000000000, ...) and report durable progress.
+    /// Write a synthetic, reproducible workload (key i = key-000000000000 + i, version
+    /// --version-base + i) and report durable progress.
     Load(cmd::load::Args),
     /// Write one value.
     Put(cmd::kv::PutArgs),
@@ -37,7 +41,7 @@ enum Command {
     /// Print a partition's root hash.
     Root(cmd::root::Args),
     /// Recompute everything from the data and report problems (exit 1 if any).
-    Verify(cmd::StoreArgs),
+    Verify(cmd::verify::Args),
     /// Recompute the index from the data.
     Rebuild(cmd::StoreArgs),
     /// Print a node's children or a segment's entries.
@@ -89,6 +93,10 @@ fn main() -> ExitCode {
         Command::Demo(a) => cmd::demo::run(a),
         Command::DemoWriter(a) => cmd::demo::writer(a),
     };
+    if let Some(e) = output::failure() {
+        eprintln!("merkle-index: {e}");
+        return ExitCode::from(2);
+    }
     match result {
         Ok(Outcome::Fine) => ExitCode::SUCCESS,
         Ok(Outcome::Problems) => ExitCode::from(1),

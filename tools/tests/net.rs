@@ -310,3 +310,94 @@ fn wire_bytes_per_difference() {
     }
     server.stop();
 }
+
+#[test]
+fn sigterm_finishes_and_closes_the_store_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    load(&a, "300", "1");
+    load(&b, "100", "1");
+    let key = key_file(dir.path(), "key", "correct horse battery staple");
+    let mut server = Server::start(&b, &key, 5000);
+    // An idle authenticated connection must not hold the shutdown up.
+    let idle = TcpStream::connect(&server.addr).unwrap();
+    let s = peer("sync", &a, &server.addr, &key, &["--json"]);
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_for(&mut server.child, Duration::from_secs(10));
+    let log = server.log.join().unwrap();
+    drop(idle);
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("store closed cleanly"), "{log}");
+    // The next open maps the snapshot: no crash recovery.
+    let stats = run(&["stats", "--db", b.to_str().unwrap(), "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["last_open"]["path"], "clean snapshot", "{stats}");
+    assert_eq!(stats["partitions"][0]["keys"], 300);
+}
+
+fn wait_for(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the server did not stop within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn rot_is_quarantined_and_restored_over_tcp_never_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    load(&a, "200", "1");
+    load(&b, "200", "1");
+    // Flip the last byte of one value on a (the sled database is closed now).
+    {
+        let db = sled::open(a.join("sled")).unwrap();
+        let data = db.open_tree("data").unwrap();
+        let (k, v) = data.iter().nth(17).unwrap().unwrap();
+        let mut v = v.to_vec();
+        *v.last_mut().unwrap() ^= 0x10;
+        data.insert(k, v).unwrap();
+        db.flush().unwrap();
+    }
+    let key = key_file(dir.path(), "key", "correct horse battery staple");
+    let verify = run(&["verify", "--db", a.to_str().unwrap(), "--repair"]);
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(String::from_utf8_lossy(&verify.stderr).contains("1 records quarantined"));
+    let server = Server::start(&b, &key, 5000);
+    let s = peer("sync", &a, &server.addr, &key, &["--json"]);
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    let s = &json_lines(&s)[0];
+    assert_eq!(
+        (s["repaired_local"].as_u64(), s["repaired_remote"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    let d = peer("diff", &a, &server.addr, &key, &["--json"]);
+    assert_eq!(d.status.code(), Some(0));
+    server.stop();
+    for side in [&a, &b] {
+        let v = run(&["verify", "--db", side.to_str().unwrap()]);
+        assert_eq!(
+            v.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+    }
+}

@@ -5,11 +5,12 @@
 //! in the middle of its writes and restarts with crash recovery; then anti-entropy
 //! compares the trees (replica 2 over authenticated TCP) and repairs every replica.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -17,7 +18,7 @@ use merkle_index::{Options, Recovery, Replica, Store, SyncOptions};
 
 use crate::net::auth::{nonce, Key};
 use crate::net::client::Client;
-use crate::net::server::{self, Limits};
+use crate::net::server::{self, Limits, Stop};
 use crate::Outcome;
 
 const CARTS: u64 = 500;
@@ -97,7 +98,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         }
     };
     let dirs: Vec<PathBuf> = (1..=3).map(|n| root.join(format!("replica-{n}"))).collect();
-    println!(
+    outln!(
         "merkle-index demo: three replicas of the shopping-cart partition ({PARTITION}) in {}",
         root.display()
     );
@@ -105,7 +106,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         .iter()
         .map(|d| Store::open(d, Options::default()))
         .collect::<Result<_, _>>()?;
-    println!(
+    outln!(
         "  each keeps a Merkle tree of {} segments (width {}, {} levels) beside its data",
         replicas[0].shape().segments,
         replicas[0].shape().width,
@@ -133,7 +134,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
                 .put_versioned(&key, &value, base_version + i)?;
         }
     }
-    println!(
+    outln!(
         "\n1. {BEFORE_CRASH} cart updates replicated; lost on the way: {} to replica 2, {} to replica 3",
         lost[1], lost[2]
     );
@@ -180,7 +181,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             }
         }
     }
-    println!(
+    outln!(
         "2. replica 3 was killed (SIGKILL) mid-write after update {durable}; replicas 1 and 2 took all {} more updates",
         DURING_CRASH
     );
@@ -195,13 +196,13 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         Recovery::FullRebuild { reason, .. } => format!("full rebuild ({reason})"),
         other => format!("{other:?}"),
     };
-    println!(
+    outln!(
         "   replica 3 restarted: {how}; index ready in {:.1} ms (open took {:.1} ms)",
         r3.open_report().duration.as_secs_f64() * 1e3,
         started.elapsed().as_secs_f64() * 1e3
     );
     let verified = r3.verify(&mut |_| {})?;
-    println!(
+    outln!(
         "   verify of replica 3: {} keys, {} problems",
         verified.keys,
         verified.problems.len()
@@ -212,25 +213,33 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     for r in replicas {
         r.sync_index()?;
     }
-    println!("\n3. roots before anti-entropy:");
+    outln!("\n3. roots before anti-entropy:");
     for (n, r) in replicas.iter().enumerate() {
-        println!("   replica {}: {}", n + 1, short(r.root(PARTITION)));
+        outln!("   replica {}: {}", n + 1, short(r.root(PARTITION)));
     }
     let key = Key::from_secret(&nonce()?)?;
     let (listener, addr) = server::bind("127.0.0.1:0")?;
     let served = Arc::new(r2);
-    {
-        let (served, key) = (Arc::clone(&served), key.clone());
+    let stop = Stop::new(addr);
+    // The server's log goes to a file, so it cannot interleave with the story.
+    let log_path = root.join("server.log");
+    let log_file = Mutex::new(File::create(&log_path).context("create the server log")?);
+    let log: server::Log = Arc::new(move |line| {
+        let mut f = log_file.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(f, "{line}");
+    });
+    let server = {
+        let (served, key, stop) = (Arc::clone(&served), key.clone(), stop.clone());
         let limits = Limits {
             timeout: Duration::from_secs(10),
             max_connections: 4,
         };
-        std::thread::spawn(move || server::serve(served, listener, key, limits));
-    }
+        std::thread::spawn(move || server::serve(served, listener, key, limits, &stop, log))
+    };
     let client = Client::connect(&addr.to_string(), &key, Duration::from_secs(10))?;
     let options = SyncOptions::default();
     let report = merkle_index::sync(&r1, &client, PARTITION, &options)?;
-    println!(
+    outln!(
         "   replica 1 <-> replica 2 over TCP ({addr}): {} differing keys found in {} segments (later updates had overwritten the other lost ones), {} repaired there; {} round trips, {} bytes sent, {} received",
         report.diff.differences.len(),
         report.diff.segments_compared,
@@ -240,7 +249,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         client.received.load(Relaxed),
     );
     let report = merkle_index::sync(&r1, &r3, PARTITION, &options)?;
-    println!(
+    outln!(
         "   replica 1 <-> replica 3 locally: {} differing keys found, {} repaired there, {} here; {} round trips, {} payload bytes",
         report.diff.differences.len(),
         report.repaired_remote,
@@ -258,12 +267,31 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         r3.root(PARTITION),
     ];
     drop(client);
-    println!("\n4. roots after anti-entropy:");
+    // Stop the server and close replica 2 cleanly, as `serve` does on SIGTERM.
+    stop.trigger();
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
+    Arc::into_inner(served)
+        .context("replica 2 is still shared")?
+        .close()?;
+    let logged = std::fs::read_to_string(&log_path).unwrap_or_default();
+    outln!(
+        "   (replica 2's server log, {} lines: {}{})",
+        logged.lines().count(),
+        log_path.display(),
+        if a.dir.is_some() {
+            ""
+        } else {
+            "; pass --dir to keep it"
+        }
+    );
+    outln!("\n4. roots after anti-entropy:");
     for (n, root) in roots.iter().enumerate() {
-        println!("   replica {}: {}", n + 1, short(*root));
+        outln!("   replica {}: {}", n + 1, short(*root));
     }
     if roots.iter().all(|r| *r == roots[0]) && check.differences.is_empty() {
-        println!("   all three replicas are equal (replica 2 vs 3 re-checked: 1 round trip, 0 differences)");
+        outln!("   all three replicas are equal (replica 2 vs 3 re-checked: 1 round trip, 0 differences)");
         r1.close()?;
         r3.close()?;
         Ok(Outcome::Fine)

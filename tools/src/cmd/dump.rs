@@ -23,6 +23,9 @@ pub struct Args {
     /// Segment whose entries to print.
     #[arg(long)]
     segment: Option<u32>,
+    /// Print keys as hex (the default prints text keys as text, others as 0x-hex).
+    #[arg(long)]
+    hex: bool,
     /// One JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -37,7 +40,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             .iter()
             .map(|e| {
                 json!({
-                    "key": super::show_key(&e.key),
+                    "key": if a.hex { super::kv::hex(&e.key) } else { super::show_key(&e.key) },
                     "version": e.version,
                     "tombstone": e.tombstone,
                     "hash": e.hash.to_hex(),
@@ -58,7 +61,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     };
     store.close()?;
     if a.json {
-        println!("{out}");
+        outln!("{out}");
     } else if let Some(entries) = out["entries"].as_array() {
         for e in entries {
             let kind = if e["tombstone"] == true {
@@ -66,7 +69,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             } else {
                 "value"
             };
-            println!(
+            outln!(
                 "{}  version {}  {kind}  {}",
                 e["hash"].as_str().unwrap_or(""),
                 e["version"],
@@ -75,7 +78,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         }
     } else {
         for c in out["children"].as_array().into_iter().flatten() {
-            println!(
+            outln!(
                 "level {} node {}: {}",
                 out["level"].as_u64().unwrap_or(0) + 1,
                 c["index"],

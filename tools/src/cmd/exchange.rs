@@ -129,14 +129,14 @@ fn print_diff(report: &DiffReport, json_out: bool) {
                 "local": side(&d.local),
                 "remote": side(&d.remote),
             });
-            println!("{line}");
+            outln!("{line}");
         } else {
             let show = |e: &Option<merkle_index::Entry>| match e {
                 None => "absent".to_string(),
                 Some(e) if e.tombstone => format!("deleted at v{}", e.version),
                 Some(e) => format!("v{}", e.version),
             };
-            println!(
+            outln!(
                 "partition {} key {}: here {}, there {}",
                 report.partition,
                 super::show_key(&d.key),
@@ -169,9 +169,9 @@ pub fn diff(a: Args) -> anyhow::Result<Outcome> {
         "wire": sides.wire(),
     });
     if a.json {
-        println!("{summary}");
+        outln!("{summary}");
     } else {
-        println!(
+        outln!(
             "{total} differences in {} partitions ({round_trips} round trips, {payload} payload bytes)",
             partitions.len()
         );
@@ -215,14 +215,14 @@ pub fn sync(a: SyncArgs) -> anyhow::Result<Outcome> {
         "wire": sides.wire(),
     });
     if a.common.json {
-        println!("{summary}");
+        outln!("{summary}");
     } else {
-        println!(
+        outln!(
             "{differences} differences in {} partitions: repaired {here} here, {there} there, {skipped} changed meanwhile (next sync)",
             partitions.len()
         );
         if refused + corrupt > 0 {
-            println!(
+            outln!(
                 "{refused} repairs refused (version too far ahead, or bytes not matching their hash); {corrupt} corrupt records not shipped (run verify --repair on their side)"
             );
         }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use merkle_index::Options;
 use serde_json::json;
 
@@ -32,6 +32,10 @@ pub struct Args {
     /// Tree width, for a new store.
     #[arg(long)]
     width: Option<u32>,
+    /// Key i gets version V + i, so the same arguments build the same store (and root)
+    /// on any machine, and two loads are identical replicas.
+    #[arg(long, default_value_t = 1)]
+    version_base: u64,
     /// Flush (make durable) after every K puts, and at the end.
     #[arg(long, default_value_t = 10_000)]
     flush_every: u64,
@@ -73,16 +77,22 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let report = |n: u64| {
         if a.json {
-            println!("{}", json!({ "durable": n }));
+            outln!("{}", json!({ "durable": n }));
         } else {
-            bar.suspend(|| println!("durable {n}"));
+            bar.suspend(|| outln!("durable {n}"));
         }
     };
     for i in 0..a.keys {
         let partition = (i % u64::from(a.partitions)) as u32;
-        store
-            .partition(partition)
-            .put(key(i).as_bytes(), &value(a.seed, i, a.value_size))?;
+        let version = a
+            .version_base
+            .checked_add(i)
+            .context("--version-base + i overflows")?;
+        store.partition(partition).put_versioned(
+            key(i).as_bytes(),
+            &value(a.seed, i, a.value_size),
+            version,
+        )?;
         bar.inc(1);
         if (i + 1) % a.flush_every == 0 {
             store.flush()?;
@@ -98,12 +108,12 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let rate = a.keys as f64 / seconds.max(1e-9);
     store.close()?;
     if a.json {
-        println!(
+        outln!(
             "{}",
             json!({ "loaded": a.keys, "seconds": seconds, "keys_per_sec": rate })
         );
     } else {
-        println!(
+        outln!(
             "loaded {} keys in {seconds:.2} s ({rate:.0} keys/s)",
             a.keys
         );

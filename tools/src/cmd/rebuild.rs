@@ -21,14 +21,15 @@ pub fn run(a: super::StoreArgs) -> anyhow::Result<Outcome> {
             "undecodable": report.undecodable,
             "seconds": seconds,
         });
-        println!("{out}");
+        outln!("{out}");
     } else {
-        println!(
+        outln!(
             "rebuilt the index of {} partitions from {} keys in {seconds:.2} s",
-            report.partitions, report.keys
+            report.partitions,
+            report.keys
         );
         if report.undecodable > 0 {
-            println!(
+            outln!(
                 "{} undecodable records were skipped; run verify to list them",
                 report.undecodable
             );

@@ -16,7 +16,7 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let store = super::open(&a.db)?;
     store.sync_index()?;
-    println!("{}", store.root(a.partition));
+    outln!("{}", store.root(a.partition));
     store.close()?;
     Ok(Outcome::Fine)
 }

@@ -1,11 +1,16 @@
-//! `serve`: answer anti-entropy peers over TCP.
+//! `serve`: answer anti-entropy peers over TCP until SIGTERM or SIGINT, then close the
+//! store cleanly (so the next start maps the snapshot instead of recovering).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
 use crate::net::auth::Key;
-use crate::net::server::{self, Limits};
+use crate::net::server::{self, Limits, Stop};
 use crate::Outcome;
 
 #[derive(clap::Args)]
@@ -19,23 +24,47 @@ pub struct Args {
     /// Pre-shared key file (at least 16 bytes), the same as the peers'.
     #[arg(long)]
     key_file: PathBuf,
-    /// Read/write timeout per frame, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    /// Read/write timeout per frame, in milliseconds (at least 1).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
-    /// Connections served at once.
-    #[arg(long, default_value_t = 64)]
-    max_connections: usize,
+    /// Connections served at once (at least 1).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let key = Key::from_file(&a.key_file)?;
     let store = Arc::new(super::open(&a.db)?);
     let (listener, addr) = server::bind(&a.listen)?;
-    println!("listening on {addr}");
+    let stop = Stop::new(addr);
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("install signal handlers")?;
+    {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    eprintln!("merkle-index serve: signal {signal}: stopping");
+                    stop.trigger();
+                }
+            })
+            .context("spawn the signal thread")?;
+    }
+    outln!("listening on {addr}");
     let limits = Limits {
         timeout: Duration::from_millis(a.timeout_ms),
-        max_connections: a.max_connections,
+        max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
     };
-    server::serve(store, listener, key, limits)?;
+    server::serve(
+        Arc::clone(&store),
+        listener,
+        key,
+        limits,
+        &stop,
+        server::stderr_log(),
+    )?;
+    let store = Arc::into_inner(store).context("a connection still holds the store")?;
+    store.close()?;
+    eprintln!("merkle-index serve: store closed cleanly");
     Ok(Outcome::Fine)
 }

@@ -44,15 +44,17 @@ pub fn run(a: super::StoreArgs) -> anyhow::Result<Outcome> {
     });
     store.close()?;
     if a.json {
-        println!("{out}");
+        outln!("{out}");
         return Ok(Outcome::Fine);
     }
-    println!(
+    outln!(
         "tree: {} segments, width {}, {} levels",
-        shape.segments, shape.width, shape.levels
+        shape.segments,
+        shape.width,
+        shape.levels
     );
     for p in out["partitions"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "partition {}: {} keys, root {}",
             p["id"],
             p["keys"],
@@ -60,23 +62,25 @@ pub fn run(a: super::StoreArgs) -> anyhow::Result<Outcome> {
         );
     }
     match checkpoint {
-        Some(c) => println!(
+        Some(c) => outln!(
             "last checkpoint: epoch {} at unix ms {}",
-            c.epoch, c.unix_ms
+            c.epoch,
+            c.unix_ms
         ),
-        None => println!("last checkpoint: none"),
+        None => outln!("last checkpoint: none"),
     }
     let detail = match detail.as_object() {
         Some(fields) if !fields.is_empty() => format!(" {detail}"),
         _ => String::new(),
     };
-    println!(
+    outln!(
         "last open: {path}, index ready in {:.1} ms{detail}",
         report.duration.as_secs_f64() * 1e3
     );
-    println!(
+    outln!(
         "disk: {} bytes; index memory: {} bytes",
-        out["disk_bytes"], out["index_memory_bytes"]
+        out["disk_bytes"],
+        out["index_memory_bytes"]
     );
     Ok(Outcome::Fine)
 }

@@ -1,15 +1,47 @@
-//! `verify`: a thin wrapper over `Store::verify`.
+//! `verify`: a thin wrapper over `Store::verify` (and, with `--repair`, over
+//! `Store::quarantine` and `Store::rebuild`).
 
 use serde_json::json;
 
 use crate::{progress, Outcome};
 
-pub fn run(a: super::StoreArgs) -> anyhow::Result<Outcome> {
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    store: super::StoreArgs,
+    /// Move bad records (rotten values, undecodable or misplaced records) into the
+    /// store's quarantine so that the next sync restores them from a replica, and
+    /// rebuild the index if it disagrees with the data. Exit 0 if that fixed everything.
+    #[arg(long)]
+    repair: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let a = args.store;
     let store = super::open(&a.db)?;
     let bar = progress::bar(1, "segments");
-    let report = store.verify(&mut progress::scan_callback(&bar))?;
+    let mut report = store.verify(&mut progress::scan_callback(&bar))?;
     bar.finish_and_clear();
+    let mut repaired = None;
+    if args.repair && !report.is_ok() {
+        let quarantined = store.quarantine(&report)?;
+        store.sync_index()?;
+        let mut after = store.verify(&mut |_| {})?;
+        let rebuilt = !after.is_ok();
+        if rebuilt {
+            store.rebuild(&mut |_| {})?;
+            after = store.verify(&mut |_| {})?;
+        }
+        repaired = Some((report.problems.len(), quarantined, rebuilt));
+        report = after;
+    }
     store.close()?;
+    if let Some((found, quarantined, rebuilt)) = repaired {
+        let rebuilt = if rebuilt { "; index rebuilt" } else { "" };
+        eprintln!(
+            "merkle-index: repaired {found} problems: {quarantined} records quarantined (a sync with a replica restores them){rebuilt}"
+        );
+    }
     if a.json {
         let problems: Vec<_> = report
             .problems
@@ -30,12 +62,12 @@ pub fn run(a: super::StoreArgs) -> anyhow::Result<Outcome> {
             "buckets": report.buckets,
             "problems": problems,
         });
-        println!("{out}");
+        outln!("{out}");
     } else {
         for p in &report.problems {
-            println!("problem: {p}");
+            outln!("problem: {p}");
         }
-        println!(
+        outln!(
             "verified {} keys in {} partitions and {} index buckets: {}",
             report.keys,
             report.partitions,

@@ -1,8 +1,11 @@
-//! `merkle-index serve`: answers authenticated peers, one thread per connection.
+//! `merkle-index serve`: answers authenticated peers, one thread per connection, until
+//! stopped.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,25 +18,81 @@ use super::proto::{self, Challenge, Hello, Request, Response, Welcome, PROTOCOL}
 /// Limits of one server.
 #[derive(Clone, Copy)]
 pub struct Limits {
-    /// Read and write timeout per frame.
+    /// Read and write timeout per frame; also how long a shutdown waits for requests
+    /// in flight.
     pub timeout: Duration,
     /// Connections served at once; more are refused.
     pub max_connections: usize,
 }
 
-/// Serves `store` on `listener` until the process ends.
+/// Where the server's log lines go (stderr for `serve`, a file for the demo).
+pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// A log that writes `merkle-index serve: ...` lines to stderr.
+pub fn stderr_log() -> Log {
+    Arc::new(|line| eprintln!("merkle-index serve: {line}"))
+}
+
+/// Stops a running [`serve`] from another thread (a signal handler, a test).
+#[derive(Clone)]
+pub struct Stop {
+    flag: Arc<AtomicBool>,
+    wake: SocketAddr,
+}
+
+impl Stop {
+    /// A stop handle for a server listening on `listening`.
+    pub fn new(listening: SocketAddr) -> Stop {
+        let mut wake = listening;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Stop {
+            flag: Arc::new(AtomicBool::new(false)),
+            wake,
+        }
+    }
+
+    /// Asks the server to stop: no new connections; connections end after the request
+    /// they are serving.
+    pub fn trigger(&self) {
+        self.flag.store(true, SeqCst);
+        // Wake the blocking accept with a connection of our own.
+        let _ = TcpStream::connect_timeout(&self.wake, Duration::from_secs(1));
+    }
+
+    fn is_set(&self) -> bool {
+        self.flag.load(SeqCst)
+    }
+}
+
+/// Serves `store` on `listener` until `stop` is triggered, then lets each connection
+/// finish the request it is serving (idle ones are closed at once) and returns once
+/// every connection thread has ended, so the caller can close the store cleanly.
 pub fn serve(
     store: Arc<Store>,
     listener: TcpListener,
     key: Key,
     limits: Limits,
+    stop: &Stop,
+    log: Log,
 ) -> anyhow::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
+    // Each connection's socket, so a stop can end the reads of idle ones.
+    let open: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for (id, stream) in (0u64..).zip(listener.incoming()) {
+        if stop.is_set() {
+            break;
+        }
+        threads.retain(|t| !t.is_finished());
         let stream = match stream {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("merkle-index serve: accept failed: {e}");
+                log(&format!("accept failed: {e}"));
                 continue;
             }
         };
@@ -42,33 +101,62 @@ pub fn serve(
             .map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
         if active.fetch_add(1, SeqCst) >= limits.max_connections {
             active.fetch_sub(1, SeqCst);
-            eprintln!(
-                "merkle-index serve: {peer}: refused, {} connections already",
+            log(&format!(
+                "{peer}: refused, {} connections already",
                 limits.max_connections
-            );
+            ));
             continue;
         }
-        let (store, key, active) = (Arc::clone(&store), key.clone(), Arc::clone(&active));
+        if let Ok(clone) = stream.try_clone() {
+            lock(&open).insert(id, clone);
+        }
         let name = format!("peer {peer}");
-        let spawned = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || {
-                let mut stream = stream;
-                // Logged before the socket closes, so the peer's view and the log agree.
-                match connection(&store, &mut stream, &key, limits) {
-                    Ok(requests) => {
-                        eprintln!("merkle-index serve: {peer}: done after {requests} requests")
+        let spawned = {
+            let (store, key, active, open, log, stop) = (
+                Arc::clone(&store),
+                key.clone(),
+                Arc::clone(&active),
+                Arc::clone(&open),
+                Arc::clone(&log),
+                stop.clone(),
+            );
+            std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || {
+                    let mut stream = stream;
+                    // Logged before the socket closes, so the peer's view and the log agree.
+                    match connection(&store, &mut stream, &key, limits, &stop) {
+                        Ok(requests) => log(&format!("{peer}: done after {requests} requests")),
+                        Err(e) => log(&format!("{peer}: refused: {e:#}")),
                     }
-                    Err(e) => eprintln!("merkle-index serve: {peer}: refused: {e:#}"),
-                }
-                drop(stream);
+                    lock(&open).remove(&id);
+                    drop(stream);
+                    active.fetch_sub(1, SeqCst);
+                })
+        };
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                lock(&open).remove(&id);
                 active.fetch_sub(1, SeqCst);
-            });
-        if let Err(e) = spawned {
-            eprintln!("merkle-index serve: {name}: no thread for it: {e}");
+                log(&format!("{name}: no thread for it: {e}"));
+            }
         }
     }
+    drop(listener);
+    // Idle connections are blocked reading their next request: end those reads. A
+    // request being served finishes and is answered; the connection then ends.
+    for stream in lock(&open).values() {
+        let _ = stream.shutdown(Shutdown::Read);
+    }
+    for t in threads {
+        let _ = t.join();
+    }
     Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Binds `addr` (port 0 picks a free one) and says where it listens.
@@ -84,6 +172,7 @@ fn connection(
     stream: &mut TcpStream,
     key: &Key,
     limits: Limits,
+    stop: &Stop,
 ) -> anyhow::Result<u64> {
     stream.set_read_timeout(Some(limits.timeout))?;
     stream.set_write_timeout(Some(limits.timeout))?;
@@ -109,6 +198,9 @@ fn connection(
     frame::write(stream, &welcome)?;
     let mut requests = 0;
     loop {
+        if stop.is_set() {
+            return Ok(requests);
+        }
         let request = match frame::read_next::<Request>(stream) {
             Ok(Some((r, _))) => r,
             Ok(None) => return Ok(requests),
