@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! index key:   partition u32 BE | level u8 | bucket u32 BE          (9 bytes)
-//! index value: hash[0] .. hash[n-1] (16 bytes each) | checksum [16]
-//! checksum  =  derive_key("...bucket checksum v1", index key | hashes)[..16]
+//! index value: encoded page (see `page.rs`) | checksum [16]
+//! checksum  =  derive_key("...bucket checksum v1", index key | encoded page)[..16]
 //! ```
 //! Bucket `b` of level `L` (1 <= L <= levels) holds nodes `b*n .. b*n+n-1` of level `L`,
 //! where `n = min(width^L, B)` and `B` is the smallest power of `width` that is at least
@@ -12,6 +12,7 @@
 
 use crate::error::Corruption;
 use crate::hash::{derive, Hash, BUCKET_CONTEXT, HASH_BYTES};
+use crate::page::{self, Page, PageRef};
 
 pub(crate) const INDEX_KEY_LEN: usize = 9;
 
@@ -57,29 +58,29 @@ fn checksum(key: &[u8], hashes: &[u8]) -> Hash {
     derive(BUCKET_CONTEXT, &[key, hashes])
 }
 
-/// Packs `hashes` with a checksum bound to `id`.
-pub(crate) fn encode(id: BucketId, hashes: &[Hash]) -> Vec<u8> {
-    let mut out = Vec::with_capacity((hashes.len() + 1) * HASH_BYTES);
-    for h in hashes {
-        out.extend_from_slice(&h.to_bytes());
+/// Encodes a page's nodes with a checksum bound to `id`; `None` if they are all zero
+/// (an all-zero bucket is not stored).
+pub(crate) fn encode(id: BucketId, page: PageRef<'_>, len: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    page.encode(len, &mut out);
+    if out.is_empty() {
+        return None;
     }
     let sum = checksum(&id.key(), &out);
     out.extend_from_slice(&sum.to_bytes());
-    out
+    Some(out)
 }
 
-/// Unpacks a bucket into `out` (whose length is the bucket's), checking length and
-/// checksum.
-pub(crate) fn decode(id: BucketId, bytes: &[u8], out: &mut [Hash]) -> Result<(), Corruption> {
-    let body_len = out.len() * HASH_BYTES;
-    if bytes.len() != body_len + HASH_BYTES {
+/// Decodes a bucket of `len` nodes, checking its checksum, then every range.
+pub(crate) fn decode(id: BucketId, bytes: &[u8], len: usize) -> Result<Page, Corruption> {
+    let Some(body_len) = bytes.len().checked_sub(HASH_BYTES) else {
         return Err(Corruption::BadLength {
             what: "index bucket",
             location: id.describe(),
-            expected: body_len + HASH_BYTES,
+            expected: HASH_BYTES + 1,
             found: bytes.len(),
         });
-    }
+    };
     let (body, stored) = bytes.split_at(body_len);
     let expected = checksum(&id.key(), body);
     let found = Hash::from_bytes(stored.try_into().unwrap_or_default());
@@ -91,10 +92,16 @@ pub(crate) fn decode(id: BucketId, bytes: &[u8], out: &mut [Hash]) -> Result<(),
             found: found.to_hex(),
         });
     }
-    for (slot, chunk) in out.iter_mut().zip(body.chunks_exact(HASH_BYTES)) {
-        *slot = Hash::from_bytes(chunk.try_into().unwrap_or_default());
+    let (page, used) = page::decode(body, len, &|| id.describe())?;
+    if used != body.len() {
+        return Err(Corruption::BadLength {
+            what: "index bucket",
+            location: id.describe(),
+            expected: used + HASH_BYTES,
+            found: bytes.len(),
+        });
     }
-    Ok(())
+    Ok(page)
 }
 
 #[cfg(test)]
@@ -111,23 +118,28 @@ mod tests {
         }
     }
 
+    fn page(hashes: &[Hash]) -> PageRef<'_> {
+        PageRef::Dense(hashes)
+    }
+
     #[test]
     fn round_trip() {
         let hashes: Vec<Hash> = (0..4u8).map(|i| value_hash(&[i])).collect();
-        let bytes = encode(id(), &hashes);
-        let mut out = vec![Hash::ZERO; 4];
-        decode(id(), &bytes, &mut out).unwrap();
-        assert_eq!(out, hashes);
+        let bytes = encode(id(), page(&hashes), 4).unwrap();
+        let back = decode(id(), &bytes, 4).unwrap();
+        for (i, h) in hashes.iter().enumerate() {
+            assert_eq!(back.get(i), *h);
+        }
         assert_eq!(BucketId::from_key(&id().key()).unwrap(), id());
+        assert!(encode(id(), page(&[Hash::ZERO; 4]), 4).is_none());
     }
 
     #[test]
     fn flipped_byte_or_moved_bucket_is_a_checksum_mismatch() {
         let hashes = vec![value_hash(b"a"); 4];
-        let mut bytes = encode(id(), &hashes);
+        let mut bytes = encode(id(), page(&hashes), 4).unwrap();
         bytes[5] ^= 1;
-        let mut out = vec![Hash::ZERO; 4];
-        let err = decode(id(), &bytes, &mut out).unwrap_err();
+        let err = decode(id(), &bytes, 4).unwrap_err();
         assert!(matches!(
             err,
             Corruption::ChecksumMismatch {
@@ -135,13 +147,14 @@ mod tests {
                 ..
             }
         ));
-        let bytes = encode(id(), &hashes);
+        let bytes = encode(id(), page(&hashes), 4).unwrap();
         let other = BucketId { bucket: 10, ..id() };
-        assert!(decode(other, &bytes, &mut out).is_err());
+        assert!(decode(other, &bytes, 4).is_err());
         assert!(matches!(
-            decode(id(), &bytes[..10], &mut out),
+            decode(id(), &bytes[..10], 4),
             Err(Corruption::BadLength { found: 10, .. })
         ));
+        assert!(decode(id(), &bytes[..3], 4).is_err());
         assert!(BucketId::from_key(b"short").is_err());
     }
 }

@@ -34,6 +34,8 @@ pub(crate) enum Msg {
 pub(crate) enum Request {
     /// Persist dirty buckets now; with `full`, every bucket, removing stale ones.
     Checkpoint(bool, Reply<CheckpointInfo>),
+    /// Drop a partition (memory and disk); answers with its record count.
+    Drop(u32, Reply<u64>),
     /// Swap in rebuilt trees and persist them all.
     Replace(Trees, Reply<CheckpointInfo>),
     /// Final checkpoint; the thread exits after answering.
@@ -88,6 +90,10 @@ impl Hasher {
 
     pub(crate) fn checkpoint(&self, full: bool) -> Result<CheckpointInfo> {
         self.ask(|reply| Request::Checkpoint(full, reply))
+    }
+
+    pub(crate) fn drop_partition(&self, partition: u32) -> Result<u64> {
+        self.ask(|reply| Request::Drop(partition, reply))
     }
 
     pub(crate) fn replace(&self, trees: Trees) -> Result<CheckpointInfo> {
@@ -158,6 +164,10 @@ impl Worker {
         match request {
             Request::Checkpoint(full, reply) => {
                 let _ = reply.send(self.checkpoint(full, pending));
+                false
+            }
+            Request::Drop(partition, reply) => {
+                let _ = reply.send(self.index.drop_partition(partition));
                 false
             }
             Request::Replace(trees, reply) => {

@@ -7,6 +7,7 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::bucket::{self, BucketId};
 use crate::clock::{unix_ms, Clock};
+use crate::dropping;
 use crate::error::{Corruption, Result};
 use crate::gate::Gate;
 use crate::marks::Marks;
@@ -14,7 +15,6 @@ use crate::meta::{CheckpointInfo, Meta};
 use crate::options::Shape;
 use crate::parallel;
 use crate::tree::Tree;
-use crate::Hash;
 
 pub(crate) type Trees = BTreeMap<u32, Tree>;
 
@@ -23,6 +23,8 @@ pub(crate) struct Index {
     pub(crate) db: sled::Db,
     pub(crate) data: sled::Tree,
     pub(crate) buckets: sled::Tree,
+    /// Bad records moved out of `data` by `Store::quarantine`, under their data keys.
+    pub(crate) quarantine: sled::Tree,
     pub(crate) meta: Meta,
     pub(crate) marks: Marks,
     pub(crate) gate: Gate,
@@ -39,6 +41,7 @@ impl Index {
         db: sled::Db,
         data: sled::Tree,
         buckets: sled::Tree,
+        quarantine: sled::Tree,
         meta: Meta,
         marks: Marks,
         trees: Trees,
@@ -47,11 +50,15 @@ impl Index {
     ) -> Result<Index> {
         // A damaged record was dealt with by recovery; the next checkpoint rewrites it.
         let last = meta.checkpoint().ok().flatten();
+        for (&partition, tree) in &trees {
+            marks.size_for(partition, tree.nonzero_segments());
+        }
         Ok(Index {
             shape,
             db,
             data,
             buckets,
+            quarantine,
             meta,
             marks,
             gate: Gate::new(epoch),
@@ -72,48 +79,71 @@ impl Index {
     /// Persists every dirty bucket and the checkpoint record for `epoch`, flushes, then
     /// deletes the marks the checkpoint covers. With `full`, buckets not in memory are
     /// removed too (after a rebuild). Called by the hasher thread, the only mutator.
+    ///
+    /// Work follows the change: only partitions with dirty pages are visited, and each
+    /// is written in its own sled batch (its levels stay consistent with each other);
+    /// the marks, deleted only after every batch is flushed, cover any partition whose
+    /// batch a crash cut off.
     pub(crate) fn persist(&self, epoch: u64, full: bool) -> Result<CheckpointInfo> {
-        let mut batch = sled::Batch::default();
         let mut written = std::collections::HashSet::new();
-        {
+        let dirty: Vec<u32> = {
             let trees = self.trees();
-            for (&partition, tree) in trees.iter() {
-                for (level, b) in tree.dirty_buckets() {
+            trees
+                .iter()
+                .filter(|(_, t)| full || t.has_dirty())
+                .map(|(&p, _)| p)
+                .collect()
+        };
+        for partition in dirty {
+            let mut batch = sled::Batch::default();
+            {
+                let trees = self.trees();
+                let Some(tree) = trees.get(&partition) else {
+                    continue;
+                };
+                for (level, b) in tree.dirty_pages() {
                     let id = BucketId {
                         partition,
                         level: level as u8,
                         bucket: b,
                     };
-                    let hashes = tree.bucket(level, b);
-                    if hashes.iter().all(|h| h.is_zero()) {
-                        batch.remove(&id.key());
-                    } else {
-                        batch.insert(&id.key(), bucket::encode(id, hashes));
+                    let len = self.shape.bucket_len(level) as usize;
+                    match tree.page(level, b).and_then(|p| bucket::encode(id, p, len)) {
+                        Some(bytes) => batch.insert(&id.key(), bytes),
+                        None => batch.remove(&id.key()),
                     }
                     if full {
                         written.insert(id.key());
                     }
                 }
             }
+            self.buckets.apply_batch(batch)?;
         }
         if full {
+            let mut batch = sled::Batch::default();
             for item in self.buckets.iter().keys() {
                 let key = item?;
                 if !written.contains(&*key) {
                     batch.remove(key);
                 }
             }
+            self.buckets.apply_batch(batch)?;
         }
-        self.buckets.apply_batch(batch)?;
         let info = CheckpointInfo {
             epoch,
             unix_ms: unix_ms(),
             clock: self.clock.current(),
         };
         self.meta.set_checkpoint(info)?;
+        if full {
+            self.meta.clear_rebuild()?;
+        }
         self.db.flush()?;
-        for tree in self.trees_mut().values_mut() {
-            tree.clear_dirty();
+        for (&partition, tree) in self.trees_mut().iter_mut() {
+            if tree.has_dirty() {
+                self.marks.size_for(partition, tree.nonzero_segments());
+                tree.clear_dirty();
+            }
         }
         self.marks.clear_through(epoch)?;
         *self
@@ -121,6 +151,26 @@ impl Index {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(info);
         Ok(info)
+    }
+
+    /// Removes `partition` from memory and disk (see `dropping.rs`). Called by the hasher
+    /// thread, so no checkpoint runs meanwhile.
+    pub(crate) fn drop_partition(&self, partition: u32) -> Result<u64> {
+        self.trees_mut().remove(&partition);
+        self.marks.forget(partition);
+        self.meta.set_dropping(partition, true)?;
+        self.db.flush()?;
+        let records = dropping::remove(
+            &dropping::Trees {
+                data: &self.data,
+                buckets: &self.buckets,
+                marks: &self.marks.tree,
+                quarantine: &self.quarantine,
+            },
+            partition,
+        )?;
+        self.meta.set_dropping(partition, false)?;
+        Ok(records)
     }
 
     /// Loads every partition's tree from the persisted buckets (crash recovery).
@@ -153,26 +203,28 @@ impl Index {
                     let (key, value) = item?;
                     let id = BucketId::from_key(&key)?;
                     let level = u32::from(id.level);
-                    let len = if (1..=shape.levels).contains(&level) {
-                        shape.bucket_len(level)
-                    } else {
-                        0
-                    };
-                    let mut hashes = vec![Hash::ZERO; len as usize];
-                    bucket::decode(id, &value, &mut hashes)?;
-                    out.push((id, hashes));
+                    if !(1..=shape.levels).contains(&level) {
+                        return Err(Corruption::OutOfRange {
+                            what: "index bucket",
+                            location: id.describe(),
+                            detail: format!("level outside 1..={}", shape.levels),
+                        }
+                        .into());
+                    }
+                    let page = bucket::decode(id, &value, shape.bucket_len(level) as usize)?;
+                    out.push((id, page));
                 }
                 Ok(out)
             },
             &mut || {},
         )?;
         let mut trees = Trees::new();
-        for (id, hashes) in loaded.into_iter().flatten() {
+        for (id, page) in loaded.into_iter().flatten() {
             let level = u32::from(id.level);
             let tree = trees
                 .entry(id.partition)
                 .or_insert_with(|| Tree::new(shape));
-            if !tree.load_bucket(level, id.bucket, &hashes) {
+            if !tree.load_page(level, id.bucket, page) {
                 return Err(Corruption::BadHeader {
                     what: "index bucket",
                     location: id.describe(),

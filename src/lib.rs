@@ -31,6 +31,7 @@
 pub mod bench_support;
 mod bucket;
 mod clock;
+mod dropping;
 mod error;
 mod exchange;
 mod file;
@@ -42,6 +43,7 @@ mod marks;
 mod meta;
 mod migrate;
 mod options;
+mod page;
 mod parallel;
 mod record;
 mod recovery;

@@ -8,9 +8,16 @@
 //! recovers a gap-free prefix of writes, so no data write survives a crash without its
 //! mark. A checkpoint of epoch `e` deletes marks of epochs `<= e` once it is flushed.
 //! After a crash, exactly the marked regions are re-hashed.
+//!
+//! Regions are sized per partition so that each holds about `region_segments` keys: a
+//! dense partition uses `region_segments` segments, one with `n` non-zero segments out
+//! of `S` uses `region_segments * S / n` (rounded down to a power of two, at most `S`).
+//! So marks per epoch, and the keys a recovery re-hashes, follow the writes, however
+//! many partitions share them. Sizes are recomputed at each checkpoint; marks carry
+//! their own extent, so sizes may differ between marks.
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::error::{Corruption, Result};
@@ -26,11 +33,18 @@ pub(crate) struct Region {
 }
 
 pub(crate) struct Marks {
-    tree: sled::Tree,
+    pub(crate) tree: sled::Tree,
     region_segments: u32,
     segments: u64,
-    /// Regions already marked in the current epoch: (epoch, set of (partition, region)).
-    seen: Mutex<(u64, HashSet<(u32, u32)>)>,
+    state: Mutex<State>,
+}
+
+struct State {
+    epoch: u64,
+    /// Regions marked in `epoch`: (partition, first segment, count).
+    seen: HashSet<(u32, u32, u32)>,
+    /// Region length per partition; partitions not listed (new ones) use one region.
+    sizes: HashMap<u32, u64>,
 }
 
 fn key(epoch: u64, partition: u32, first: u32) -> [u8; 16] {
@@ -53,30 +67,70 @@ impl Marks {
             tree,
             region_segments,
             segments,
-            seen: Mutex::new((0, HashSet::new())),
+            state: Mutex::new(State {
+                epoch: 0,
+                seen: HashSet::new(),
+                sizes: HashMap::new(),
+            }),
         }
+    }
+
+    /// Sizes the regions of `partition` for its `nonzero` segments (see the module docs).
+    pub(crate) fn size_for(&self, partition: u32, nonzero: u64) {
+        let min = u64::from(self.region_segments);
+        let target = min.saturating_mul(self.segments) / nonzero.max(1);
+        let len = if target >= self.segments {
+            self.segments
+        } else {
+            (1u64 << target.max(1).ilog2()).clamp(min, self.segments)
+        };
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.sizes.insert(partition, len);
+    }
+
+    /// Forgets a partition's region size (it was dropped).
+    pub(crate) fn forget(&self, partition: u32) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.sizes.remove(&partition);
     }
 
     /// Makes sure the region holding `segment` is durably marked for `epoch` before the
     /// caller writes data there. Cheap after the first call per region and epoch.
     pub(crate) fn mark(&self, epoch: u64, partition: u32, segment: u32) -> Result<()> {
-        let region = segment / self.region_segments;
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.0 < epoch {
-            *seen = (epoch, HashSet::new());
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.epoch < epoch {
+            state.epoch = epoch;
+            state.seen.clear();
         }
-        let cached = seen.0 == epoch;
-        if cached && seen.1.contains(&(partition, region)) {
+        let len = state
+            .sizes
+            .get(&partition)
+            .copied()
+            .unwrap_or(self.segments);
+        let first = u64::from(segment) / len * len;
+        // A region of a whole 2^32-segment tree has a count that does not fit u32: such
+        // a tree is marked in two halves.
+        let count = (self.segments - first)
+            .min(len)
+            .min(u64::from(u32::MAX / 2 + 1));
+        let first = (u64::from(segment) - first) / count * count + first;
+        let (first, count) = (first as u32, count as u32);
+        let cached = state.epoch == epoch;
+        if cached && state.seen.contains(&(partition, first, count)) {
             return Ok(());
         }
-        let first = region * self.region_segments;
-        let count = (self.segments - u64::from(first)).min(u64::from(self.region_segments)) as u32;
         // Inserted while holding the lock: a concurrent writer of the same region must not
-        // skip the mark before it is in sled.
+        // skip the mark before it is in sled. A mark of the same start made with another
+        // region size this epoch keeps the larger extent.
         self.tree
-            .insert(key(epoch, partition, first), &count.to_le_bytes())?;
+            .fetch_and_update(key(epoch, partition, first), |old| {
+                let old = old
+                    .and_then(|o| <[u8; 4]>::try_from(o).ok())
+                    .map_or(0, u32::from_le_bytes);
+                Some(old.max(count).to_le_bytes().to_vec())
+            })?;
         if cached {
-            seen.1.insert((partition, region));
+            state.seen.insert((partition, first, count));
         }
         Ok(())
     }

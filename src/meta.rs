@@ -5,6 +5,8 @@
 //! "shape"      width u32 LE | levels u32 LE | hash bytes u32 LE
 //! "state"      clean u8 (0/1) | epoch u64 LE            epoch of the snapshot, if clean
 //! "checkpoint" epoch u64 LE | unix ms u64 LE | clock u64 LE
+//! "rebuild"    reason (UTF-8), present until a full checkpoint persists a rebuilt index
+//! "dropping"   partition u32 LE, repeated: drops begun and not yet finished
 //! ```
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
@@ -17,6 +19,8 @@ const FORMAT: &[u8] = b"format";
 const SHAPE: &[u8] = b"shape";
 const STATE: &[u8] = b"state";
 const CHECKPOINT: &[u8] = b"checkpoint";
+const REBUILD: &[u8] = b"rebuild";
+const DROPPING: &[u8] = b"dropping";
 
 /// Epochs grow by one per checkpoint; a stored epoch at or past this is corrupt (and
 /// would overflow when the next epoch is computed).
@@ -148,6 +152,56 @@ impl Meta {
         let mut v = vec![u8::from(clean)];
         v.extend_from_slice(&epoch.to_le_bytes());
         self.tree.insert(STATE, v)?;
+        Ok(())
+    }
+
+    /// Asks every open to rebuild the index from the data until a full checkpoint lands.
+    pub(crate) fn set_rebuild(&self, reason: &str) -> Result<()> {
+        self.tree.insert(REBUILD, reason.as_bytes())?;
+        Ok(())
+    }
+
+    /// Why the index must be rebuilt, if it must.
+    pub(crate) fn rebuild_reason(&self) -> Result<Option<String>> {
+        Ok(self
+            .tree
+            .get(REBUILD)?
+            .map(|r| String::from_utf8_lossy(&r).into_owned()))
+    }
+
+    pub(crate) fn clear_rebuild(&self) -> Result<()> {
+        self.tree.remove(REBUILD)?;
+        Ok(())
+    }
+
+    /// Partitions whose drop began and did not finish.
+    pub(crate) fn dropping(&self) -> Result<Vec<u32>> {
+        let bytes = self.tree.get(DROPPING)?.unwrap_or_default();
+        if bytes.len() % 4 != 0 {
+            return Err(out_of_range(
+                "meta dropping",
+                format!("{} bytes, not a list of u32", bytes.len()),
+            ));
+        }
+        Ok(bytes
+            .chunks_exact(4)
+            .filter_map(|c| c.try_into().ok().map(u32::from_le_bytes))
+            .collect())
+    }
+
+    /// Records (or, with `false`, clears) that `partition` is being dropped.
+    pub(crate) fn set_dropping(&self, partition: u32, dropping: bool) -> Result<()> {
+        let mut list = self.dropping()?;
+        list.retain(|&p| p != partition);
+        if dropping {
+            list.push(partition);
+        }
+        let bytes: Vec<u8> = list.iter().flat_map(|p| p.to_le_bytes()).collect();
+        if bytes.is_empty() {
+            self.tree.remove(DROPPING)?;
+        } else {
+            self.tree.insert(DROPPING, bytes)?;
+        }
         Ok(())
     }
 

@@ -4,9 +4,11 @@
 //! `purge_tombstones` measures its grace from. A format 1 tombstone has no such time, so
 //! it is rewritten with the time of the migration: its grace restarts, which can only
 //! keep a tombstone longer, never resurrect a deleted value. Live records keep their
-//! format 1 layout (identical to format 2 for values) and entry hashes do not change,
-//! so the index needs no work. The migration is idempotent: a crash part-way leaves
-//! `format = 1` and the next open finishes it.
+//! format 1 layout (identical to format 2 for values) and entry hashes do not change.
+//! Index buckets changed layout (dense to sparse pages), so the index is rebuilt from
+//! the data once: `meta.rebuild` is set with the new format and cleared only by the
+//! full checkpoint of the rebuilt index. The migration is idempotent: a crash part-way
+//! leaves `format = 1` (or the rebuild request) and the next open finishes it.
 
 use crate::clock::unix_ms;
 use crate::error::Result;
@@ -40,7 +42,9 @@ pub(crate) fn to_current(db: &sled::Db, data: &sled::Tree, meta: &Meta) -> Resul
     }
     data.apply_batch(batch)?;
     rewritten += queued;
-    // sled keeps its writes in order, so the format is never ahead of the records.
+    // sled keeps its writes in order, so the format is never ahead of the records, and
+    // the rebuild request is never behind the format.
+    meta.set_rebuild("the index buckets are in format 1's dense layout")?;
     meta.set_format(FORMAT_VERSION)?;
     db.flush()?;
     Ok(rewritten)

@@ -31,7 +31,7 @@ pub struct Record {
     pub version: u64,
     /// True for a delete marker; `value` is then empty.
     pub tombstone: bool,
-    /// Hash of `value`, as stored (not recomputed on read).
+    /// Hash of `value`, as stored; reads check the value against it.
     pub value_hash: Hash,
     /// The value bytes.
     pub value: Vec<u8>,

@@ -13,8 +13,9 @@ use crate::options::{Options, Shape};
 use crate::scan::{hash_pieces, scan_all, Piece};
 use crate::snapshot;
 use crate::tree::Tree;
+use crate::Hash;
 
-/// Past this fraction of marked segments, one sequential scan beats many prefix scans.
+/// Past this fraction of the keys to re-hash, one sequential scan beats many range scans.
 const FULL_REBUILD_FRACTION: f64 = 0.25;
 
 pub(crate) const SLED_DIR: &str = "sled";
@@ -152,6 +153,14 @@ pub(crate) fn recover(
         return Ok(out);
     }
     let mut snapshot_problem = None;
+    if let Some(reason) = meta.rebuild_reason()? {
+        return full_rebuild(
+            out,
+            data,
+            shape,
+            format!("a rebuild was requested: {reason}"),
+        );
+    }
     if let Some(problem) = meta_problem {
         // Epochs must keep growing: start past every mark still present.
         if let Ok(regions) = marks.all() {
@@ -188,11 +197,23 @@ pub(crate) fn recover(
     if let Some(max) = regions.iter().map(|r| r.epoch).max() {
         out.epoch = out.epoch.max(max + 1);
     }
+    // Estimate the keys each path reads: a region holds about its share of its
+    // partition's non-zero segments (a partition with no checkpointed content has only
+    // what was written since, which its marks cover).
     let marked: u64 = regions.iter().map(|r| u64::from(r.count)).sum();
-    let partitions = trees.len().max(1) as u64;
-    if marked as f64 > FULL_REBUILD_FRACTION * (partitions * shape.segments) as f64 {
-        let reason =
-            format!("{marked} segments marked since the last checkpoint; one full scan is cheaper");
+    let nonzero = |p: u32| trees.get(&p).map_or(0, |t| t.nonzero_segments());
+    let to_rehash: f64 = regions
+        .iter()
+        .map(|r| f64::from(r.count) * nonzero(r.partition).max(1) as f64 / shape.segments as f64)
+        .sum();
+    let total: f64 = trees
+        .values()
+        .map(|t| t.nonzero_segments().max(1) as f64)
+        .sum();
+    if to_rehash > FULL_REBUILD_FRACTION * total.max(1.0) {
+        let reason = format!(
+            "{marked} segments marked since the last checkpoint (about {to_rehash:.0} of {total:.0} keys); one full scan is cheaper"
+        );
         return full_rebuild(out, data, shape, reason);
     }
     out.trees = trees;
@@ -225,8 +246,17 @@ fn rehash(out: &mut Recovered, data: &sled::Tree, shape: Shape, regions: &[Regio
             .trees
             .entry(piece.partition)
             .or_insert_with(|| Tree::new(shape));
-        for (offset, hash) in hashed.hashes.into_iter().enumerate() {
-            tree.set_segment(piece.first + offset as u32, hash);
+        let end = piece.first.saturating_add(piece.count);
+        let mut found = hashed.hashes.into_iter().peekable();
+        for segment in piece.first..end {
+            let hash = match found.peek() {
+                Some(&(s, h)) if s == segment => {
+                    found.next();
+                    h
+                }
+                _ => Hash::ZERO,
+            };
+            tree.set_segment(segment, hash);
         }
     }
     Ok(keys)

@@ -36,7 +36,8 @@ pub(crate) struct Piece {
 /// The hashes of one piece's segments and what was read to get them.
 pub(crate) struct Hashed {
     pub piece: Piece,
-    pub hashes: Vec<Hash>,
+    /// The piece's non-zero segments `(segment, hash)`, in order (absent means zero).
+    pub hashes: Vec<(u32, Hash)>,
     pub keys: u64,
     pub max_version: u64,
     pub problems: Vec<Problem>,
@@ -76,10 +77,8 @@ pub(crate) fn scan_all(
             first += count;
         }
     }
-    let mut segments: BTreeMap<u32, Vec<Hash>> = parts
-        .iter()
-        .map(|&p| (p, vec![Hash::ZERO; shape.segments as usize]))
-        .collect();
+    let mut segments: BTreeMap<u32, Vec<(u32, Hash)>> =
+        parts.iter().map(|&p| (p, Vec::new())).collect();
     let mut scan = Scan {
         trees: Trees::new(),
         keys: 0,
@@ -88,8 +87,7 @@ pub(crate) fn scan_all(
     };
     for hashed in hash_pieces(data, shape, pieces, check_values, progress)? {
         if let Some(segs) = segments.get_mut(&hashed.piece.partition) {
-            let first = hashed.piece.first as usize;
-            segs[first..first + hashed.hashes.len()].copy_from_slice(&hashed.hashes);
+            segs.extend_from_slice(&hashed.hashes);
         }
         scan.keys += hashed.keys;
         scan.max_version = scan.max_version.max(hashed.max_version);
@@ -97,6 +95,7 @@ pub(crate) fn scan_all(
     }
     scan.trees = segments
         .into_iter()
+        .filter(|(_, segs)| !segs.is_empty())
         .map(|(p, segs)| (p, Tree::from_segments(shape, segs)))
         .collect();
     Ok(scan)
@@ -163,7 +162,7 @@ fn hash_piece(
 ) -> Result<Hashed> {
     let mut out = Hashed {
         piece,
-        hashes: vec![Hash::ZERO; piece.count as usize],
+        hashes: Vec::new(),
         keys: 0,
         max_version: 0,
         problems: Vec::new(),
@@ -208,13 +207,14 @@ fn hash_piece(
             }
         }
         out.max_version = out.max_version.max(header.version);
-        if let Some(slot) = out
-            .hashes
-            .get_mut(segment.wrapping_sub(piece.first) as usize)
-        {
-            *slot ^= header.entry_hash(partition, user_key);
+        let entry = header.entry_hash(partition, user_key);
+        // Keys arrive in segment order: extend the last segment or start the next.
+        match out.hashes.last_mut() {
+            Some((s, h)) if *s == segment => *h ^= entry,
+            _ => out.hashes.push((segment, entry)),
         }
     }
+    out.hashes.retain(|(_, h)| !h.is_zero());
     keys.fetch_add(out.keys % 4096, Relaxed);
     Ok(out)
 }

@@ -13,8 +13,9 @@
 //!     36    4  reserved, 0
 //!     40   32  checksum: blake3 derive_key("...snapshot checksum v1") of bytes 0..40
 //!              followed by the whole body
-//!     72       body: N times { partition u32 LE | reserved u32 = 0 |
-//!              nodes of level 0, 1, .., levels, 16 bytes each }
+//!     72       body: N times { partition u32 LE | page count P u32 LE |
+//!              P times { level u8 | page u32 LE | encoded page (see `page.rs`) } }
+//!              (only pages with a non-zero node; the root is the XOR of level 1)
 //! ```
 //! Written as `index.snapshot.tmp`, fsynced, renamed over `index.snapshot`, and the
 //! directory fsynced, so a crash leaves either the old file or the new one.
@@ -27,11 +28,12 @@ use std::path::Path;
 
 use crate::error::{Corruption, Error, Result};
 use crate::file::sync_dir;
-use crate::hash::{Hash, HASH_BYTES, SNAPSHOT_CONTEXT};
+use crate::hash::{HASH_BYTES, SNAPSHOT_CONTEXT};
 use crate::options::Shape;
+use crate::page;
 use crate::tree::Tree;
 /// Version of the snapshot layout (independent of the store format version).
-const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_VERSION: u32 = 2;
 
 pub(crate) const SNAPSHOT_FILE: &str = "index.snapshot";
 const MAGIC: &[u8; 8] = b"MRKLSNAP";
@@ -80,22 +82,27 @@ pub(crate) fn write(
         .map_err(|e| io("write", e))?;
     let mut buf = Vec::with_capacity(1 << 16);
     for (&id, tree) in trees {
-        buf.clear();
+        let mut pages = 0u32;
+        tree.for_each_page(|_, _, _| pages += 1);
         buf.extend_from_slice(&id.to_le_bytes());
-        buf.extend_from_slice(&[0u8; 4]);
-        for level in 0..=shape.levels {
-            for h in tree.level(level).unwrap_or_default() {
-                buf.extend_from_slice(&h.to_bytes());
-                if buf.len() >= 1 << 16 {
-                    sum.update(&buf);
-                    out.write_all(&buf).map_err(|e| io("write", e))?;
-                    buf.clear();
-                }
+        buf.extend_from_slice(&pages.to_le_bytes());
+        let mut failed = None;
+        tree.for_each_page(|level, page, view| {
+            buf.push(level as u8);
+            buf.extend_from_slice(&page.to_le_bytes());
+            view.encode(shape.bucket_len(level) as usize, &mut buf);
+            if buf.len() >= 1 << 16 && failed.is_none() {
+                sum.update(&buf);
+                failed = out.write_all(&buf).err();
+                buf.clear();
             }
+        });
+        if let Some(e) = failed {
+            return Err(io("write", e));
         }
-        sum.update(&buf);
-        out.write_all(&buf).map_err(|e| io("write", e))?;
     }
+    sum.update(&buf);
+    out.write_all(&buf).map_err(|e| io("write", e))?;
     let mut file = out.into_inner().map_err(|e| io("write", e.into_error()))?;
     std::io::Seek::seek(
         &mut file,
@@ -128,6 +135,15 @@ fn bad_header(detail: String) -> Error {
         what: "snapshot",
         location: SNAPSHOT_FILE.into(),
         detail,
+    })
+}
+
+fn short(needed: usize) -> Error {
+    Error::Corrupt(Corruption::BadLength {
+        what: "snapshot",
+        location: SNAPSHOT_FILE.into(),
+        expected: HEADER_LEN + needed,
+        found: HEADER_LEN + needed.saturating_sub(1),
     })
 }
 
@@ -172,16 +188,6 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
             "format/shape/epoch differ from the store's (snapshot epoch {found_epoch}, store epoch {epoch}); it is stale or from another store"
         )));
     }
-    let per_partition = 8 + shape.total_nodes() as usize * HASH_BYTES;
-    let want = HEADER_LEN as u64 + u64::from(partitions) * per_partition as u64;
-    if bytes.len() as u64 != want {
-        return Err(Error::Corrupt(Corruption::BadLength {
-            what: "snapshot",
-            location: SNAPSHOT_FILE.into(),
-            expected: want as usize,
-            found: bytes.len(),
-        }));
-    }
     let body = bytes.get(HEADER_LEN..).unwrap_or_default();
     let mut sum = blake3::Hasher::new_derive_key(SNAPSHOT_CONTEXT);
     sum.update(head);
@@ -198,15 +204,35 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
         }));
     }
     let mut trees = BTreeMap::new();
-    for chunk in body.chunks_exact(per_partition) {
-        let id = u32_at(chunk, 0);
-        let mut nodes = chunk
-            .get(8..)
-            .unwrap_or_default()
-            .chunks_exact(HASH_BYTES)
-            .map(|c| Hash::from_bytes(c.try_into().unwrap_or_default()));
+    let mut at = 0usize;
+    for _ in 0..partitions {
+        let id = u32_at(body, at);
+        let pages = u32_at(body, at + 4);
+        at = at
+            .checked_add(8)
+            .filter(|&a| a <= body.len())
+            .ok_or_else(|| short(at + 8))?;
         let mut tree = Tree::new(shape);
-        tree.fill_from(&mut nodes);
+        for _ in 0..pages {
+            let level = u32::from(*body.get(at).ok_or_else(|| short(at + 1))?);
+            let page = u32_at(body, at + 1);
+            at += 5;
+            let len = if (1..=shape.levels).contains(&level) {
+                shape.bucket_len(level) as usize
+            } else {
+                return Err(bad_header(format!("partition {id}: page of level {level}")));
+            };
+            let rest = body.get(at..).ok_or_else(|| short(at))?;
+            let location = || format!("{SNAPSHOT_FILE} partition {id} level {level} page {page}");
+            let (decoded, used) = page::decode(rest, len, &location)?;
+            if !tree.load_page(level, page, decoded) {
+                return Err(bad_header(format!(
+                    "partition {id}: page {page} of level {level} is outside the tree"
+                )));
+            }
+            at += used;
+        }
+        tree.recompute_root();
         if let Some((level, node)) = tree.first_inconsistency() {
             return Err(bad_header(format!(
                 "partition {id}: node {node} of level {level} is not the XOR of its children"
@@ -216,6 +242,14 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
         if trees.insert(id, tree).is_some() {
             return Err(bad_header(format!("partition {id} appears twice")));
         }
+    }
+    if at != body.len() {
+        return Err(Error::Corrupt(Corruption::BadLength {
+            what: "snapshot",
+            location: SNAPSHOT_FILE.into(),
+            expected: HEADER_LEN + at,
+            found: bytes.len(),
+        }));
     }
     Ok(Some(trees))
 }

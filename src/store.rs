@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
+use crate::dropping;
 use crate::error::Corruption;
 use crate::error::{Error, Result};
 use crate::exchange::Repair;
@@ -32,8 +33,6 @@ use crate::FORMAT_VERSION;
 pub struct Store {
     dir: PathBuf,
     index: Arc<Index>,
-    /// Bad records moved out of `data` by [`Store::quarantine`], under their data keys.
-    quarantine: sled::Tree,
     hasher: Hasher,
     report: OpenReport,
     closed: bool,
@@ -121,11 +120,22 @@ impl Store {
         let started = Instant::now();
         let buckets = db.open_tree("index")?;
         let quarantine = db.open_tree("quarantine")?;
-        let marks = Marks::new(
-            db.open_tree("marks")?,
-            options.region_segments,
-            shape.segments,
-        );
+        let marks_tree = db.open_tree("marks")?;
+        let finished = dropping::finish_interrupted(
+            &meta,
+            &dropping::Trees {
+                data: &data,
+                buckets: &buckets,
+                marks: &marks_tree,
+                quarantine: &quarantine,
+            },
+        )?;
+        if finished > 0 {
+            // A snapshot would still hold the dropped trees: recover from the buckets.
+            meta.set_state(false, 0)?;
+            snapshot::remove(dir)?;
+        }
+        let marks = Marks::new(marks_tree, options.region_segments, shape.segments);
         let found = recover(dir, shape, &meta, &data, &buckets, &marks, created)?;
         // From here on the snapshot is stale: no later open may trust it.
         meta.set_state(false, 0)?;
@@ -136,6 +146,7 @@ impl Store {
             db,
             data,
             buckets,
+            quarantine,
             meta,
             marks,
             found.trees,
@@ -156,7 +167,6 @@ impl Store {
         Ok(Store {
             dir: dir.to_path_buf(),
             index,
-            quarantine,
             hasher,
             report: OpenReport {
                 recovery: found.recovery,
@@ -245,10 +255,7 @@ impl Store {
                         shape.nodes_at(level)
                     )));
                 }
-                Ok(tree
-                    .and_then(|t| t.level(level))
-                    .and_then(|l| l.get(n as usize).copied())
-                    .unwrap_or_default())
+                Ok(tree.map(|t| t.node(level, n)).unwrap_or_default())
             })
             .collect()
     }
@@ -380,13 +387,13 @@ impl Store {
             if !still_bad(&current) {
                 continue;
             }
-            self.quarantine.insert(&raw, current.clone())?;
+            self.index.quarantine.insert(&raw, current.clone())?;
             if index
                 .data
                 .compare_and_swap(&raw, Some(current.clone()), None::<&[u8]>)?
                 .is_err()
             {
-                self.quarantine.remove(&raw)?;
+                self.index.quarantine.remove(&raw)?;
                 continue; // rewritten meanwhile: no longer this record
             }
             if let (Some((p, s)), Ok(h)) = (placed, RecordHeader::decode(&current, String::new)) {
@@ -404,7 +411,7 @@ impl Store {
 
     /// Records held in the quarantine (see [`Store::quarantine`]).
     pub fn quarantined(&self) -> usize {
-        self.quarantine.len()
+        self.index.quarantine.len()
     }
 
     /// Recomputes the whole index from the data and persists it. Writes wait meanwhile.
@@ -421,6 +428,18 @@ impl Store {
             undecodable: scan.problems.len(),
             checkpoint,
         })
+    }
+
+    /// Removes a partition for good: its data, index, marks and quarantined records,
+    /// durably (a node gives a partition away when the ring changes). Writes to any
+    /// partition wait meanwhile; a crash part-way finishes the drop at the next open.
+    /// Returns how many records the partition held.
+    pub fn drop_partition(&self, partition: u32) -> Result<u64> {
+        let _paused = self.index.gate.pause();
+        // On the hasher thread, so no checkpoint can persist the partition meanwhile.
+        let records = self.hasher.drop_partition(partition)?;
+        self.flush()?;
+        Ok(records)
     }
 
     /// Closes cleanly: drains the hasher, checkpoints, and writes the snapshot so the

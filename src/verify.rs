@@ -1,5 +1,6 @@
 //! `verify`: recompute everything from the data and report what disagrees.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::bucket::{self, BucketId};
@@ -125,13 +126,16 @@ pub(crate) fn verify(
                     if live.root() == fresh.root() {
                         continue;
                     }
-                    for (s, (a, b)) in live.segments().iter().zip(fresh.segments()).enumerate() {
-                        if a != b {
-                            suspects.push((p, s as u32));
-                        }
-                    }
+                    let mut both: BTreeMap<u32, Hash> = BTreeMap::new();
+                    live.for_each_segment(|s, h| *both.entry(s).or_default() ^= h);
+                    fresh.for_each_segment(|s, h| *both.entry(s).or_default() ^= h);
+                    suspects.extend(
+                        both.into_iter()
+                            .filter(|(_, d)| !d.is_zero())
+                            .map(|(s, _)| (p, s)),
+                    );
                 }
-                (Some(live), None) if live.root().is_zero() => {}
+                (Some(live), None) if live.is_empty() => {}
                 _ => report.problems.push(Problem {
                     partition: Some(p),
                     segment: None,
@@ -154,11 +158,11 @@ pub(crate) fn verify(
         .collect();
     for hashed in hash_pieces(&index.data, shape, pieces, false, &mut |_| {})? {
         let (p, s) = (hashed.piece.partition, hashed.piece.first);
-        let fresh = hashed.hashes.first().copied().unwrap_or_default();
+        let fresh = hashed.hashes.first().map(|&(_, h)| h).unwrap_or_default();
         let live = index
             .trees()
             .get(&p)
-            .and_then(|t| t.segments().get(s as usize).copied())
+            .map(|t| t.segment(s))
             .unwrap_or_default();
         if fresh != live {
             report.problems.push(Problem {
@@ -172,14 +176,12 @@ pub(crate) fn verify(
             });
         }
     }
-    let mut scratch = Vec::new();
     for item in index.buckets.iter() {
         let (key, value) = item?;
         report.buckets += 1;
         let checked = BucketId::from_key(&key).and_then(|id| {
             let level = u32::from(id.level).clamp(1, shape.levels);
-            scratch.resize(shape.bucket_len(level) as usize, Hash::ZERO);
-            bucket::decode(id, &value, &mut scratch)
+            bucket::decode(id, &value, shape.bucket_len(level) as usize)
         });
         if let Err(e) = checked {
             let id = BucketId::from_key(&key).ok();

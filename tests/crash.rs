@@ -13,7 +13,9 @@ use common::{reference_root, Model};
 use merkle_index::{Options, Store};
 
 const KEYS: u64 = 500;
-const PARTITIONS: u64 = 3;
+// Many partitions, so each checkpoint writes several per-partition batches that a
+// kill can fall between.
+const PARTITIONS: u64 = 24;
 
 fn options() -> Options {
     let mut o = Options::default().checkpoint_interval(Duration::from_millis(15));

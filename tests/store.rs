@@ -180,3 +180,84 @@ fn concurrent_writers_keep_the_index_exact() {
     assert!(v.is_ok(), "{:?}", v.problems);
     assert_eq!(v.keys, 97);
 }
+
+/// Index memory follows content: 1,024 partitions of a million segments each, most of
+/// them holding one key, cost what their keys cost, not 1,024 dense trees (17 GiB).
+/// Bound: 4 KiB per partition with a key (a key touches one page per level, each a few
+/// dozen bytes, plus the B-tree nodes that hold the pages).
+#[test]
+fn a_thousand_mostly_empty_partitions_cost_what_their_keys_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::default();
+    options.cache_bytes = 16 << 20;
+    let store = Store::open(dir.path(), options).unwrap();
+    for p in 0..1024u32 {
+        store.partition(p).put(b"the only key", b"v").unwrap();
+    }
+    store.sync_index().unwrap();
+    let bytes = store.index_memory_bytes();
+    assert!(
+        bytes < 1024 * 4096,
+        "{bytes} bytes for 1,024 one-key partitions"
+    );
+    // A clean reopen maps the same (sparse) content back from a small snapshot.
+    store.close().unwrap();
+    let snapshot = std::fs::metadata(dir.path().join("index.snapshot")).unwrap();
+    assert!(snapshot.len() < 1 << 20, "{} byte snapshot", snapshot.len());
+    let mut options = Options::default();
+    options.cache_bytes = 16 << 20;
+    let store = Store::open(dir.path(), options).unwrap();
+    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
+    assert_eq!(store.partitions().len(), 1024);
+    assert!(store.index_memory_bytes() < 1024 * 4096);
+}
+
+#[test]
+fn a_dropped_partition_is_gone_from_data_index_and_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    for i in 0..300u32 {
+        store.partition(i % 3).put(&i.to_le_bytes(), b"v").unwrap();
+    }
+    store.checkpoint().unwrap();
+    // Written after the checkpoint: marks of partition 1 exist too.
+    store.partition(1).put(b"late", b"v").unwrap();
+    store.sync_index().unwrap();
+    let (root0, root2) = (store.root(0), store.root(2));
+    assert_eq!(store.drop_partition(1).unwrap(), 101);
+    assert_eq!(store.partitions(), vec![0, 2]);
+    assert_eq!(store.root(1), Hash::ZERO);
+    assert_eq!(store.count_keys(1).unwrap(), 0);
+    assert_eq!(store.partition(1).get(b"late").unwrap(), None);
+    assert!(store.verify(&mut |_| {}).unwrap().is_ok());
+    // Gone after a crash too: no buckets or marks bring it back.
+    store.simulate_crash();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    assert_eq!(store.partitions(), vec![0, 2]);
+    assert_eq!((store.root(0), store.root(2)), (root0, root2));
+    assert!(store.verify(&mut |_| {}).unwrap().is_ok());
+}
+
+#[test]
+fn a_drop_cut_short_by_a_crash_is_finished_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    for i in 0..100u32 {
+        store.partition(i % 2).put(&i.to_le_bytes(), b"v").unwrap();
+    }
+    store.sync_index().unwrap();
+    let root0 = store.root(0);
+    store.close().unwrap();
+    // The state a crash right after the intent was recorded leaves behind.
+    common::with_sled(dir.path(), |db| {
+        db.open_tree("meta")
+            .unwrap()
+            .insert("dropping", &1u32.to_le_bytes())
+            .unwrap();
+    });
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    assert_eq!(store.partitions(), vec![0]);
+    assert_eq!(store.count_keys(1).unwrap(), 0);
+    assert_eq!(store.root(0), root0);
+    assert!(store.verify(&mut |_| {}).unwrap().is_ok());
+}
