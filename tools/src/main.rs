@@ -38,6 +38,8 @@ enum Command {
     Delete(cmd::kv::KeyArgs),
     /// Keys, roots, checkpoint and last open of a store.
     Stats(cmd::StoreArgs),
+    /// Remove a partition for good: its data, index and marks (durably).
+    DropPartition(cmd::drop::Args),
     /// Print a partition's root hash.
     Root(cmd::root::Args),
     /// Recompute everything from the data and report problems (exit 1 if any).
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Command::Delete(a) => cmd::kv::delete(a),
         Command::Stats(a) => cmd::stats::run(a),
         Command::Root(a) => cmd::root::run(a),
+        Command::DropPartition(a) => cmd::drop::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Rebuild(a) => cmd::rebuild::run(a),
         Command::Dump(a) => cmd::dump::run(a),

@@ -531,3 +531,34 @@ fn serve_refuses_a_zero_timeout_at_parsing() {
         assert!(stdout(&o).is_empty(), "{}", stdout(&o));
     }
 }
+
+#[test]
+fn drop_partition_removes_it_for_good() {
+    let dir = loaded("300", &["--partitions", "3"]);
+    let path = db(dir.path());
+    let o = run(&[
+        "drop-partition",
+        "--db",
+        &path,
+        "--partition",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(json(&o)["records"], 100);
+    let stats = json(&run(&["stats", "--db", &path, "--json"]));
+    let ids: Vec<u64> = stats["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![0, 2]);
+    assert_eq!(code(&run(&["verify", "--db", &path])), 0);
+    let again = run(&["drop-partition", "--db", &path, "--partition", "1"]);
+    assert!(
+        stdout(&again).contains("held nothing"),
+        "{}",
+        stdout(&again)
+    );
+}

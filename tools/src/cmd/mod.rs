@@ -1,6 +1,7 @@
 //! One module per subcommand, each a thin layer over a library call.
 
 pub mod demo;
+pub mod drop;
 pub mod dump;
 pub mod exchange;
 pub mod kv;
