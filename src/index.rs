@@ -2,7 +2,6 @@
 //! trees and their persisted form (packed buckets in the `index` sled tree).
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::bucket::{self, BucketId};
@@ -85,7 +84,6 @@ impl Index {
     /// the marks, deleted only after every batch is flushed, cover any partition whose
     /// batch a crash cut off.
     pub(crate) fn persist(&self, epoch: u64, full: bool) -> Result<CheckpointInfo> {
-        let mut written = std::collections::HashSet::new();
         let dirty: Vec<u32> = {
             let trees = self.trees();
             trees
@@ -94,37 +92,67 @@ impl Index {
                 .map(|(&p, _)| p)
                 .collect()
         };
-        for partition in dirty {
+        let mut spans = Vec::with_capacity(dirty.len());
+        for &partition in &dirty {
             let mut batch = sled::Batch::default();
-            {
+            let span = {
                 let trees = self.trees();
                 let Some(tree) = trees.get(&partition) else {
                     continue;
                 };
-                for (level, b) in tree.dirty_pages() {
+                let span =
+                    bucket::span_for(self.shape, tree.nonzero_segments(), tree.persisted_span);
+                let per_bucket = u64::from(self.shape.width).pow(u32::from(span));
+                let buckets: Vec<u32> = if full || tree.persisted_span != Some(span) {
+                    // A new span (or a rebuild): rewrite the partition's buckets whole.
+                    for key in self.buckets.scan_prefix(partition.to_be_bytes()).keys() {
+                        batch.remove(key?);
+                    }
+                    let pages = bucket::segment_pages(self.shape);
+                    (0..pages.div_ceil(per_bucket) as u32).collect()
+                } else {
+                    let mut b: Vec<u32> = tree
+                        .dirty_segment_pages()
+                        .into_iter()
+                        .map(|p| (u64::from(p) / per_bucket) as u32)
+                        .collect();
+                    b.dedup();
+                    b
+                };
+                let page_len = self.shape.bucket_len(self.shape.levels) as usize;
+                for b in buckets {
                     let id = BucketId {
                         partition,
-                        level: level as u8,
+                        span,
                         bucket: b,
                     };
-                    let len = self.shape.bucket_len(level) as usize;
-                    match tree.page(level, b).and_then(|p| bucket::encode(id, p, len)) {
+                    let mut pages = Vec::new();
+                    tree.for_each_segment_page_in(u64::from(b) * per_bucket, per_bucket, |p, v| {
+                        pages.push((p, v))
+                    });
+                    match bucket::encode(id, page_len, pages) {
                         Some(bytes) => batch.insert(&id.key(), bytes),
                         None => batch.remove(&id.key()),
                     }
-                    if full {
-                        written.insert(id.key());
-                    }
                 }
-            }
+                span
+            };
             self.buckets.apply_batch(batch)?;
+            spans.push((partition, span));
         }
         if full {
+            // Partitions with buckets but no tree any more.
+            let live = self
+                .trees()
+                .keys()
+                .copied()
+                .collect::<std::collections::HashSet<_>>();
             let mut batch = sled::Batch::default();
-            for item in self.buckets.iter().keys() {
-                let key = item?;
-                if !written.contains(&*key) {
-                    batch.remove(key);
+            for partition in key_prefixes(&self.buckets)? {
+                if !live.contains(&partition) {
+                    for key in self.buckets.scan_prefix(partition.to_be_bytes()).keys() {
+                        batch.remove(key?);
+                    }
                 }
             }
             self.buckets.apply_batch(batch)?;
@@ -139,12 +167,15 @@ impl Index {
             self.meta.clear_rebuild()?;
         }
         self.db.flush()?;
-        for (&partition, tree) in self.trees_mut().iter_mut() {
-            if tree.has_dirty() {
+        let mut trees = self.trees_mut();
+        for (partition, span) in spans {
+            if let Some(tree) = trees.get_mut(&partition) {
+                tree.persisted_span = Some(span);
                 self.marks.size_for(partition, tree.nonzero_segments());
                 tree.clear_dirty();
             }
         }
+        drop(trees);
         self.marks.clear_through(epoch)?;
         *self
             .last_checkpoint
@@ -173,82 +204,38 @@ impl Index {
         Ok(records)
     }
 
-    /// Loads every partition's tree from the persisted buckets (crash recovery).
+    /// Loads every partition's tree from the persisted buckets (crash recovery): the
+    /// segment hashes are read, every level above is recomputed. Partitions are read in
+    /// parallel, each checked: one span for all its buckets, every range valid.
     pub(crate) fn load_buckets(shape: Shape, buckets: &sled::Tree) -> Result<Trees> {
-        // Split the key space at a few points inside each partition's segment level so
-        // every core reads and checks its share.
-        let segment_buckets = shape.segments / shape.bucket_len(shape.levels);
-        let cuts = 4u64;
-        let mut bounds = vec![Bound::Unbounded];
-        for partition in key_prefixes(buckets)? {
-            for i in 1..cuts {
-                let id = BucketId {
-                    partition,
-                    level: shape.levels as u8,
-                    bucket: (segment_buckets * i / cuts) as u32,
-                };
-                bounds.push(Bound::Included(id.key().to_vec()));
-            }
-        }
-        bounds.push(Bound::Unbounded);
-        let ranges: Vec<_> = bounds
-            .windows(2)
-            .map(|w| (w[0].clone(), exclusive(&w[1])))
-            .collect();
+        let partitions = key_prefixes(buckets)?;
         let loaded = parallel::map(
-            &ranges,
-            |range| {
-                let mut out = Vec::new();
-                for item in buckets.range::<Vec<u8>, _>(range.clone()) {
+            &partitions,
+            |&partition| {
+                let mut segments = Vec::new();
+                let mut span = None;
+                for item in buckets.scan_prefix(partition.to_be_bytes()) {
                     let (key, value) = item?;
                     let id = BucketId::from_key(&key)?;
-                    let level = u32::from(id.level);
-                    if !(1..=shape.levels).contains(&level) {
+                    if span.is_some_and(|s| s != id.span) {
                         return Err(Corruption::OutOfRange {
                             what: "index bucket",
                             location: id.describe(),
-                            detail: format!("level outside 1..={}", shape.levels),
+                            detail: "buckets of two spans in one partition".into(),
                         }
                         .into());
                     }
-                    let page = bucket::decode(id, &value, shape.bucket_len(level) as usize)?;
-                    out.push((id, page));
+                    span = Some(id.span);
+                    bucket::decode(id, shape, &value, &mut |s, h| segments.push((s, h)))?;
                 }
-                Ok(out)
+                let mut tree = Tree::from_segments(shape, segments);
+                tree.clear_dirty();
+                tree.persisted_span = span;
+                Ok((partition, tree))
             },
             &mut || {},
         )?;
-        let mut trees = Trees::new();
-        for (id, page) in loaded.into_iter().flatten() {
-            let level = u32::from(id.level);
-            let tree = trees
-                .entry(id.partition)
-                .or_insert_with(|| Tree::new(shape));
-            if !tree.load_page(level, id.bucket, page) {
-                return Err(Corruption::BadHeader {
-                    what: "index bucket",
-                    location: id.describe(),
-                    detail: format!(
-                        "outside a tree of width {} and {} levels",
-                        shape.width, shape.levels
-                    ),
-                }
-                .into());
-            }
-        }
-        for (&partition, tree) in trees.iter_mut() {
-            tree.recompute_root();
-            if let Some((level, node)) = tree.first_inconsistency() {
-                return Err(Corruption::BadHeader {
-                    what: "index",
-                    location: format!("partition {partition} level {level} node {node}"),
-                    detail: "node is not the XOR of its children".into(),
-                }
-                .into());
-            }
-            tree.clear_dirty();
-        }
-        Ok(trees)
+        Ok(loaded.into_iter().collect())
     }
 }
 
@@ -268,11 +255,4 @@ pub(crate) fn key_prefixes(tree: &sled::Tree) -> Result<Vec<u32>> {
         }
     }
     Ok(out)
-}
-
-fn exclusive(bound: &Bound<Vec<u8>>) -> Bound<Vec<u8>> {
-    match bound {
-        Bound::Included(k) => Bound::Excluded(k.clone()),
-        other => other.clone(),
-    }
 }

@@ -54,6 +54,27 @@ impl Page {
         Page::Sparse(Box::default())
     }
 
+    /// A page of `len` nodes holding `nodes` (non-zero, in offset order).
+    pub(crate) fn from_nodes(nodes: &[(u64, Hash)], base: u64, len: usize) -> Page {
+        if nodes.len() * 2 > len {
+            let mut hashes = vec![Hash::ZERO; len].into_boxed_slice();
+            for &(i, h) in nodes {
+                if let Some(slot) = hashes.get_mut((i - base) as usize) {
+                    *slot = h;
+                }
+            }
+            Page::Dense(Box::new(Dense {
+                hashes,
+                nonzero: nodes.len() as u32,
+            }))
+        } else {
+            Page::Sparse(Box::new(Sparse {
+                offsets: nodes.iter().map(|&(i, _)| (i - base) as u16).collect(),
+                hashes: nodes.iter().map(|&(_, h)| h).collect(),
+            }))
+        }
+    }
+
     /// A page holding `view`'s nodes in the form that suits how many are non-zero.
     pub(crate) fn from_view(view: PageRef<'_>, len: usize) -> Page {
         let nonzero = view.nonzero();
@@ -229,13 +250,16 @@ impl<'a> PageRef<'a> {
     }
 }
 
-/// Decodes one encoded page of `len` nodes from the front of `bytes`; returns the page
-/// and the bytes it used. `location` names the page in errors.
-pub(crate) fn decode(
+/// Decodes one encoded page of `len` nodes from the front of `bytes`, calling
+/// `node(offset, hash)` for each non-zero node in offset order; returns the bytes used.
+/// Every range is checked: offsets in order and below `len`, no zero listed, no
+/// all-zero page.
+pub(crate) fn decode_nodes(
     bytes: &[u8],
     len: usize,
     location: &dyn Fn() -> String,
-) -> Result<(Page, usize), Corruption> {
+    node: &mut dyn FnMut(usize, Hash),
+) -> Result<usize, Corruption> {
     let short = |expected: usize| Corruption::BadLength {
         what: "index page",
         location: location(),
@@ -255,13 +279,18 @@ pub(crate) fn decode(
             if bytes.len() < used {
                 return Err(short(used));
             }
-            let hashes = (0..len)
-                .map(|i| hash_at(1 + i * HASH_BYTES))
-                .collect::<Result<Vec<_>, _>>()?;
-            if hashes.iter().all(|h| h.is_zero()) {
+            let mut nonzero = 0;
+            for i in 0..len {
+                let h = hash_at(1 + i * HASH_BYTES)?;
+                if !h.is_zero() {
+                    nonzero += 1;
+                    node(i, h);
+                }
+            }
+            if nonzero == 0 {
                 return Err(bad(location, "an all-zero page is never stored".into()));
             }
-            Ok((Page::from_view(PageRef::Dense(&hashes), len), used))
+            Ok(used)
         }
         Some(&SPARSE) => {
             let count = u16_at(bytes, 1).map(usize::from).ok_or_else(|| short(3))?;
@@ -272,27 +301,24 @@ pub(crate) fn decode(
             if bytes.len() < used {
                 return Err(short(used));
             }
-            let mut offsets = Vec::with_capacity(count);
-            let mut hashes = Vec::with_capacity(count);
+            let mut last = None;
             for i in 0..count {
                 let at = 3 + 2 * i;
                 let o = u16_at(bytes, at).ok_or_else(|| short(at + 2))?;
-                let in_order = offsets.last().map_or(true, |&last| o > last);
-                if usize::from(o) >= len || !in_order {
+                if usize::from(o) >= len || last.is_some_and(|l| o <= l) {
                     return Err(bad(
                         location,
                         format!("node offset {o} out of order or range"),
                     ));
                 }
+                last = Some(o);
                 let h = hash_at(3 + 2 * count + i * HASH_BYTES)?;
                 if h.is_zero() {
                     return Err(bad(location, format!("zero hash listed at offset {o}")));
                 }
-                offsets.push(o);
-                hashes.push(h);
+                node(usize::from(o), h);
             }
-            let view = PageRef::Sparse(&offsets, &hashes);
-            Ok((Page::from_view(view, len), used))
+            Ok(used)
         }
         Some(&kind) => Err(bad(location, format!("page kind {kind} (0 or 1)"))),
         None => Err(short(1)),
@@ -350,16 +376,17 @@ mod tests {
             }
             let mut bytes = Vec::new();
             page.view().encode(len, &mut bytes);
-            let (back, used) = decode(&bytes, len, &String::new).unwrap();
+            let mut back = Vec::new();
+            let used = decode_nodes(&bytes, len, &String::new, &mut |o, h| back.push((o, h))).unwrap();
             prop_assert_eq!(used, bytes.len());
-            for o in 0..len {
-                prop_assert_eq!(back.get(o), page.get(o));
-            }
+            let mut expected = Vec::new();
+            page.view().for_each(|o, h| expected.push((o, h)));
+            prop_assert_eq!(back, expected);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), len in 1usize..300) {
-            let _ = decode(&bytes, len, &String::new);
+            let _ = decode_nodes(&bytes, len, &String::new, &mut |_, _| {});
         }
     }
 }

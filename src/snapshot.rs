@@ -13,8 +13,10 @@
 //!     36    4  reserved, 0
 //!     40   32  checksum: blake3 derive_key("...snapshot checksum v1") of bytes 0..40
 //!              followed by the whole body
-//!     72       body: N times { partition u32 LE | page count P u32 LE |
-//!              P times { level u8 | page u32 LE | encoded page (see `page.rs`) } }
+//!     72       body: N times { partition u32 LE | page count P u32 LE | length L u64 LE |
+//!              L bytes: P times { page u32 LE | encoded page (`page.rs`) } }
+//!              Only the segment level's pages with a non-zero node, in increasing
+//!              order; every level above is recomputed (XOR of children) on load.
 //!              (only pages with a non-zero node; the root is the XOR of level 1)
 //! ```
 //! Written as `index.snapshot.tmp`, fsynced, renamed over `index.snapshot`, and the
@@ -28,9 +30,10 @@ use std::path::Path;
 
 use crate::error::{Corruption, Error, Result};
 use crate::file::sync_dir;
-use crate::hash::{HASH_BYTES, SNAPSHOT_CONTEXT};
+use crate::hash::{Hash, HASH_BYTES, SNAPSHOT_CONTEXT};
 use crate::options::Shape;
 use crate::page;
+use crate::parallel;
 use crate::tree::Tree;
 /// Version of the snapshot layout (independent of the store format version).
 const SNAPSHOT_VERSION: u32 = 2;
@@ -82,27 +85,24 @@ pub(crate) fn write(
         .map_err(|e| io("write", e))?;
     let mut buf = Vec::with_capacity(1 << 16);
     for (&id, tree) in trees {
+        // Encoded whole first: its length goes in front, so a reader can split the body
+        // by partition without decoding it.
         let mut pages = 0u32;
-        tree.for_each_page(|_, _, _| pages += 1);
-        buf.extend_from_slice(&id.to_le_bytes());
-        buf.extend_from_slice(&pages.to_le_bytes());
-        let mut failed = None;
-        tree.for_each_page(|level, page, view| {
-            buf.push(level as u8);
+        buf.clear();
+        tree.for_each_segment_page(|page, view| {
+            pages += 1;
             buf.extend_from_slice(&page.to_le_bytes());
-            view.encode(shape.bucket_len(level) as usize, &mut buf);
-            if buf.len() >= 1 << 16 && failed.is_none() {
-                sum.update(&buf);
-                failed = out.write_all(&buf).err();
-                buf.clear();
-            }
+            view.encode(shape.bucket_len(shape.levels) as usize, &mut buf);
         });
-        if let Some(e) = failed {
-            return Err(io("write", e));
+        let mut head = [0u8; 16];
+        head[..4].copy_from_slice(&id.to_le_bytes());
+        head[4..8].copy_from_slice(&pages.to_le_bytes());
+        head[8..].copy_from_slice(&(buf.len() as u64).to_le_bytes());
+        for part in [&head[..], &buf] {
+            sum.update(part);
+            out.write_all(part).map_err(|e| io("write", e))?;
         }
     }
-    sum.update(&buf);
-    out.write_all(&buf).map_err(|e| io("write", e))?;
     let mut file = out.into_inner().map_err(|e| io("write", e.into_error()))?;
     std::io::Seek::seek(
         &mut file,
@@ -155,6 +155,56 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b)
 }
 
+/// Decodes one partition's segment pages and derives the levels above them: densely if
+/// its bytes can only hold nearly half the segments or more (a non-zero segment takes at
+/// least 16 bytes, at most 18 plus page headers).
+fn decode_partition(shape: Shape, id: u32, pages: u32, part: &[u8]) -> Result<(u32, Tree)> {
+    let page_len = shape.bucket_len(shape.levels);
+    let page_count = shape.segments.div_ceil(page_len);
+    let dense = part.len() as u64 > shape.segments * 8;
+    let mut all = if dense {
+        vec![Hash::ZERO; shape.segments as usize]
+    } else {
+        Vec::new()
+    };
+    let mut listed = Vec::new();
+    let mut at = 0usize;
+    let mut last = None;
+    for _ in 0..pages {
+        let page = u32_at(part, at);
+        at += 4;
+        if u64::from(page) >= page_count || last.is_some_and(|l| page <= l) {
+            return Err(bad_header(format!(
+                "partition {id}: segment page {page} out of order or past the tree"
+            )));
+        }
+        last = Some(page);
+        let base = u64::from(page) * page_len;
+        let rest = part.get(at..).ok_or_else(|| short(at))?;
+        let location = || format!("{SNAPSHOT_FILE} partition {id} page {page}");
+        at += page::decode_nodes(rest, page_len as usize, &location, &mut |o, h| {
+            let segment = base + o as u64;
+            match all.get_mut(segment as usize) {
+                Some(slot) => *slot = h,
+                None => listed.push((segment as u32, h)),
+            }
+        })?;
+    }
+    if at != part.len() {
+        return Err(bad_header(format!(
+            "partition {id}: {} stray bytes",
+            part.len().saturating_sub(at)
+        )));
+    }
+    let mut tree = if dense {
+        Tree::from_all_segments(shape, all)
+    } else {
+        Tree::from_segments(shape, listed)
+    };
+    tree.clear_dirty();
+    Ok((id, tree))
+}
+
 /// Maps and validates the snapshot in `dir`; `Ok(None)` if there is none.
 pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeMap<u32, Tree>>> {
     let path = dir.join(SNAPSHOT_FILE);
@@ -189,59 +239,26 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
         )));
     }
     let body = bytes.get(HEADER_LEN..).unwrap_or_default();
-    let mut sum = blake3::Hasher::new_derive_key(SNAPSHOT_CONTEXT);
-    sum.update(head);
-    sum.update(body);
     let stored = bytes
         .get(CHECKSUMMED_HEADER..HEADER_LEN)
         .unwrap_or_default();
-    if sum.finalize().as_bytes().as_slice() != stored {
-        return Err(Error::Corrupt(Corruption::ChecksumMismatch {
-            what: "snapshot",
-            location: SNAPSHOT_FILE.into(),
-            expected: sum.finalize().to_hex().to_string(),
-            found: stored.iter().map(|b| format!("{b:02x}")).collect(),
-        }));
-    }
-    let mut trees = BTreeMap::new();
+    // Split the body by partition (each says its length), then check the checksum on
+    // one thread while every core decodes partitions; nothing decoded is used unless the
+    // checksum matches.
+    let mut parts = Vec::with_capacity(partitions as usize);
     let mut at = 0usize;
     for _ in 0..partitions {
         let id = u32_at(body, at);
         let pages = u32_at(body, at + 4);
-        at = at
-            .checked_add(8)
-            .filter(|&a| a <= body.len())
-            .ok_or_else(|| short(at + 8))?;
-        let mut tree = Tree::new(shape);
-        for _ in 0..pages {
-            let level = u32::from(*body.get(at).ok_or_else(|| short(at + 1))?);
-            let page = u32_at(body, at + 1);
-            at += 5;
-            let len = if (1..=shape.levels).contains(&level) {
-                shape.bucket_len(level) as usize
-            } else {
-                return Err(bad_header(format!("partition {id}: page of level {level}")));
-            };
-            let rest = body.get(at..).ok_or_else(|| short(at))?;
-            let location = || format!("{SNAPSHOT_FILE} partition {id} level {level} page {page}");
-            let (decoded, used) = page::decode(rest, len, &location)?;
-            if !tree.load_page(level, page, decoded) {
-                return Err(bad_header(format!(
-                    "partition {id}: page {page} of level {level} is outside the tree"
-                )));
-            }
-            at += used;
-        }
-        tree.recompute_root();
-        if let Some((level, node)) = tree.first_inconsistency() {
-            return Err(bad_header(format!(
-                "partition {id}: node {node} of level {level} is not the XOR of its children"
-            )));
-        }
-        tree.clear_dirty();
-        if trees.insert(id, tree).is_some() {
-            return Err(bad_header(format!("partition {id} appears twice")));
-        }
+        let len = u64::from(u32_at(body, at + 8)) | u64::from(u32_at(body, at + 12)) << 32;
+        let start = at.checked_add(16).ok_or_else(|| short(at))?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| start.checked_add(l))
+            .filter(|&e| e <= body.len())
+            .ok_or_else(|| short(start.saturating_add(len as usize)))?;
+        parts.push((id, pages, body.get(start..end).unwrap_or_default()));
+        at = end;
     }
     if at != body.len() {
         return Err(Error::Corrupt(Corruption::BadLength {
@@ -250,6 +267,35 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
             expected: HEADER_LEN + at,
             found: bytes.len(),
         }));
+    }
+    let (checked, decoded) = std::thread::scope(|scope| {
+        let checksum = scope.spawn(|| {
+            let mut sum = blake3::Hasher::new_derive_key(SNAPSHOT_CONTEXT);
+            sum.update(head);
+            sum.update(body);
+            sum.finalize()
+        });
+        let decoded = parallel::map(
+            &parts,
+            |&(id, pages, part)| decode_partition(shape, id, pages, part),
+            &mut || {},
+        );
+        (checksum.join(), decoded)
+    });
+    let sum = checked.map_err(|_| bad_header("checksum thread panicked".into()))?;
+    if sum.as_bytes().as_slice() != stored {
+        return Err(Error::Corrupt(Corruption::ChecksumMismatch {
+            what: "snapshot",
+            location: SNAPSHOT_FILE.into(),
+            expected: sum.to_hex().to_string(),
+            found: stored.iter().map(|b| format!("{b:02x}")).collect(),
+        }));
+    }
+    let mut trees = BTreeMap::new();
+    for (id, tree) in decoded? {
+        if trees.insert(id, tree).is_some() {
+            return Err(bad_header(format!("partition {id} appears twice")));
+        }
     }
     Ok(Some(trees))
 }

@@ -29,6 +29,8 @@ pub(crate) struct Tree {
     dirty: Vec<u32>,
     /// Marks a page in `dirty` already, one bit per segment page, allocated on first use.
     dirty_bits: Vec<u64>,
+    /// The span exponent of this partition's persisted buckets, once it has any.
+    pub(crate) persisted_span: Option<u8>,
 }
 
 #[derive(Clone)]
@@ -56,6 +58,53 @@ impl Level {
             nonzero: 0,
             repr: Repr::Paged(BTreeMap::new()),
         }
+    }
+
+    /// A level holding `nodes` (non-zero, in index order), in the form its fill calls for.
+    fn from_nodes(len: u64, page_len: usize, nodes: &[(u64, Hash)]) -> Level {
+        let nonzero = nodes.len() as u64;
+        let step = page_len as u64;
+        let repr = if len > step && nonzero * 2 > len {
+            let mut flat = vec![Hash::ZERO; len as usize];
+            for &(i, h) in nodes {
+                if let Some(slot) = flat.get_mut(i as usize) {
+                    *slot = h;
+                }
+            }
+            Repr::Flat(flat)
+        } else {
+            Repr::Paged(
+                nodes
+                    .chunk_by(|a, b| a.0 / step == b.0 / step)
+                    .filter_map(|run| {
+                        let page = run.first()?.0 / step;
+                        Some((page as u32, Page::from_nodes(run, page * step, page_len)))
+                    })
+                    .collect(),
+            )
+        };
+        Level {
+            len,
+            page_len,
+            nonzero,
+            repr,
+        }
+    }
+
+    /// A level from all its nodes, kept flat if more than half are non-zero.
+    fn from_flat(page_len: usize, nodes: Vec<Hash>) -> Level {
+        let len = nodes.len() as u64;
+        let nonzero = nodes.iter().filter(|h| !h.is_zero()).count() as u64;
+        if len > page_len as u64 && nonzero * 2 > len {
+            return Level {
+                len,
+                page_len,
+                nonzero,
+                repr: Repr::Flat(nodes),
+            };
+        }
+        let listed: Vec<(u64, Hash)> = (0u64..).zip(nodes).filter(|(_, h)| !h.is_zero()).collect();
+        Level::from_nodes(len, page_len, &listed)
     }
 
     fn pages(&self) -> u64 {
@@ -165,6 +214,25 @@ impl Level {
         }
     }
 
+    /// The pages with a non-zero node among `first .. first + count`, in order.
+    fn for_each_page_in<'a>(&'a self, first: u64, count: u64, mut f: impl FnMut(u32, PageRef<'a>)) {
+        let end = first.saturating_add(count).min(self.pages());
+        match &self.repr {
+            Repr::Paged(pages) => {
+                for (&page, p) in pages.range(first as u32..end as u32) {
+                    f(page, p.view());
+                }
+            }
+            Repr::Flat(_) => {
+                for page in first..end {
+                    if let Some(view) = self.page(page as u32) {
+                        f(page as u32, view);
+                    }
+                }
+            }
+        }
+    }
+
     /// Every non-zero node `(index, hash)`, in index order.
     fn for_each_nonzero(&self, mut f: impl FnMut(u64, Hash)) {
         let page_len = self.page_len as u64;
@@ -172,36 +240,6 @@ impl Level {
             let base = u64::from(page) * page_len;
             view.for_each(|offset, h| f(base + offset as u64, h));
         });
-    }
-
-    /// Replaces page `page` with `page_value` (loading only; the tree's invariant is
-    /// the caller's to restore or check).
-    fn set_page(&mut self, page: u32, value: Page) {
-        let old = self.page(page).map_or(0, |p| p.nonzero()) as u64;
-        let new = value.nonzero() as u64;
-        match &mut self.repr {
-            Repr::Paged(pages) => {
-                if new == 0 {
-                    pages.remove(&page);
-                } else {
-                    pages.insert(page, value);
-                }
-            }
-            Repr::Flat(nodes) => {
-                let start = page as usize * self.page_len;
-                let end = (start + self.page_len).min(nodes.len());
-                if let Some(chunk) = nodes.get_mut(start..end) {
-                    chunk.fill(Hash::ZERO);
-                    value.view().for_each(|i, h| {
-                        if let Some(slot) = chunk.get_mut(i) {
-                            *slot = h;
-                        }
-                    });
-                }
-            }
-        }
-        self.nonzero = self.nonzero + new - old;
-        self.reshape();
     }
 
     fn memory_bytes(&self) -> usize {
@@ -233,18 +271,82 @@ impl Tree {
             levels,
             dirty: Vec::new(),
             dirty_bits: Vec::new(),
+            persisted_span: None,
         }
     }
 
-    /// Builds a tree from its non-zero segments, in increasing segment order; every
-    /// page is dirty.
+    /// Builds a tree from its segments (any order; a segment listed twice is XORed),
+    /// deriving every level above from the one below in one pass each; every page with
+    /// content is dirty.
     pub(crate) fn from_segments(
         shape: Shape,
         segments: impl IntoIterator<Item = (u32, Hash)>,
     ) -> Tree {
+        let width = u64::from(shape.width);
+        let mut nodes: Vec<(u64, Hash)> = segments
+            .into_iter()
+            .filter(|&(s, h)| !h.is_zero() && u64::from(s) < shape.segments)
+            .map(|(s, h)| (u64::from(s), h))
+            .collect();
+        if !nodes.windows(2).all(|w| w[0].0 < w[1].0) {
+            nodes.sort_by_key(|&(s, _)| s);
+        }
         let mut tree = Tree::new(shape);
-        for (segment, hash) in segments {
-            tree.apply(segment, hash);
+        for d in (1..=shape.levels).rev() {
+            // XOR runs of equal indexes: siblings' parents (or a segment listed twice).
+            let mut merged: Vec<(u64, Hash)> = Vec::with_capacity(nodes.len());
+            for &(i, h) in &nodes {
+                match merged.last_mut() {
+                    Some((p, sum)) if *p == i => *sum ^= h,
+                    _ => merged.push((i, h)),
+                }
+            }
+            merged.retain(|(_, h)| !h.is_zero());
+            if let Some(level) = tree.levels.get_mut(d as usize - 1) {
+                *level =
+                    Level::from_nodes(shape.nodes_at(d), shape.bucket_len(d) as usize, &merged);
+            }
+            if d == shape.levels {
+                let page_len = shape.bucket_len(d);
+                for &(s, _) in &merged {
+                    tree.mark_dirty((s / page_len) as u32);
+                }
+            }
+            nodes = merged.into_iter().map(|(i, h)| (i / width, h)).collect();
+        }
+        tree.root = nodes.iter().fold(Hash::ZERO, |acc, &(_, h)| acc ^ h);
+        tree
+    }
+
+    /// Builds a tree from every segment hash (`segments.len()` must be the segment
+    /// count), folding each level into the one above; every page with content is dirty.
+    /// The fast path for dense partitions.
+    pub(crate) fn from_all_segments(shape: Shape, segments: Vec<Hash>) -> Tree {
+        let mut tree = Tree::new(shape);
+        if segments.len() as u64 != shape.segments {
+            return tree;
+        }
+        let width = shape.width as usize;
+        let page_len = shape.bucket_len(shape.levels) as usize;
+        let dirty: Vec<u32> = (0u32..)
+            .zip(segments.chunks(page_len))
+            .filter(|(_, c)| c.iter().any(|h| !h.is_zero()))
+            .map(|(p, _)| p)
+            .collect();
+        let mut nodes = segments;
+        for d in (1..=shape.levels).rev() {
+            let parents: Vec<Hash> = nodes
+                .chunks(width)
+                .map(|c| c.iter().fold(Hash::ZERO, |acc, &h| acc ^ h))
+                .collect();
+            if let Some(level) = tree.levels.get_mut(d as usize - 1) {
+                *level = Level::from_flat(shape.bucket_len(d) as usize, nodes);
+            }
+            nodes = parents;
+        }
+        tree.root = nodes.first().copied().unwrap_or_default();
+        for page in dirty {
+            tree.mark_dirty(page);
         }
         tree
     }
@@ -323,46 +425,34 @@ impl Tree {
         self.apply(segment, old ^ hash);
     }
 
-    /// Overwrites page `page` of `level` (loading only: the caller restores the
-    /// invariant with `recompute_root` and checks it). False if out of range.
-    pub(crate) fn load_page(&mut self, level: u32, page: u32, value: Page) -> bool {
-        let Some(l) = (level as usize)
-            .checked_sub(1)
-            .and_then(|d| self.levels.get_mut(d))
-        else {
-            return false;
-        };
-        if u64::from(page) >= l.pages() {
-            return false;
-        }
-        l.set_page(page, value);
-        true
-    }
-
-    /// The nodes of page `page` of `level` (1..=levels), `None` if all zero.
-    pub(crate) fn page(&self, level: u32, page: u32) -> Option<PageRef<'_>> {
-        self.levels
-            .get((level as usize).checked_sub(1)?)?
-            .page(page)
-    }
-
-    /// Every non-empty page `(level, page, nodes)`, levels top-down.
-    pub(crate) fn for_each_page(&self, mut f: impl FnMut(u32, u32, PageRef<'_>)) {
-        for (d, level) in (1u32..).zip(&self.levels) {
-            level.for_each_page(|page, view| f(d, page, view));
+    /// The non-empty segment pages among `first .. first + count`, in order.
+    pub(crate) fn for_each_segment_page_in<'a>(
+        &'a self,
+        first: u64,
+        count: u64,
+        f: impl FnMut(u32, PageRef<'a>),
+    ) {
+        if let Some(level) = self.levels.last() {
+            level.for_each_page_in(first, count, f);
         }
     }
 
-    /// Sets the root from level 1 (the root has no page of its own).
-    pub(crate) fn recompute_root(&mut self) {
-        let mut root = Hash::ZERO;
-        if let Some(level) = self.levels.first() {
-            level.for_each_nonzero(|_, h| root ^= h);
+    /// Segment pages changed since the last checkpoint, in order.
+    pub(crate) fn dirty_segment_pages(&self) -> Vec<u32> {
+        let mut pages = self.dirty.clone();
+        pages.sort_unstable();
+        pages
+    }
+
+    /// Every non-empty page `(page, nodes)` of the segment level, in order.
+    pub(crate) fn for_each_segment_page(&self, mut f: impl FnMut(u32, PageRef<'_>)) {
+        if let Some(level) = self.levels.last() {
+            level.for_each_page(|page, view| f(page, view));
         }
-        self.root = root;
     }
 
     /// The first interior node (level, index) that is not the XOR of its children.
+    #[cfg(test)]
     pub(crate) fn first_inconsistency(&self) -> Option<(u32, u64)> {
         let width = u64::from(self.shape.width);
         let mut expected_root = Hash::ZERO;
@@ -402,26 +492,6 @@ impl Tree {
             }
         }
         None
-    }
-
-    /// Pages (level, page) to persist at the next checkpoint: each dirty segment page
-    /// and the pages of its ancestors, in key order. A page holds a power of `width`
-    /// nodes, so the parents of page `b` all lie in page `b / width` of the level above
-    /// (page 0 once a level fits in one page).
-    pub(crate) fn dirty_pages(&self) -> Vec<(u32, u32)> {
-        let width = u64::from(self.shape.width);
-        let mut out = std::collections::BTreeSet::new();
-        for &page in &self.dirty {
-            let mut page = u64::from(page);
-            for level in (1..=self.shape.levels).rev() {
-                let pages = self.levels.get(level as usize - 1).map_or(1, Level::pages);
-                if !out.insert((level, page.min(pages - 1) as u32)) {
-                    break; // ancestors already added by a sibling
-                }
-                page /= width;
-            }
-        }
-        out.into_iter().collect()
     }
 
     pub(crate) fn has_dirty(&self) -> bool {
@@ -467,41 +537,31 @@ mod tests {
     }
 
     #[test]
-    fn dirty_pages_include_ancestors_once() {
-        // 2^10 segments of width 2: pages of 256 nodes.
-        let mut t = Tree::new(Shape::new(2, 10).unwrap());
-        t.apply(0, value_hash(b"a"));
-        t.apply(1, value_hash(b"a"));
-        t.apply(1023, value_hash(b"a"));
-        assert_eq!(
-            t.dirty_pages(),
-            vec![
-                (1, 0),
-                (2, 0),
-                (3, 0),
-                (4, 0),
-                (5, 0),
-                (6, 0),
-                (7, 0),
-                (8, 0),
-                (9, 0),
-                (9, 1),
-                (10, 0),
-                (10, 3)
-            ]
-        );
-        t.clear_dirty();
-        assert!(t.dirty_pages().is_empty());
-    }
-
-    #[test]
-    fn corrupt_level_is_found() {
-        let mut t = Tree::new(shape());
-        t.apply(9, value_hash(b"x"));
-        assert!(t.load_page(2, 0, Page::empty()));
-        assert_eq!(t.first_inconsistency(), Some((1, 0)));
-        assert!(!t.load_page(4, 0, Page::empty()));
-        assert!(!t.load_page(2, 1, Page::empty()));
+    fn both_builders_match_applying_segments_one_by_one() {
+        let shape = Shape::new(16, 3).unwrap();
+        let h = |s: u32| value_hash(&s.to_le_bytes());
+        for n in [0u32, 1, 40, 900, 4096] {
+            let mut applied = Tree::new(shape);
+            let segments: Vec<(u32, Hash)> = (0..n).map(|i| ((i * 7919) % 4096, h(i))).collect();
+            let mut all = vec![Hash::ZERO; 4096];
+            for &(s, x) in &segments {
+                applied.apply(s, x);
+                all[s as usize] ^= x;
+            }
+            for built in [
+                Tree::from_segments(shape, segments.clone()),
+                Tree::from_all_segments(shape, all.clone()),
+            ] {
+                assert_eq!(built.root(), applied.root());
+                assert_eq!(built.first_inconsistency(), None);
+                for level in 0..=3 {
+                    for i in 0..shape.nodes_at(level) {
+                        assert_eq!(built.node(level, i), applied.node(level, i));
+                    }
+                }
+                assert_eq!(built.dirty_segment_pages(), applied.dirty_segment_pages());
+            }
+        }
     }
 
     #[test]

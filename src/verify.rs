@@ -179,10 +179,8 @@ pub(crate) fn verify(
     for item in index.buckets.iter() {
         let (key, value) = item?;
         report.buckets += 1;
-        let checked = BucketId::from_key(&key).and_then(|id| {
-            let level = u32::from(id.level).clamp(1, shape.levels);
-            bucket::decode(id, &value, shape.bucket_len(level) as usize)
-        });
+        let checked = BucketId::from_key(&key)
+            .and_then(|id| bucket::decode(id, shape, &value, &mut |_, _| {}));
         if let Err(e) = checked {
             let id = BucketId::from_key(&key).ok();
             report.problems.push(Problem {

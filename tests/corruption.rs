@@ -103,7 +103,7 @@ fn flipped_bucket_byte_is_reported_by_verify_and_forces_rebuild_after_crash() {
         panic!("{:?}", report.problems);
     };
     assert!(
-        what.contains("checksum mismatch in index bucket at partition 0 level 1 bucket 0"),
+        what.contains("checksum mismatch in index bucket at partition 0 bucket 0"),
         "{what}"
     );
     // After a crash the bad bucket would be loaded: open rebuilds instead.
