@@ -95,7 +95,7 @@ pub(crate) fn span_for(shape: Shape, nonzero: u64, current: Option<u8>) -> u8 {
     if let Some(span) = current {
         let fits = u64::from(shape.width).saturating_pow(u32::from(span)) <= pages;
         let avg = per_bucket(span);
-        if fits && avg >= TARGET_PER_BUCKET / 32 && avg <= TARGET_PER_BUCKET * 4 {
+        if fits && (TARGET_PER_BUCKET / 32..=TARGET_PER_BUCKET * 4).contains(&avg) {
             return span;
         }
     }
