@@ -445,7 +445,7 @@ impl Tree {
     }
 
     /// Every non-empty page `(page, nodes)` of the segment level, in order.
-    pub(crate) fn for_each_segment_page(&self, mut f: impl FnMut(u32, PageRef<'_>)) {
+    pub(crate) fn for_each_segment_page(&self, f: impl FnMut(u32, PageRef<'_>)) {
         if let Some(level) = self.levels.last() {
             level.for_each_page(f);
         }
