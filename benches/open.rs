@@ -1,5 +1,7 @@
-//! Open: clean reopen of a 1M-key, 1M-segment store (index ready) versus bare sled's open
-//! of the same database; crash recovery after 1,000 writes versus a full rebuild.
+//! Open: clean reopen of a 1M-key store of 1M-segment trees (index ready) versus bare
+//! sled's open of the same database; crash recovery after 1,000 writes versus a full
+//! rebuild. Each in two shapes: 1 partition, and 64 partitions of 15,625 keys (writes
+//! spread over all of them).
 
 mod common;
 
@@ -9,10 +11,16 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use merkle_index::{Recovery, Store};
 
 fn open(c: &mut Criterion) {
+    for partitions in [1u32, 64] {
+        open_shape(c, partitions);
+    }
+}
+
+fn open_shape(c: &mut Criterion, partitions: u32) {
     let keys = common::big_keys();
     let dir = tempfile::tempdir().unwrap();
-    common::loaded_store(dir.path(), keys);
-    let mut group = c.benchmark_group("open");
+    common::loaded_partitions(dir.path(), keys, partitions);
+    let mut group = c.benchmark_group(format!("open_p{partitions}"));
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(15));
@@ -59,8 +67,10 @@ fn open(c: &mut Criterion) {
         },
     );
     let mut next = keys;
+    // 1,000 writes on the 1M-key store (a proportional 20 in the --test smoke run).
+    let writes = (keys / 1000).max(1);
     group.bench_with_input(
-        BenchmarkId::new("crash_recovery_1k_writes", keys),
+        BenchmarkId::new(format!("crash_recovery_{writes}_writes"), keys),
         &keys,
         |b, _| {
             b.iter_custom(|iters| {
@@ -68,8 +78,10 @@ fn open(c: &mut Criterion) {
                 for _ in 0..iters {
                     let store = Store::open(dir.path(), common::options()).unwrap();
                     store.checkpoint().unwrap();
-                    for _ in 0..1000 {
+                    for _ in 0..writes {
+                        let p = (next % u64::from(partitions)) as u32;
                         store
+                            .partition(p)
                             .put_versioned(&common::key(next), b"after the checkpoint", next + 1)
                             .unwrap();
                         next += 1;
@@ -111,10 +123,14 @@ fn open(c: &mut Criterion) {
                                 })
                             })
                             .expect("sled stays locked after the crash");
-                        let mut mark = u64::MAX.to_be_bytes().to_vec(); // epoch
-                        mark.extend_from_slice(&[0; 8]); // partition 0, first segment 0
-                        let count = (1u32 << 20).to_le_bytes();
-                        db.open_tree("marks").unwrap().insert(mark, &count).unwrap();
+                        // A mark over every tree (epoch 2^61), as FORMAT.md lays it out.
+                        for p in 0..partitions {
+                            let mut mark = (1u64 << 61).to_be_bytes().to_vec();
+                            mark.extend_from_slice(&p.to_be_bytes());
+                            mark.extend_from_slice(&[0; 4]); // first segment 0
+                            let count = (1u32 << 20).to_le_bytes();
+                            db.open_tree("marks").unwrap().insert(mark, &count).unwrap();
+                        }
                         db.flush().unwrap();
                     }
                     let store = Store::open(dir.path(), common::options()).unwrap();

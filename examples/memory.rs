@@ -1,9 +1,10 @@
-//! Resident memory of the index: one 1M-segment tree, measured as the growth of the
-//! process's resident set while a store with one written partition opens and fills its
-//! tree. Run: cargo run --release --example memory
+//! Index memory per partition against keys per partition, from 1 key to 1M: the curve
+//! that shows a partition costs what its keys cost, up to the dense 17 MiB of a full
+//! million-segment tree. Also the resident-set growth of the largest tree.
+//! Run: cargo run --release --example memory
 
 use merkle_index::bench_support::MemoryTree;
-use merkle_index::{Options, Shape, Store};
+use merkle_index::{segment_of, value_hash, Options, Shape};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -19,34 +20,19 @@ fn rss_kib() -> u64 {
 fn main() {
     let options = Options::default();
     let shape = Shape::new(options.width, options.levels).unwrap();
-
-    let before = rss_kib();
-    let mut tree = MemoryTree::new(shape);
-    // Touch every segment so every page is resident.
-    for s in 0..shape.segments as u32 {
-        tree.apply(s, merkle_index::value_hash(&s.to_le_bytes()));
+    println!("keys per partition | index bytes | bytes per key | resident growth");
+    for keys in [1u64, 10, 100, 1_000, 10_000, 15_625, 100_000, 1_000_000] {
+        let before = rss_kib();
+        let mut tree = MemoryTree::new(shape);
+        for i in 0..keys {
+            let key = i.to_le_bytes();
+            tree.apply(segment_of(&key, shape.segments), value_hash(&key));
+        }
+        let grown = rss_kib().saturating_sub(before);
+        let bytes = tree.memory_bytes();
+        println!(
+            "{keys:>18} | {bytes:>11} | {:>13.1} | {grown} KiB",
+            bytes as f64 / keys as f64
+        );
     }
-    let after = rss_kib();
-    println!(
-        "one {}-segment tree: {:.1} MiB allocated, resident set grew {:.1} MiB (root {})",
-        shape.segments,
-        tree.memory_bytes() as f64 / 1048576.0,
-        (after - before) as f64 / 1024.0,
-        tree.root()
-    );
-
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), options).unwrap();
-    for p in 0..4u32 {
-        store
-            .partition(p)
-            .put(b"one key", b"makes the partition's tree")
-            .unwrap();
-    }
-    store.sync_index().unwrap();
-    println!(
-        "store with 4 partitions: index {:.1} MiB ({:.1} MiB per tree)",
-        store.index_memory_bytes() as f64 / 1048576.0,
-        store.index_memory_bytes() as f64 / 4.0 / 1048576.0
-    );
 }

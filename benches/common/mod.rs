@@ -37,10 +37,20 @@ pub fn options() -> Options {
 
 /// A store with `n` keys of 100-byte values, closed cleanly.
 pub fn loaded_store(dir: &Path, n: u64) {
+    loaded_partitions(dir, n, 1);
+}
+
+/// A store with `n` keys of 100-byte values, key `i` in partition `i % partitions`,
+/// closed cleanly.
+pub fn loaded_partitions(dir: &Path, n: u64, partitions: u32) {
     let store = Store::open(dir, options()).unwrap();
     let value = [7u8; 100];
     for i in 0..n {
-        store.put_versioned(&key(i), &value, i + 1).unwrap();
+        let p = (i % u64::from(partitions)) as u32;
+        store
+            .partition(p)
+            .put_versioned(&key(i), &value, i + 1)
+            .unwrap();
     }
     store.close().unwrap();
 }
