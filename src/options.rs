@@ -17,14 +17,15 @@ pub struct Options {
     /// Levels below the root; each tree has `width.pow(levels)` segments
     /// (default 5, so 16^5 = 1,048,576 segments).
     pub levels: u32,
-    /// Granularity of crash tracking in segments (default 16): the first write to a
-    /// region after a checkpoint costs one extra small sled insert; after a crash, each
-    /// marked region is re-hashed from its keys. Smaller regions mean less recovery work
-    /// and more marks.
+    /// Granularity of crash tracking (default 16): about how many keys a tracked region
+    /// holds (a dense partition's regions are this many segments; a sparse partition's
+    /// are wider, so they hold about as many keys). The first write to a region after a
+    /// checkpoint costs one extra small sled insert; after a crash, each marked region is
+    /// re-hashed from its keys. Smaller regions mean less recovery work and more marks.
     pub region_segments: u32,
     /// How often the hasher thread persists changed index buckets (default 30 s). Each
     /// checkpoint also restarts crash tracking, whose cost is one small insert per
-    /// region written per interval: at most `segments / region_segments` per partition.
+    /// region written per interval: at most about `keys / region_segments` in all.
     pub checkpoint_interval: Duration,
     /// Capacity of the bounded channel in front of the hasher thread (default 16,384
     /// updates); a full channel makes writers wait.
