@@ -14,6 +14,7 @@ use crate::meta::{CheckpointInfo, Meta};
 use crate::options::Shape;
 use crate::parallel;
 use crate::tree::Tree;
+use crate::Hash;
 
 pub(crate) type Trees = BTreeMap<u32, Tree>;
 
@@ -208,34 +209,78 @@ impl Index {
     /// segment hashes are read, every level above is recomputed. Partitions are read in
     /// parallel, each checked: one span for all its buckets, every range valid.
     pub(crate) fn load_buckets(shape: Shape, buckets: &sled::Tree) -> Result<Trees> {
-        let partitions = key_prefixes(buckets)?;
-        let loaded = parallel::map(
-            &partitions,
-            |&partition| {
-                let mut segments = Vec::new();
-                let mut span = None;
-                for item in buckets.scan_prefix(partition.to_be_bytes()) {
-                    let (key, value) = item?;
-                    let id = BucketId::from_key(&key)?;
-                    if span.is_some_and(|s| s != id.span) {
-                        return Err(Corruption::OutOfRange {
-                            what: "index bucket",
-                            location: id.describe(),
-                            detail: "buckets of two spans in one partition".into(),
-                        }
-                        .into());
+        // Each partition's buckets are cut in a few slices so every core reads and
+        // decodes a share, however few partitions there are. All buckets of a partition
+        // share one span: its first and last key must agree.
+        const SLICES: u64 = 4;
+        let mut slices = Vec::new();
+        for partition in key_prefixes(buckets)? {
+            let mut keys = buckets.scan_prefix(partition.to_be_bytes()).keys();
+            let Some(first) = keys.next() else {
+                continue;
+            };
+            let first = BucketId::from_key(&first?)?;
+            let last = match keys.next_back() {
+                Some(last) => BucketId::from_key(&last?)?,
+                None => first, // a single bucket
+            };
+            if first.span != last.span {
+                return Err(Corruption::OutOfRange {
+                    what: "index bucket",
+                    location: last.describe(),
+                    detail: format!(
+                        "span {} beside span {} in one partition",
+                        last.span, first.span
+                    ),
+                }
+                .into());
+            }
+            for slice in 0..SLICES {
+                slices.push((partition, first.span, slice));
+            }
+        }
+        let read = parallel::map(
+            &slices,
+            |&(partition, span, slice)| {
+                let key = |bucket: u64| {
+                    BucketId {
+                        partition,
+                        span,
+                        bucket: bucket as u32,
                     }
-                    span = Some(id.span);
+                    .key()
+                    .to_vec()
+                };
+                let buckets_total = 1u64 << 32;
+                let lo = key(buckets_total * slice / SLICES);
+                let range = if slice + 1 == SLICES {
+                    buckets.range(lo..=key(buckets_total - 1))
+                } else {
+                    buckets.range(lo..key(buckets_total * (slice + 1) / SLICES))
+                };
+                let mut segments = Vec::new();
+                for item in range {
+                    let (k, value) = item?;
+                    let id = BucketId::from_key(&k)?;
                     bucket::decode(id, shape, &value, &mut |s, h| segments.push((s, h)))?;
                 }
-                let mut tree = Tree::from_segments(shape, segments);
-                tree.clear_dirty();
-                tree.persisted_span = span;
-                Ok((partition, tree))
+                Ok((partition, span, segments))
             },
             &mut || {},
         )?;
-        Ok(loaded.into_iter().collect())
+        let mut trees = Trees::new();
+        for chunk in read.chunk_by(|a, b| a.0 == b.0) {
+            let Some(&(partition, span, _)) = chunk.first() else {
+                continue;
+            };
+            let segments: Vec<(u32, Hash)> =
+                chunk.iter().flat_map(|c| c.2.iter().copied()).collect();
+            let mut tree = Tree::from_segments(shape, segments);
+            tree.clear_dirty();
+            tree.persisted_span = Some(span);
+            trees.insert(partition, tree);
+        }
+        Ok(trees)
     }
 }
 

@@ -288,6 +288,16 @@ impl Tree {
             .filter(|&(s, h)| !h.is_zero() && u64::from(s) < shape.segments)
             .map(|(s, h)| (u64::from(s), h))
             .collect();
+        if nodes.len() as u64 * 2 > shape.segments {
+            // Dense: one flat array and a fold is far cheaper than sparse runs.
+            let mut all = vec![Hash::ZERO; shape.segments as usize];
+            for (s, h) in nodes {
+                if let Some(slot) = all.get_mut(s as usize) {
+                    *slot ^= h;
+                }
+            }
+            return Tree::from_all_segments(shape, all);
+        }
         if !nodes.windows(2).all(|w| w[0].0 < w[1].0) {
             nodes.sort_by_key(|&(s, _)| s);
         }

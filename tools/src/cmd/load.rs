@@ -106,15 +106,17 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let rate = a.keys as f64 / seconds.max(1e-9);
+    let closing = Instant::now();
     store.close()?;
+    let close_seconds = closing.elapsed().as_secs_f64();
     if a.json {
         outln!(
             "{}",
-            json!({ "loaded": a.keys, "seconds": seconds, "keys_per_sec": rate })
+            json!({ "loaded": a.keys, "seconds": seconds, "keys_per_sec": rate, "close_seconds": close_seconds })
         );
     } else {
         outln!(
-            "loaded {} keys in {seconds:.2} s ({rate:.0} keys/s)",
+            "loaded {} keys in {seconds:.2} s ({rate:.0} keys/s), closed in {close_seconds:.2} s",
             a.keys
         );
     }
