@@ -1,11 +1,16 @@
-//! Write path: puts/s through the store versus bare sled, same keys, same sled config.
+//! Write path: puts/s through the store versus bare sled doing the same, in the same run,
+//! same keys, same sled config. Workloads: new keys (100 B and 1 KiB), overwrites of
+//! existing keys, 2 and 4 writer threads, a flush every 100 puts (against bare sled with
+//! the same durability, and with sled's own flush), 4 threads each flushing every 10
+//! puts, and a partitioned store (64 partitions).
 //!
-//! Both start from 300k keys loaded untimed, so the store is measured in the steady state
-//! of a checkpoint interval (most 16-segment regions already marked); `put_cold` measures
-//! the worst case, the first write to each region after a checkpoint.
+//! Every case starts from 300k keys loaded untimed (20k under `--test`), so the store is
+//! measured in the steady state of a checkpoint interval; `put_cold` measures the worst
+//! case, the first write to each region after a checkpoint.
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -13,51 +18,225 @@ use merkle_index::Store;
 
 const BATCH: u64 = 2_000;
 
-fn puts(c: &mut Criterion) {
-    let mut group = c.benchmark_group("put");
-    group
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(8));
-    group.throughput(Throughput::Elements(BATCH));
-    for size in [100usize, 1024] {
-        let value = vec![5u8; size];
+/// What one case writes: new keys (counting up from the preload) or existing ones.
+#[derive(Clone, Copy)]
+enum Keys {
+    New,
+    Overwrite,
+}
+
+/// The engine under test: the store, or bare sled holding the same keys.
+trait Engine: Sync {
+    fn put(&self, i: u64, value: &[u8]);
+    /// Makes writes durable as `Store::flush` does (bare sled: its flush plus an fsync of
+    /// its files, or only its own flush when `fsync` is false).
+    fn flush(&self);
+}
+
+struct StoreEngine {
+    store: Store,
+    partitions: u32,
+}
+
+impl Engine for StoreEngine {
+    fn put(&self, i: u64, value: &[u8]) {
+        let p = (i % u64::from(self.partitions)) as u32;
+        self.store.partition(p).put(&common::key(i), value).unwrap();
+    }
+    fn flush(&self) {
+        self.store.flush().unwrap();
+    }
+}
+
+struct SledEngine {
+    db: sled::Db,
+    tree: sled::Tree,
+    dir: std::path::PathBuf,
+    fsync: bool,
+}
+
+impl Engine for SledEngine {
+    fn put(&self, i: u64, value: &[u8]) {
+        self.tree.insert(common::key(i), value).unwrap();
+    }
+    fn flush(&self) {
+        self.db.flush().unwrap();
+        if self.fsync {
+            common::fsync_tree(&self.dir);
+        }
+    }
+}
+
+/// One timed round: `threads` writers of `per_thread` puts each, flushing every
+/// `flush_every` puts (0: never).
+struct Workload<'a> {
+    keys: Keys,
+    value: &'a [u8],
+    threads: u64,
+    per_thread: u64,
+    flush_every: u64,
+    /// Keys preloaded (overwrites pick among them).
+    preload: u64,
+}
+
+/// Runs one round against `engine`; `next` numbers the writes. Returns the wall time.
+fn run(engine: &dyn Engine, w: &Workload<'_>, next: &AtomicU64) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..w.threads {
+            scope.spawn(move || {
+                for n in 0..w.per_thread {
+                    let i = match w.keys {
+                        Keys::New => next.fetch_add(1, Relaxed),
+                        // Spread over the preloaded keys, differently per thread.
+                        Keys::Overwrite => {
+                            (next.fetch_add(1, Relaxed).wrapping_mul(7919) + t) % w.preload
+                        }
+                    };
+                    engine.put(i, w.value);
+                    if w.flush_every > 0 && (n + 1) % w.flush_every == 0 {
+                        engine.flush();
+                    }
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn preload(engine: &dyn Engine, n: u64, value: &[u8]) {
+    for i in 0..n {
+        engine.put(i, value);
+    }
+}
+
+fn store_engine(dir: &std::path::Path, partitions: u32) -> StoreEngine {
+    StoreEngine {
+        store: Store::open(dir, common::options()).unwrap(),
+        partitions,
+    }
+}
+
+fn sled_engine(dir: &std::path::Path, fsync: bool) -> SledEngine {
+    let db = common::bare_sled(dir);
+    let tree = db.open_tree("data").unwrap();
+    SledEngine {
+        db,
+        tree,
+        dir: dir.to_path_buf(),
+        fsync,
+    }
+}
+
+/// One case for every engine: the store and its bare-sled baselines.
+#[allow(clippy::too_many_arguments)]
+fn case(
+    c: &mut Criterion,
+    group: &str,
+    keys: Keys,
+    size: usize,
+    threads: u64,
+    flush_every: u64,
+    partitions: u32,
+    baselines: &[(&str, bool)],
+) {
+    let mut g = c.benchmark_group(group);
+    g.sample_size(10).measurement_time(Duration::from_secs(6));
+    g.throughput(Throughput::Elements(BATCH));
+    let value = vec![5u8; size];
+    let n = common::big_keys() * 3 / 10;
+    let w = Workload {
+        keys,
+        value: &value,
+        threads,
+        per_thread: BATCH / threads,
+        flush_every,
+        preload: n,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_engine(dir.path(), partitions);
+    preload(&store, n, &value);
+    store.store.sync_index().unwrap();
+    let next = AtomicU64::new(n);
+    g.bench_function(BenchmarkId::new("store", size), |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| run(&store, &w, &next)).sum())
+    });
+    let stats = store.store.flush_stats();
+    if flush_every > 0 && stats.calls > 0 {
+        eprintln!(
+            "{group}: {} flush calls, {} syncs ({:.2} per call)",
+            stats.calls,
+            stats.syncs,
+            stats.syncs as f64 / stats.calls as f64
+        );
+    }
+    drop(store);
+    for &(name, fsync) in baselines {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), common::options()).unwrap();
-        let preload = common::big_keys() * 3 / 10;
-        for i in 0..preload {
-            store.put(&common::key(i), &value).unwrap();
-        }
-        let mut next = preload;
-        group.bench_with_input(BenchmarkId::new("store", size), &size, |b, _| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters * BATCH {
-                    store.put(&common::key(next), &value).unwrap();
-                    next += 1;
-                }
-                start.elapsed()
-            })
-        });
-        drop(store);
-        let bare_dir = tempfile::tempdir().unwrap();
-        let sled = common::bare_sled(bare_dir.path());
-        let tree = sled.open_tree("data").unwrap();
-        for i in 0..preload {
-            tree.insert(common::key(i), value.as_slice()).unwrap();
-        }
-        let mut next = preload;
-        group.bench_with_input(BenchmarkId::new("bare_sled", size), &size, |b, _| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters * BATCH {
-                    tree.insert(common::key(next), value.as_slice()).unwrap();
-                    next += 1;
-                }
-                start.elapsed()
-            })
+        let sled = sled_engine(dir.path(), fsync);
+        preload(&sled, n, &value);
+        let next = AtomicU64::new(n);
+        g.bench_function(BenchmarkId::new(name, size), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| run(&sled, &w, &next)).sum())
         });
     }
-    group.finish();
+    g.finish();
+}
+
+const BARE: &[(&str, bool)] = &[("bare_sled", false)];
+const DURABLE: &[(&str, bool)] = &[
+    ("bare_sled_same_durability", true),
+    ("bare_sled_own_flush", false),
+];
+
+fn puts(c: &mut Criterion) {
+    case(c, "put_new", Keys::New, 100, 1, 0, 1, BARE);
+    case(c, "put_new", Keys::New, 1024, 1, 0, 1, BARE);
+    case(c, "put_overwrite", Keys::Overwrite, 100, 1, 0, 1, BARE);
+    case(c, "put_new_2_threads", Keys::New, 100, 2, 0, 1, BARE);
+    case(c, "put_new_4_threads", Keys::New, 100, 4, 0, 1, BARE);
+    case(
+        c,
+        "put_overwrite_2_threads",
+        Keys::Overwrite,
+        100,
+        2,
+        0,
+        1,
+        BARE,
+    );
+    case(
+        c,
+        "put_overwrite_4_threads",
+        Keys::Overwrite,
+        100,
+        4,
+        0,
+        1,
+        BARE,
+    );
+    case(c, "put_new_64_partitions", Keys::New, 100, 1, 0, 64, BARE);
+    case(c, "flush_every_100", Keys::New, 100, 1, 100, 1, DURABLE);
+    case(
+        c,
+        "flush_every_10_4_threads",
+        Keys::New,
+        100,
+        4,
+        10,
+        1,
+        DURABLE,
+    );
+    case(
+        c,
+        "flush_every_10_1_thread",
+        Keys::New,
+        100,
+        1,
+        10,
+        1,
+        DURABLE,
+    );
 }
 
 /// The first write to every region after a checkpoint: each put also inserts a mark.

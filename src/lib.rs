@@ -35,6 +35,7 @@ mod dropping;
 mod error;
 mod exchange;
 mod file;
+mod flush;
 mod gate;
 mod hash;
 mod hasher;
@@ -59,6 +60,7 @@ pub const FORMAT_VERSION: u32 = 2;
 
 pub use error::{Corruption, Error, Result};
 pub use exchange::{Applied, Lookup, Repair, Replica};
+pub use flush::FlushStats;
 pub use hash::{entry_hash, segment_of, value_hash, Hash, HASH_BYTES};
 pub use meta::CheckpointInfo;
 pub use options::{Options, Shape};

@@ -13,7 +13,6 @@ use crate::options::{Options, Shape};
 use crate::scan::{hash_pieces, scan_all, Piece};
 use crate::snapshot;
 use crate::tree::Tree;
-use crate::Hash;
 
 /// Past this fraction of the keys to re-hash, one sequential scan beats many range scans.
 const FULL_REBUILD_FRACTION: f64 = 0.25;
@@ -246,18 +245,7 @@ fn rehash(out: &mut Recovered, data: &sled::Tree, shape: Shape, regions: &[Regio
             .trees
             .entry(piece.partition)
             .or_insert_with(|| Tree::new(shape));
-        let end = piece.first.saturating_add(piece.count);
-        let mut found = hashed.hashes.into_iter().peekable();
-        for segment in piece.first..end {
-            let hash = match found.peek() {
-                Some(&(s, h)) if s == segment => {
-                    found.next();
-                    h
-                }
-                _ => Hash::ZERO,
-            };
-            tree.set_segment(segment, hash);
-        }
+        tree.replace_segments(piece.first, piece.count, &hashed.hashes);
     }
     Ok(keys)
 }

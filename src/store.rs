@@ -10,6 +10,7 @@ use crate::error::Corruption;
 use crate::error::{Error, Result};
 use crate::exchange::Repair;
 use crate::file::{sync_dir, sync_tree};
+use crate::flush::{FlushStats, GroupCommit};
 use crate::hash::{segment_of, Hash};
 use crate::hasher::{Hasher, Msg, Request};
 use crate::index::Index;
@@ -34,6 +35,7 @@ pub struct Store {
     dir: PathBuf,
     index: Arc<Index>,
     hasher: Hasher,
+    flushes: GroupCommit,
     report: OpenReport,
     closed: bool,
 }
@@ -168,6 +170,7 @@ impl Store {
             dir: dir.to_path_buf(),
             index,
             hasher,
+            flushes: GroupCommit::default(),
             report: OpenReport {
                 recovery: found.recovery,
                 duration: started.elapsed(),
@@ -201,10 +204,20 @@ impl Store {
         self.partition(0).get(key)
     }
 
-    /// Makes every write made so far durable, against process crash and power loss.
+    /// Makes every write made so far durable, against process crash and power loss
+    /// (sled's flush, then an fsync of its files, which sled's own flush does not do).
+    /// Concurrent calls share one round of syncs (group commit): each returns once a
+    /// round that started after its call has finished.
     pub fn flush(&self) -> Result<()> {
-        self.index.db.flush()?;
-        sync_tree(&self.dir.join(SLED_DIR))
+        self.flushes.flush(|| {
+            self.index.db.flush()?;
+            sync_tree(&self.dir.join(SLED_DIR))
+        })
+    }
+
+    /// Flush calls served and sync rounds that served them (see [`Store::flush`]).
+    pub fn flush_stats(&self) -> FlushStats {
+        self.flushes.stats()
     }
 
     /// Waits until every write made before the call is reflected in the index.

@@ -429,10 +429,42 @@ impl Tree {
         }
     }
 
-    /// Sets a segment's hash, fixing its ancestors.
-    pub(crate) fn set_segment(&mut self, segment: u32, hash: Hash) {
-        let old = self.segment(segment);
-        self.apply(segment, old ^ hash);
+    /// Makes segments `first .. first + count` hold exactly `found` (non-zero, in order;
+    /// every other segment of the range becomes zero), visiting only the segments that
+    /// are non-zero before or after: the cost follows the content, not the range.
+    pub(crate) fn replace_segments(&mut self, first: u32, count: u32, found: &[(u32, Hash)]) {
+        let end = u64::from(first) + u64::from(count);
+        let page_len = self.shape.bucket_len(self.shape.levels);
+        let mut current = Vec::new();
+        let (first_page, last_page) = (u64::from(first) / page_len, (end.max(1) - 1) / page_len);
+        self.for_each_segment_page_in(first_page, last_page + 1 - first_page, |page, view| {
+            let base = u64::from(page) * page_len;
+            view.for_each(|o, h| {
+                let s = base + o as u64;
+                if s >= u64::from(first) && s < end {
+                    current.push((s as u32, h));
+                }
+            });
+        });
+        let mut deltas: Vec<(u32, Hash)> = current;
+        deltas.extend(
+            found
+                .iter()
+                .filter(|(s, _)| u64::from(*s) < end && *s >= first),
+        );
+        deltas.sort_by_key(|&(s, _)| s);
+        let mut i = 0;
+        while let Some(&(s, mut delta)) = deltas.get(i) {
+            i += 1;
+            while let Some(&(t, h)) = deltas.get(i) {
+                if t != s {
+                    break;
+                }
+                delta ^= h;
+                i += 1;
+            }
+            self.apply(s, delta);
+        }
     }
 
     /// The non-empty segment pages among `first .. first + count`, in order.
@@ -537,7 +569,7 @@ mod tests {
         let mut t = Tree::new(shape());
         t.apply(5, value_hash(b"a"));
         t.apply(63, value_hash(b"b"));
-        t.set_segment(5, value_hash(b"c"));
+        t.replace_segments(4, 2, &[(5, value_hash(b"c"))]);
         assert_eq!(t.first_inconsistency(), None);
         assert_eq!(t.root(), value_hash(b"b") ^ value_hash(b"c"));
         let mut segs = Vec::new();

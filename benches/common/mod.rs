@@ -63,3 +63,18 @@ pub fn bare_sled(dir: &Path) -> sled::Db {
         .open()
         .unwrap()
 }
+
+/// Fsyncs every file under `dir` and the directories themselves: the durability the
+/// store's `flush` adds to sled's own flush, for a bare-sled baseline.
+pub fn fsync_tree(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            fsync_tree(&path);
+        } else if let Ok(f) = std::fs::File::open(&path) {
+            let _ = f.sync_all();
+        }
+    }
+    std::fs::File::open(dir).unwrap().sync_all().unwrap();
+}
