@@ -70,6 +70,6 @@ pub use scan::Progress;
 pub use store::{Entry, Partition, RebuildReport, Store};
 pub use sync::{
     diff, merged_root, newest_wins, sync, DiffReport, Difference, Resolver, SyncOptions,
-    SyncReport, Winner,
+    SyncReport, Winner, PAGE,
 };
 pub use verify::{Problem, ProblemKind, VerifyReport};

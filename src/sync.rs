@@ -89,8 +89,11 @@ impl Default for SyncOptions<'_> {
 /// What a sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
-    /// The diff that drove it.
+    /// The walk's costs (round trips, nodes, bytes); its `differences` list is empty,
+    /// see `differences`.
     pub diff: DiffReport,
+    /// Keys found different (each repaired on one side, skipped or refused).
+    pub differences: u64,
     /// Records written locally.
     pub repaired_local: u64,
     /// Records written remotely.
@@ -109,10 +112,39 @@ pub struct SyncReport {
     pub corrupt_remote: u64,
 }
 
-/// Compares one partition of two replicas level by level: one batched request per level
-/// for the children of differing nodes only, then one for the entries of differing
-/// segments. Round trips: `levels + 2` (root, each level, entries).
+/// Parent nodes asked for per request while walking (the answer holds `width` hashes for
+/// each), and segments (or keys) per request while comparing entries: every request and
+/// answer stays bounded however far apart the replicas are (an empty replica against a
+/// full one walks every node, page by page).
+pub const PAGE: usize = 1024;
+
+/// Compares one partition of two replicas: descends level by level where hashes differ
+/// (depth first, [`PAGE`] nodes per request), then compares the entries of differing
+/// segments, [`PAGE`] segments per request. With few differences that is one request per
+/// level plus one for the entries: `levels + 2` round trips.
 pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result<DiffReport> {
+    let mut report = DiffReport {
+        partition,
+        ..DiffReport::default()
+    };
+    let mut differences = Vec::new();
+    walk(local, remote, partition, &mut report, &mut |chunk, _| {
+        differences.extend_from_slice(chunk);
+        Ok(())
+    })?;
+    report.differences = differences;
+    Ok(report)
+}
+
+/// Walks the two trees and calls `found` with each page of differing keys (and the
+/// report so far), so a caller can act on them without holding them all.
+fn walk(
+    local: &dyn Replica,
+    remote: &dyn Replica,
+    partition: u32,
+    report: &mut DiffReport,
+    found: &mut dyn FnMut(&[Difference], &mut DiffReport) -> Result<()>,
+) -> Result<()> {
     let shape = local.shape()?;
     let remote_shape = remote.shape()?;
     if shape != remote_shape {
@@ -121,10 +153,6 @@ pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result
             shape.width, shape.levels, remote_shape.width, remote_shape.levels
         )));
     }
-    let mut report = DiffReport {
-        partition,
-        ..DiffReport::default()
-    };
     let mine = local.roots(&[partition])?;
     let theirs = remote.roots(&[partition])?;
     report.round_trips += 1;
@@ -132,122 +160,193 @@ pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result
     report.payload_bytes += (theirs.len() * HASH_BYTES) as u64;
     report.nodes_compared += 1;
     if mine == theirs {
-        return Ok(report);
+        return Ok(());
     }
-    let width = u64::from(shape.width);
-    let mut differing = vec![0u64];
-    for level in 0..shape.levels {
-        let mine = local.children(partition, level, &differing)?;
-        let theirs = remote.children(partition, level, &differing)?;
-        report.round_trips += 1;
-        report.payload_bytes += (theirs.len() * HASH_BYTES) as u64;
-        report.nodes_compared += mine.len() as u64;
-        let asked = differing.len() * shape.width as usize;
-        expect_len("child hashes", asked, mine.len(), theirs.len())?;
-        differing = differing
-            .iter()
-            .flat_map(|&parent| parent * width..parent * width + width)
-            .zip(mine.iter().zip(&theirs))
-            .filter(|(_, (a, b))| a != b)
-            .map(|(child, _)| child)
-            .collect();
-    }
-    let segments: Vec<u32> = differing.iter().map(|&s| s as u32).collect();
-    let mine = local.entries(partition, &segments)?;
-    let theirs = remote.entries(partition, &segments)?;
-    report.round_trips += 1;
-    expect_len(
-        "segment entry lists",
-        segments.len(),
-        mine.len(),
-        theirs.len(),
-    )?;
-    report.segments_compared = segments.len() as u64;
-    for (a, b) in mine.into_iter().zip(theirs) {
-        report.payload_bytes += b
-            .iter()
-            .map(|e| (e.key.len() + 8 + 1 + HASH_BYTES) as u64)
-            .sum::<u64>();
-        let mut by_key: BTreeMap<Vec<u8>, (Option<Entry>, Option<Entry>)> = BTreeMap::new();
-        for e in a {
-            let key = e.key.clone();
-            by_key.entry(key).or_default().0 = Some(e);
-        }
-        for e in b {
-            let key = e.key.clone();
-            by_key.entry(key).or_default().1 = Some(e);
-        }
-        for (key, (local, remote)) in by_key {
-            if local.as_ref().map(|e| e.hash) != remote.as_ref().map(|e| e.hash) {
-                report.differences.push(Difference { key, local, remote });
+    let mut walker = Walker {
+        local,
+        remote,
+        partition,
+        levels: shape.levels,
+        width: u64::from(shape.width),
+        segments: Vec::new(),
+        found,
+    };
+    walker.descend(0, &[0], report)?;
+    walker.flush_segments(report)
+}
+
+struct Walker<'a, 'f> {
+    local: &'a dyn Replica,
+    remote: &'a dyn Replica,
+    partition: u32,
+    levels: u32,
+    width: u64,
+    /// Differing segments not yet compared (at most a page).
+    segments: Vec<u32>,
+    found: &'f mut dyn FnMut(&[Difference], &mut DiffReport) -> Result<()>,
+}
+
+impl Walker<'_, '_> {
+    /// Compares the children of `parents` (nodes of `level` known to differ) and
+    /// descends into those that differ, a page at a time.
+    fn descend(&mut self, level: u32, parents: &[u64], report: &mut DiffReport) -> Result<()> {
+        for chunk in parents.chunks(PAGE) {
+            let mine = self.local.children(self.partition, level, chunk)?;
+            let theirs = self.remote.children(self.partition, level, chunk)?;
+            report.round_trips += 1;
+            let asked = chunk.len() * self.width as usize;
+            expect_len("child hashes", asked, mine.len(), theirs.len())?;
+            report.payload_bytes += (theirs.len() * HASH_BYTES) as u64;
+            report.nodes_compared += mine.len() as u64;
+            let width = self.width;
+            let differing: Vec<u64> = chunk
+                .iter()
+                .flat_map(|&parent| parent * width..parent * width + width)
+                .zip(mine.iter().zip(&theirs))
+                .filter(|(_, (a, b))| a != b)
+                .map(|(child, _)| child)
+                .collect();
+            if level + 1 == self.levels {
+                for segment in differing {
+                    self.segments.push(segment as u32);
+                    if self.segments.len() >= PAGE {
+                        self.flush_segments(report)?;
+                    }
+                }
+            } else if !differing.is_empty() {
+                self.descend(level + 1, &differing, report)?;
             }
         }
+        Ok(())
     }
-    Ok(report)
+
+    /// Compares the entries of the pending differing segments and reports the keys.
+    fn flush_segments(&mut self, report: &mut DiffReport) -> Result<()> {
+        if self.segments.is_empty() {
+            return Ok(());
+        }
+        let segments = std::mem::take(&mut self.segments);
+        let mine = self.local.entries(self.partition, &segments)?;
+        let theirs = self.remote.entries(self.partition, &segments)?;
+        report.round_trips += 1;
+        expect_len(
+            "segment entry lists",
+            segments.len(),
+            mine.len(),
+            theirs.len(),
+        )?;
+        report.segments_compared += segments.len() as u64;
+        let mut differences = Vec::new();
+        for (a, b) in mine.into_iter().zip(theirs) {
+            report.payload_bytes += b
+                .iter()
+                .map(|e| (e.key.len() + 8 + 1 + HASH_BYTES) as u64)
+                .sum::<u64>();
+            let mut by_key: BTreeMap<Vec<u8>, (Option<Entry>, Option<Entry>)> = BTreeMap::new();
+            for e in a {
+                let key = e.key.clone();
+                by_key.entry(key).or_default().0 = Some(e);
+            }
+            for e in b {
+                let key = e.key.clone();
+                by_key.entry(key).or_default().1 = Some(e);
+            }
+            for (key, (local, remote)) in by_key {
+                if local.as_ref().map(|e| e.hash) != remote.as_ref().map(|e| e.hash) {
+                    differences.push(Difference { key, local, remote });
+                }
+            }
+        }
+        (self.found)(&differences, report)
+    }
 }
 
 /// Diffs one partition and repairs both sides: each differing key gets the record the
 /// resolver picks, written only where it is not already, and only if the key has not
-/// changed since the diff saw it.
+/// changed since the diff saw it. Differences are repaired page by page as the walk
+/// finds them, so memory stays bounded by the page size however far apart the replicas
+/// are; the report counts them (`differences`) and keeps the walk's costs in `diff`
+/// (whose `differences` list stays empty).
 pub fn sync(
     local: &dyn Replica,
     remote: &dyn Replica,
     partition: u32,
     options: &SyncOptions<'_>,
 ) -> Result<SyncReport> {
-    let diff = diff(local, remote, partition)?;
     let mut report = SyncReport::default();
-    let batch = options.batch.max(1);
-    for (i, chunk) in diff.differences.chunks(batch).enumerate() {
-        if i > 0 && !options.pause.is_zero() {
-            std::thread::sleep(options.pause);
+    let mut walked = DiffReport {
+        partition,
+        ..DiffReport::default()
+    };
+    let batch = options.batch.clamp(1, PAGE);
+    let mut batches = 0u64;
+    walk(local, remote, partition, &mut walked, &mut |found, _| {
+        report.differences += found.len() as u64;
+        for chunk in found.chunks(batch) {
+            if batches > 0 && !options.pause.is_zero() {
+                std::thread::sleep(options.pause);
+            }
+            batches += 1;
+            repair(local, remote, partition, chunk, options, &mut report)?;
         }
-        let keys: Vec<Vec<u8>> = chunk.iter().map(|d| d.key.clone()).collect();
-        let mine = local.records(partition, &keys)?;
-        let theirs = remote.records(partition, &keys)?;
-        expect_len("records", keys.len(), mine.len(), theirs.len())?;
-        let (mut to_local, mut to_remote) = (Vec::new(), Vec::new());
-        for ((d, l), r) in chunk.iter().zip(mine).zip(theirs) {
-            let expected_local = d.local.as_ref().map(|e| e.hash);
-            let expected_remote = d.remote.as_ref().map(|e| e.hash);
-            report.corrupt_local += u64::from(l == Lookup::Corrupt);
-            report.corrupt_remote += u64::from(r == Lookup::Corrupt);
-            // A corrupt record counts as absent: it is never shipped, and the other
-            // side's good record (if any) replaces it. Records read now may be newer than
-            // the diff; the conditional write then skips them rather than act on a stale
-            // view.
-            let (l, r) = (found(l), found(r));
-            match (options.resolver)(&d.key, l.as_ref(), r.as_ref()) {
-                Winner::Local => {
-                    if let Some(record) = l {
-                        to_remote.push(Repair {
-                            key: d.key.clone(),
-                            expected: expected_remote,
-                            record,
-                        });
-                    }
+        Ok(())
+    })?;
+    report.diff = walked;
+    Ok(report)
+}
+
+/// Repairs one batch of differing keys on both sides.
+fn repair(
+    local: &dyn Replica,
+    remote: &dyn Replica,
+    partition: u32,
+    chunk: &[Difference],
+    options: &SyncOptions<'_>,
+    report: &mut SyncReport,
+) -> Result<()> {
+    let keys: Vec<Vec<u8>> = chunk.iter().map(|d| d.key.clone()).collect();
+    let mine = local.records(partition, &keys)?;
+    let theirs = remote.records(partition, &keys)?;
+    expect_len("records", keys.len(), mine.len(), theirs.len())?;
+    let (mut to_local, mut to_remote) = (Vec::new(), Vec::new());
+    for ((d, l), r) in chunk.iter().zip(mine).zip(theirs) {
+        let expected_local = d.local.as_ref().map(|e| e.hash);
+        let expected_remote = d.remote.as_ref().map(|e| e.hash);
+        report.corrupt_local += u64::from(l == Lookup::Corrupt);
+        report.corrupt_remote += u64::from(r == Lookup::Corrupt);
+        // A corrupt record counts as absent: it is never shipped, and the other side's
+        // good record (if any) replaces it. Records read now may be newer than the diff;
+        // the conditional write then skips them rather than act on a stale view.
+        let (l, r) = (found(l), found(r));
+        match (options.resolver)(&d.key, l.as_ref(), r.as_ref()) {
+            Winner::Local => {
+                if let Some(record) = l {
+                    to_remote.push(Repair {
+                        key: d.key.clone(),
+                        expected: expected_remote,
+                        record,
+                    });
                 }
-                Winner::Remote => {
-                    if let Some(record) = r {
-                        to_local.push(Repair {
-                            key: d.key.clone(),
-                            expected: expected_local,
-                            record,
-                        });
-                    }
+            }
+            Winner::Remote => {
+                if let Some(record) = r {
+                    to_local.push(Repair {
+                        key: d.key.clone(),
+                        expected: expected_local,
+                        record,
+                    });
                 }
             }
         }
-        let here = apply_all(local, partition, &to_local)?;
-        let there = apply_all(remote, partition, &to_remote)?;
-        report.repaired_local += here.written;
-        report.repaired_remote += there.written;
-        report.skipped += here.stale + there.stale;
-        report.refused_local += here.refused;
-        report.refused_remote += there.refused;
     }
-    report.diff = diff;
-    Ok(report)
+    let here = apply_all(local, partition, &to_local)?;
+    let there = apply_all(remote, partition, &to_remote)?;
+    report.repaired_local += here.written;
+    report.repaired_remote += there.written;
+    report.skipped += here.stale + there.stale;
+    report.refused_local += here.refused;
+    report.refused_remote += there.refused;
+    Ok(())
 }
 
 fn found(lookup: Lookup) -> Option<Record> {

@@ -241,7 +241,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let report = merkle_index::sync(&r1, &client, PARTITION, &options)?;
     outln!(
         "   replica 1 <-> replica 2 over TCP ({addr}): {} differing keys found in {} segments (later updates had overwritten the other lost ones), {} repaired there; {} round trips, {} bytes sent, {} received",
-        report.diff.differences.len(),
+        report.differences,
         report.diff.segments_compared,
         report.repaired_remote,
         client.round_trips.load(Relaxed),
@@ -251,7 +251,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let report = merkle_index::sync(&r1, &r3, PARTITION, &options)?;
     outln!(
         "   replica 1 <-> replica 3 locally: {} differing keys found, {} repaired there, {} here; {} round trips, {} payload bytes",
-        report.diff.differences.len(),
+        report.differences,
         report.repaired_remote,
         report.repaired_local,
         report.diff.round_trips,

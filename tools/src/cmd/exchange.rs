@@ -197,7 +197,7 @@ pub fn sync(a: SyncArgs) -> anyhow::Result<Outcome> {
     let (mut refused, mut corrupt) = (0, 0);
     for &p in &partitions {
         let report = merkle_index::sync(&sides.local, sides.remote(), p, &options)?;
-        differences += report.diff.differences.len();
+        differences += report.differences;
         here += report.repaired_local;
         there += report.repaired_remote;
         skipped += report.skipped;
