@@ -43,6 +43,8 @@ mod index;
 mod marks;
 mod meta;
 mod migrate;
+#[cfg(feature = "net")]
+pub mod net;
 mod options;
 mod page;
 mod parallel;

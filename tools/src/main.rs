@@ -7,7 +7,6 @@
 #[macro_use]
 mod output;
 mod cmd;
-mod net;
 mod progress;
 
 use std::process::ExitCode;

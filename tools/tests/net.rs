@@ -176,11 +176,45 @@ fn expect_closed(stream: &mut TcpStream) {
     loop {
         match stream.read(&mut buf) {
             Ok(0) => return,
-            Ok(_) => continue, // the challenge
+            Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
             Err(e) => panic!("expected the server to close the connection: {e}"),
         }
     }
+}
+
+/// Forwards one connection to `server`, flipping the client's byte at `flip` (counted
+/// from the connection's first byte), as an attacker on the path would.
+fn tampering_proxy(server: String, flip: usize) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (client, _) = listener.accept().unwrap();
+        let upstream = TcpStream::connect(server).unwrap();
+        let (mut c_read, mut u_write) =
+            (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+        let (mut u_read, mut c_write) = (upstream, client);
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut u_read, &mut c_write);
+            let _ = c_write.shutdown(std::net::Shutdown::Both);
+        });
+        let mut seen = 0usize;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = c_read.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if (seen..seen + n).contains(&flip) {
+                buf[flip - seen] ^= 0x01;
+            }
+            seen += n;
+            if u_write.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = u_write.shutdown(std::net::Shutdown::Both);
+    });
+    addr
 }
 
 #[test]
@@ -196,14 +230,27 @@ fn hostile_peers_are_refused_and_change_nothing() {
     let before = root(&b);
     let server = Server::start(&b, &good, 700);
 
-    // A client that connects and says nothing keeps its thread busy but nobody else's.
+    // A client that connects and says nothing holds its slot until the handshake
+    // deadline, and nobody else's.
     let mut staller = TcpStream::connect(&server.addr).unwrap();
 
     // Wrong key: the sync fails at the handshake, exit 2, nothing written.
     let o = peer("sync", &a, &server.addr, &bad, &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("refused the handshake"),
+        String::from_utf8_lossy(&o.stderr).contains("the same on both sides"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Bytes after the handshake altered on the path: the frame fails its tag, the
+    // connection ends, nothing is written. (The client's first handshake message is
+    // 2 + 32 + 16 + its payload bytes; byte 70 lies in its first encrypted frame.)
+    let proxy = tampering_proxy(server.addr.clone(), 70);
+    let o = peer("sync", &a, &proxy, &good, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -211,11 +258,9 @@ fn hostile_peers_are_refused_and_change_nothing() {
     let timeout = Some(Duration::from_secs(5));
     let hostile: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
-        ("4 GiB length", vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
-        ("zero length", vec![0, 0, 0, 0]),
-        ("cut frame", vec![0, 0, 0, 80, 1, 2, 3]),
-        // A request frame (Partitions = variant 0) sent instead of the Hello.
-        ("no handshake", vec![0, 0, 0, 1, 0]),
+        ("oversized before authentication", vec![0xff, 0xff, 1, 2, 3]),
+        ("zero length", vec![0, 0]),
+        ("cut handshake", vec![0, 80, 1, 2, 3]),
     ];
     for (what, bytes) in hostile {
         let mut s = TcpStream::connect(&server.addr).unwrap();
@@ -225,8 +270,20 @@ fn hostile_peers_are_refused_and_change_nothing() {
         expect_closed(&mut s);
         eprintln!("{what}: closed");
     }
+    // A slow sender: a byte every 200 ms never finishes a handshake within 700 ms.
+    let mut slow = TcpStream::connect(&server.addr).unwrap();
+    let started = std::time::Instant::now();
+    for byte in [0u8, 60, 1, 2, 3, 4, 5, 6, 7, 8] {
+        if slow.write_all(&[byte]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    slow.set_read_timeout(timeout).unwrap();
+    expect_closed(&mut slow);
+    assert!(started.elapsed() < Duration::from_secs(4));
 
-    // Meanwhile a good client is served (the staller is still connected).
+    // Meanwhile a good client is served.
     let o = peer("diff", &a, &server.addr, &good, &[]);
     assert_eq!(
         o.status.code(),
@@ -239,12 +296,13 @@ fn hostile_peers_are_refused_and_change_nothing() {
 
     let log = server.stop();
     for expected in [
-        "wrong key (MAC mismatch)",
-        "frame length 4294967295 outside",
-        "frame length 0 outside",
-        "connection closed mid-frame",
-        "malformed message",
-        "timed out waiting for the peer",
+        "the client does not hold the key",
+        "noise",
+        "message of 18245 bytes (limit 256)",
+        "message of 65535 bytes (limit 256)",
+        "message of 0 bytes",
+        "connection closed",
+        "deadline passed",
     ] {
         assert!(
             log.contains(expected),
@@ -252,6 +310,114 @@ fn hostile_peers_are_refused_and_change_nothing() {
         );
     }
     assert_eq!(root(&b), before, "a refused peer changed the store");
+}
+
+#[test]
+fn partitions_on_one_side_only_are_differences_and_repairs_need_acceptance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // a holds partitions 0 and 1; b only partition 0 (the same keys).
+    let o = run(&[
+        "load",
+        "--db",
+        a.to_str().unwrap(),
+        "--keys",
+        "200",
+        "--partitions",
+        "2",
+        "--segments",
+        "4096",
+    ]);
+    assert!(o.status.success());
+    let o = run(&[
+        "load",
+        "--db",
+        b.to_str().unwrap(),
+        "--keys",
+        "1",
+        "--segments",
+        "4096",
+    ]);
+    assert!(o.status.success());
+    let key = key_file(dir.path(), "key", "correct horse battery staple");
+    let server = Server::start(&b, &key, 5000);
+    let d = peer("diff", &a, &server.addr, &key, &["--json"]);
+    assert_eq!(d.status.code(), Some(1));
+    let summary = json_lines(&d).last().unwrap().clone();
+    assert_eq!(summary["differences"], 199, "{summary}");
+    // b does not hold partition 1 and was not told to accept it: refused, nothing written.
+    let s = peer("sync", &a, &server.addr, &key, &[]);
+    assert_eq!(s.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&s.stderr).contains("partition 1 is not served here"));
+    let log = server.stop();
+    assert!(log.contains("done after"), "{log}");
+    // Told to accept it, b receives the whole partition.
+    let mut server = bin()
+        .args([
+            "serve",
+            "--db",
+            b.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--key-file",
+        ])
+        .arg(&key)
+        .args(["--accept-partitions", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let s = peer("sync", &a, &addr, &key, &["--json"]);
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    let d = peer("diff", &a, &addr, &key, &[]);
+    assert_eq!(
+        d.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&d.stdout)
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn an_empty_replica_is_bootstrapped_over_tcp_in_bounded_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (full, empty) = (dir.path().join("full"), dir.path().join("empty"));
+    // Default 1M-segment trees: every node differs, the walk pages through them.
+    let keys = std::env::var("MERKLE_BOOTSTRAP_KEYS").unwrap_or_else(|_| "20000".into());
+    let o = run(&["load", "--db", full.to_str().unwrap(), "--keys", &keys]);
+    assert!(o.status.success());
+    let o = run(&[
+        "put",
+        "--db",
+        empty.to_str().unwrap(),
+        "seed",
+        "so the store exists",
+    ]);
+    assert!(o.status.success());
+    let key = key_file(dir.path(), "key", "correct horse battery staple");
+    let server = Server::start(&full, &key, 30_000);
+    let s = peer("sync", &empty, &server.addr, &key, &["--json"]);
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    let s = &json_lines(&s)[0];
+    assert_eq!(
+        s["repaired_local"].as_u64().unwrap(),
+        keys.parse::<u64>().unwrap(),
+        "{s}"
+    );
+    let d = peer("diff", &empty, &server.addr, &key, &[]);
+    assert_eq!(d.status.code(), Some(0));
+    server.stop();
 }
 
 /// Wire bytes per differing key over TCP on default 1M-segment trees (a figure for the

@@ -16,10 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use merkle_index::{Options, Recovery, Replica, Store, SyncOptions};
 
-use crate::net::auth::{nonce, Key};
-use crate::net::client::Client;
-use crate::net::server::{self, Limits, Stop};
 use crate::Outcome;
+use merkle_index::net::{self as server, Client, Key, ServeOptions, Stop};
 
 const CARTS: u64 = 500;
 const PARTITION: u32 = 7;
@@ -208,7 +206,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         verified.problems.len()
     );
 
-    // 3. Anti-entropy: the roots differ; replica 2 is served over authenticated TCP.
+    // 3. Anti-entropy: the roots differ; replica 2 is served over an encrypted channel.
     let replicas = [&r1, &r2, &r3];
     for r in replicas {
         r.sync_index()?;
@@ -217,7 +215,8 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     for (n, r) in replicas.iter().enumerate() {
         outln!("   replica {}: {}", n + 1, short(r.root(PARTITION)));
     }
-    let key = Key::from_secret(&nonce()?)?;
+    // A fresh random secret for this run (the demo's processes share it in memory).
+    let key = Key::from_secret(&random_secret()?)?;
     let (listener, addr) = server::bind("127.0.0.1:0")?;
     let served = Arc::new(r2);
     let stop = Stop::new(addr);
@@ -230,11 +229,11 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     });
     let server = {
         let (served, key, stop) = (Arc::clone(&served), key.clone(), stop.clone());
-        let limits = Limits {
-            timeout: Duration::from_secs(10),
+        let options = ServeOptions {
             max_connections: 4,
+            ..ServeOptions::default()
         };
-        std::thread::spawn(move || server::serve(served, listener, key, limits, &stop, log))
+        std::thread::spawn(move || server::serve(served, listener, key, options, &stop, log))
     };
     let client = Client::connect(&addr.to_string(), &key, Duration::from_secs(10))?;
     let options = SyncOptions::default();
@@ -245,8 +244,8 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         report.diff.segments_compared,
         report.repaired_remote,
         client.round_trips.load(Relaxed),
-        client.sent.load(Relaxed),
-        client.received.load(Relaxed),
+        client.wire_bytes().0,
+        client.wire_bytes().1,
     );
     let report = merkle_index::sync(&r1, &r3, PARTITION, &options)?;
     outln!(
@@ -298,6 +297,15 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     } else {
         bail!("replicas still differ after anti-entropy")
     }
+}
+
+fn random_secret() -> anyhow::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut out = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut out))
+        .context("read /dev/urandom")?;
+    Ok(out)
 }
 
 fn tempfile_dir() -> anyhow::Result<tempfile::TempDir> {

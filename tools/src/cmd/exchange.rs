@@ -8,8 +8,8 @@ use anyhow::bail;
 use merkle_index::{DiffReport, Replica, Store, SyncOptions};
 use serde_json::json;
 
-use crate::net::auth::Key;
-use crate::net::client::Client;
+use merkle_index::net::{Client, Key};
+
 use crate::Outcome;
 
 #[derive(clap::Args)]
@@ -23,7 +23,8 @@ pub struct Args {
     /// Pre-shared key file (the same on both sides).
     #[arg(long)]
     key_file: Option<PathBuf>,
-    /// Only this partition (default: every partition both sides hold).
+    /// Only this partition (default: every partition either side holds; one held on one
+    /// side only differs in every key, and sync creates it on the other).
     #[arg(long)]
     partition: Option<u32>,
     /// Network timeout per request, in milliseconds.
@@ -88,18 +89,18 @@ impl Sides {
         if let Some(p) = only {
             return Ok(vec![p]);
         }
-        let theirs = self.remote().partitions()?;
-        Ok(Replica::partitions(&self.local)?
-            .into_iter()
-            .filter(|p| theirs.contains(p))
-            .collect())
+        let mut all = self.remote().partitions()?;
+        all.extend(Replica::partitions(&self.local)?);
+        all.sort_unstable();
+        all.dedup();
+        Ok(all)
     }
 
     fn wire(&self) -> serde_json::Value {
         match &self.client {
             Some(c) => json!({
-                "bytes_sent": c.sent.load(Relaxed),
-                "bytes_received": c.received.load(Relaxed),
+                "bytes_sent": c.wire_bytes().0,
+                "bytes_received": c.wire_bytes().1,
                 "handshake_bytes": c.handshake_bytes,
                 "round_trips": c.round_trips.load(Relaxed),
             }),

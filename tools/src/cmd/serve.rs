@@ -9,9 +9,8 @@ use anyhow::Context;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::net::auth::Key;
-use crate::net::server::{self, Limits, Stop};
 use crate::Outcome;
+use merkle_index::net::{self as server, Accept, Key, ServeOptions, Stop};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,12 +23,23 @@ pub struct Args {
     /// Pre-shared key file (at least 16 bytes), the same as the peers'.
     #[arg(long)]
     key_file: PathBuf,
-    /// Read/write timeout per frame, in milliseconds (at least 1).
+    /// Deadline for a whole handshake, a whole frame, and a peer's next request, in
+    /// milliseconds (at least 1).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
     /// Connections served at once (at least 1).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
+    /// Connections from one peer address at once (at least 1).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    max_per_address: u64,
+    /// Also accept repairs to these partitions (comma-separated) before this store
+    /// holds them; by default peers may write only to partitions it holds.
+    #[arg(long, value_delimiter = ',', conflicts_with = "accept_any")]
+    accept_partitions: Vec<u32>,
+    /// Accept repairs to any partition.
+    #[arg(long)]
+    accept_any: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
@@ -51,15 +61,23 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             .context("spawn the signal thread")?;
     }
     outln!("listening on {addr}");
-    let limits = Limits {
+    let options = ServeOptions {
         timeout: Duration::from_millis(a.timeout_ms),
         max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
+        max_per_address: usize::try_from(a.max_per_address).unwrap_or(usize::MAX),
+        accept: if a.accept_any {
+            Accept::Any
+        } else if a.accept_partitions.is_empty() {
+            Accept::Existing
+        } else {
+            Accept::Listed(a.accept_partitions.iter().copied().collect())
+        },
     };
     server::serve(
         Arc::clone(&store),
         listener,
         key,
-        limits,
+        options,
         &stop,
         server::stderr_log(),
     )?;

@@ -1,30 +1,36 @@
-//! Messages of the protocol (serialized with postcard; see `frame`).
+//! Messages of the protocol (postcard-encoded, inside the secure channel's frames).
 
-use merkle_index::{Entry, Hash, Lookup, Record, Repair};
 use serde::{Deserialize, Serialize};
 
-/// Protocol version sent in the challenge; a client refuses other versions.
-pub const PROTOCOL: u32 = 2;
+use crate::exchange::{Lookup, Repair};
+use crate::record::Record;
+use crate::store::Entry;
+use crate::Hash;
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Challenge {
-    pub protocol: u32,
-    pub server_nonce: [u8; 32],
-}
+/// Protocol version in the handshake; each side refuses other versions.
+pub const PROTOCOL: u32 = 3;
 
+/// The client's handshake payload.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Hello {
-    pub client_nonce: [u8; 32],
-    pub mac: [u8; 32],
+    pub protocol: u32,
 }
 
+/// The server's handshake payload.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Welcome {
-    pub mac: [u8; 32],
+    pub protocol: u32,
     /// The server's tree shape, so a diff needs no extra round trip to learn it.
     pub width: u32,
     pub levels: u32,
 }
+
+/// Most items (partitions, parents, segments, keys, repairs) in one request; a client
+/// pages through longer lists.
+pub const MAX_ITEMS: usize = 4096;
+/// Bytes an answer of entries or records may fill before the server stops and lets the
+/// client ask for the rest (well under the frame limit).
+pub const ANSWER_BUDGET: usize = 8 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {

@@ -1,0 +1,257 @@
+//! A [`Replica`] on the other end of a secure connection.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::exchange::{Applied, Lookup, Repair, Replica};
+use crate::options::Shape;
+use crate::store::Entry;
+use crate::Hash;
+
+use super::channel::{Channel, MAX_FRAME};
+use super::key::Key;
+use super::proto::{Hello, Request, Response, Welcome, WireRepair, MAX_ITEMS, PROTOCOL};
+
+/// A connection to a peer's [`serve`](super::serve), usable wherever a [`Replica`] is.
+/// Long requests are paged ([`MAX_ITEMS`] items, and answers the server cut at its
+/// byte budget are asked for again), so any divergence works within bounded frames.
+pub struct Client {
+    shape: Shape,
+    timeout: Duration,
+    channel: Mutex<Channel>,
+    /// Requests answered after the handshake.
+    pub round_trips: AtomicU64,
+    /// Bytes of the handshake alone (both directions).
+    pub handshake_bytes: u64,
+}
+
+impl Client {
+    /// Connects to `addr`, runs the handshake with `key`, and learns the peer's shape.
+    /// `timeout` bounds the connect, the handshake and each whole frame.
+    pub fn connect(addr: &str, key: &Key, timeout: Duration) -> Result<Client> {
+        let target = addr
+            .to_socket_addrs()
+            .map_err(|e| Error::io(format!("resolve {addr}"), e))?
+            .next()
+            .ok_or_else(|| Error::InvalidArgument(format!("no address for {addr}")))?;
+        let stream = TcpStream::connect_timeout(&target, timeout)
+            .map_err(|e| Error::io(format!("connect to {addr}"), e))?;
+        let _ = stream.set_nodelay(true);
+        let hello = Hello { protocol: PROTOCOL };
+        let (channel, welcome): (Channel, Welcome) =
+            Channel::connect(stream, key, &hello, timeout)?;
+        if welcome.protocol != PROTOCOL {
+            return Err(Error::Protocol(format!(
+                "server speaks protocol {}, this client {PROTOCOL}",
+                welcome.protocol
+            )));
+        }
+        let shape = Shape::new(welcome.width, welcome.levels)
+            .map_err(|e| Error::Protocol(format!("the server sent an invalid shape: {e}")))?;
+        let handshake_bytes = channel.sent + channel.received;
+        Ok(Client {
+            shape,
+            timeout,
+            channel: Mutex::new(channel),
+            round_trips: AtomicU64::new(0),
+            handshake_bytes,
+        })
+    }
+
+    /// Bytes sent and received so far, handshake included.
+    pub fn wire_bytes(&self) -> (u64, u64) {
+        let channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        (channel.sent, channel.received)
+    }
+
+    fn call(&self, request: &Request) -> Result<Response> {
+        let mut channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        channel.send(request, self.timeout)?;
+        let response = channel
+            .recv::<Response>(self.timeout, None)?
+            .ok_or_else(|| Error::Protocol("the peer closed the connection".into()))?;
+        self.round_trips.fetch_add(1, Relaxed);
+        match response {
+            Response::Error(e) => Err(Error::Protocol(format!("peer: {e}"))),
+            other => Ok(other),
+        }
+    }
+}
+
+fn unexpected(what: &str, got: &Response) -> Error {
+    let kind = match got {
+        Response::Partitions(_) => "partitions",
+        Response::Hashes(_) => "hashes",
+        Response::Entries(_) => "entries",
+        Response::Records(_) => "records",
+        Response::Applied { .. } => "applied",
+        Response::Error(_) => "error",
+    };
+    Error::Protocol(format!("peer answered {kind} to a {what} request"))
+}
+
+/// An answer with more items than asked for, or (where the answer may not be cut) fewer,
+/// is a protocol error: paired with the request it would hide or invent differences.
+fn expect_items(what: &str, asked: usize, got: usize) -> Result<()> {
+    if asked != got {
+        return Err(Error::Protocol(format!(
+            "peer answered {got} {what} for {asked} asked"
+        )));
+    }
+    Ok(())
+}
+
+fn hashes(response: Response, what: &str) -> Result<Vec<Hash>> {
+    match response {
+        Response::Hashes(h) => Ok(h.into_iter().map(Hash::from_bytes).collect()),
+        other => Err(unexpected(what, &other)),
+    }
+}
+
+/// Asks for `items` in pages: each request holds at most [`MAX_ITEMS`], and an answer
+/// may cover only a prefix of its request (the server's byte budget), never nothing.
+fn paged<I: Clone, O>(
+    items: &[I],
+    what: &str,
+    mut ask: impl FnMut(&[I]) -> Result<Vec<O>>,
+) -> Result<Vec<O>> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut rest = items;
+    while !rest.is_empty() {
+        let page = rest.get(..MAX_ITEMS.min(rest.len())).unwrap_or(rest);
+        let got = ask(page)?;
+        if got.is_empty() || got.len() > page.len() {
+            return Err(Error::Protocol(format!(
+                "peer answered {} {what} for {} asked",
+                got.len(),
+                page.len()
+            )));
+        }
+        rest = rest.get(got.len()..).unwrap_or_default();
+        out.extend(got);
+    }
+    Ok(out)
+}
+
+impl Replica for Client {
+    fn shape(&self) -> Result<Shape> {
+        Ok(self.shape)
+    }
+
+    fn partitions(&self) -> Result<Vec<u32>> {
+        match self.call(&Request::Partitions)? {
+            Response::Partitions(p) => Ok(p),
+            other => Err(unexpected("partitions", &other)),
+        }
+    }
+
+    fn roots(&self, partitions: &[u32]) -> Result<Vec<Hash>> {
+        let mut out = Vec::with_capacity(partitions.len());
+        for page in partitions.chunks(MAX_ITEMS) {
+            let roots = hashes(self.call(&Request::Roots(page.to_vec()))?, "roots")?;
+            expect_items("roots", page.len(), roots.len())?;
+            out.extend(roots);
+        }
+        Ok(out)
+    }
+
+    fn children(&self, partition: u32, level: u32, parents: &[u64]) -> Result<Vec<Hash>> {
+        let width = self.shape.width as usize;
+        // An answer of MAX_ITEMS parents' children stays far below the frame limit.
+        let per_request = (MAX_FRAME / 32 / width).clamp(1, MAX_ITEMS);
+        let mut out = Vec::with_capacity(parents.len() * width);
+        for page in parents.chunks(per_request) {
+            let request = Request::Children {
+                partition,
+                level,
+                parents: page.to_vec(),
+            };
+            let children = hashes(self.call(&request)?, "children")?;
+            expect_items("child hashes", page.len() * width, children.len())?;
+            out.extend(children);
+        }
+        Ok(out)
+    }
+
+    fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>> {
+        paged(segments, "segment entry lists", |page| {
+            let request = Request::Entries {
+                partition,
+                segments: page.to_vec(),
+            };
+            match self.call(&request)? {
+                Response::Entries(e) => Ok(e
+                    .into_iter()
+                    .map(|s| s.into_iter().map(Entry::from).collect())
+                    .collect()),
+                other => Err(unexpected("entries", &other)),
+            }
+        })
+    }
+
+    fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Lookup>> {
+        paged(keys, "records", |page| {
+            let request = Request::Records {
+                partition,
+                keys: page.to_vec(),
+            };
+            match self.call(&request)? {
+                Response::Records(r) => Ok(r.into_iter().map(Lookup::from).collect()),
+                other => Err(unexpected("records", &other)),
+            }
+        })
+    }
+
+    fn apply(&self, partition: u32, repairs: &[Repair]) -> Result<Applied> {
+        let mut total = Applied::default();
+        // Pages bounded in items and in bytes (values can be large).
+        let mut page: Vec<WireRepair> = Vec::new();
+        let mut bytes = 0usize;
+        let budget = MAX_FRAME / 2;
+        let mut send = |page: &mut Vec<WireRepair>| -> Result<()> {
+            if page.is_empty() {
+                return Ok(());
+            }
+            let asked = page.len() as u64;
+            let request = Request::Apply {
+                partition,
+                repairs: std::mem::take(page),
+            };
+            match self.call(&request)? {
+                Response::Applied {
+                    written,
+                    stale,
+                    refused,
+                } => {
+                    if written + stale + refused != asked {
+                        return Err(Error::Protocol(format!(
+                            "peer accounted for {} of {asked} repairs",
+                            written + stale + refused
+                        )));
+                    }
+                    total.add(Applied {
+                        written,
+                        stale,
+                        refused,
+                    });
+                    Ok(())
+                }
+                other => Err(unexpected("apply", &other)),
+            }
+        };
+        for repair in repairs {
+            let size = repair.key.len() + repair.record.value.len() + 64;
+            if page.len() == MAX_ITEMS || (!page.is_empty() && bytes + size > budget) {
+                send(&mut page)?;
+                bytes = 0;
+            }
+            bytes += size;
+            page.push(repair.into());
+        }
+        send(&mut page)?;
+        Ok(total)
+    }
+}

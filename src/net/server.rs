@@ -1,0 +1,352 @@
+//! Serving a store to anti-entropy peers: one thread per connection, bounded in
+//! connections (in all and per peer address), in request and answer sizes, and in time.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::exchange::Replica;
+use crate::store::Store;
+
+use super::channel::Channel;
+use super::key::Key;
+use super::proto::{self, Hello, Request, Response, Welcome, ANSWER_BUDGET, MAX_ITEMS, PROTOCOL};
+
+/// Which partitions peers may write to (`Apply`). Reads of any partition are answered
+/// (an absent one is empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accept {
+    /// Only partitions the store holds.
+    Existing,
+    /// Those, and these (a node that is to receive a partition it does not hold yet).
+    Listed(BTreeSet<u32>),
+    /// Any partition.
+    Any,
+}
+
+/// How a server runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Deadline for the whole handshake, for each whole frame, and for a peer to start
+    /// its next request (default 10 s).
+    pub timeout: Duration,
+    /// Connections served at once (default 64); more are refused.
+    pub max_connections: usize,
+    /// Connections from one peer address at once (default 8).
+    pub max_per_address: usize,
+    /// Partitions peers may write to (default: those the store holds).
+    pub accept: Accept,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            timeout: Duration::from_secs(10),
+            max_connections: 64,
+            max_per_address: 8,
+            accept: Accept::Existing,
+        }
+    }
+}
+
+/// Where the server's log lines go (stderr for `serve`, a file for the demo).
+pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Stops a running [`serve`] from another thread (a signal handler, a test).
+#[derive(Clone)]
+pub struct Stop {
+    flag: Arc<AtomicBool>,
+    wake: SocketAddr,
+}
+
+impl Stop {
+    /// A stop handle for a server listening on `listening`.
+    pub fn new(listening: SocketAddr) -> Stop {
+        let mut wake = listening;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Stop {
+            flag: Arc::new(AtomicBool::new(false)),
+            wake,
+        }
+    }
+
+    /// Asks the server to stop: no new connections; each connection ends after the
+    /// request it is serving.
+    pub fn trigger(&self) {
+        self.flag.store(true, SeqCst);
+        // Wake the blocking accept with a connection of our own.
+        let _ = TcpStream::connect_timeout(&self.wake, Duration::from_secs(1));
+    }
+
+    /// True once triggered.
+    pub fn is_set(&self) -> bool {
+        self.flag.load(SeqCst)
+    }
+}
+
+#[derive(Default)]
+struct Open {
+    /// Each connection's socket, so a stop can end the reads of idle ones.
+    sockets: HashMap<u64, TcpStream>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serves `store` on `listener` until `stop` is triggered, then lets each connection
+/// finish the request it is serving (idle ones are closed at once) and returns once
+/// every connection thread has ended, so the caller can close the store cleanly.
+pub fn serve(
+    store: Arc<Store>,
+    listener: TcpListener,
+    key: Key,
+    options: ServeOptions,
+    stop: &Stop,
+    log: Log,
+) -> Result<()> {
+    let open: Arc<Mutex<Open>> = Arc::default();
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for (id, stream) in (0u64..).zip(listener.incoming()) {
+        if stop.is_set() {
+            break;
+        }
+        threads.retain(|t| !t.is_finished());
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                log(&format!("accept failed: {e}"));
+                continue;
+            }
+        };
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        {
+            let mut open = lock(&open);
+            let from_here = open.per_address.get(&peer.ip()).copied().unwrap_or(0);
+            if open.sockets.len() >= options.max_connections {
+                log(&format!(
+                    "{peer}: refused, {} connections already",
+                    options.max_connections
+                ));
+                continue;
+            }
+            if from_here >= options.max_per_address {
+                log(&format!(
+                    "{peer}: refused, {from_here} connections from {} already",
+                    peer.ip()
+                ));
+                continue;
+            }
+            let Ok(clone) = stream.try_clone() else {
+                continue;
+            };
+            open.sockets.insert(id, clone);
+            *open.per_address.entry(peer.ip()).or_default() += 1;
+        }
+        let release = {
+            let open = Arc::clone(&open);
+            move || {
+                let mut open = lock(&open);
+                open.sockets.remove(&id);
+                if let Some(n) = open.per_address.get_mut(&peer.ip()) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        open.per_address.remove(&peer.ip());
+                    }
+                }
+            }
+        };
+        let spawned = {
+            let (store, key, log, stop, options) = (
+                Arc::clone(&store),
+                key.clone(),
+                Arc::clone(&log),
+                stop.clone(),
+                options.clone(),
+            );
+            let release = release.clone();
+            std::thread::Builder::new()
+                .name(format!("peer {peer}"))
+                .spawn(move || {
+                    // Logged before the socket closes, so the peer's view and the log agree.
+                    match connection(&store, stream, &key, &options, &stop) {
+                        Ok(requests) => log(&format!("{peer}: done after {requests} requests")),
+                        Err(e) => log(&format!("{peer}: ended: {e}")),
+                    }
+                    release();
+                })
+        };
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                release();
+                log(&format!("{peer}: no thread for it: {e}"));
+            }
+        }
+    }
+    drop(listener);
+    // Idle connections are blocked reading their next request: end those reads. A
+    // request being served finishes and is answered; the connection then ends.
+    for stream in lock(&open).sockets.values() {
+        let _ = stream.shutdown(Shutdown::Read);
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+/// Binds `addr` (port 0 picks a free one) and says where it listens.
+pub fn bind(addr: &str) -> Result<(TcpListener, SocketAddr)> {
+    let listener =
+        TcpListener::bind(addr).map_err(|e| Error::io(format!("listen on {addr}"), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io("listening address", e))?;
+    Ok((listener, local))
+}
+
+/// Runs one connection: the handshake, then requests until the peer hangs up.
+fn connection(
+    store: &Store,
+    stream: TcpStream,
+    key: &Key,
+    options: &ServeOptions,
+    stop: &Stop,
+) -> Result<u64> {
+    let _ = stream.set_nodelay(true);
+    let shape = store.shape();
+    let mut channel = Channel::accept(stream, key, options.timeout, |hello: Hello| {
+        if hello.protocol != PROTOCOL {
+            return Err(Error::Protocol(format!(
+                "client speaks protocol {}, this server {PROTOCOL}",
+                hello.protocol
+            )));
+        }
+        Ok(Welcome {
+            protocol: PROTOCOL,
+            width: shape.width,
+            levels: shape.levels,
+        })
+    })?;
+    let mut requests = 0;
+    loop {
+        if stop.is_set() {
+            return Ok(requests);
+        }
+        let Some(request) = channel.recv::<Request>(options.timeout, Some(options.timeout))? else {
+            return Ok(requests);
+        };
+        requests += 1;
+        let response = answer(store, request, &options.accept)
+            .unwrap_or_else(|e| Response::Error(e.to_string()));
+        channel.send(&response, options.timeout)?;
+    }
+}
+
+fn too_many(what: &str, n: usize) -> Error {
+    Error::Protocol(format!("{n} {what} in one request (limit {MAX_ITEMS})"))
+}
+
+fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> {
+    Ok(match request {
+        Request::Partitions => Response::Partitions(Replica::partitions(store)?),
+        Request::Roots(p) => {
+            if p.len() > MAX_ITEMS {
+                return Err(too_many("partitions", p.len()));
+            }
+            Response::Hashes(proto::hashes(&store.roots(&p)?))
+        }
+        Request::Children {
+            partition,
+            level,
+            parents,
+        } => {
+            if parents.len() > MAX_ITEMS {
+                return Err(too_many("parents", parents.len()));
+            }
+            Response::Hashes(proto::hashes(&Replica::children(
+                store, partition, level, &parents,
+            )?))
+        }
+        Request::Entries {
+            partition,
+            segments,
+        } => {
+            if segments.len() > MAX_ITEMS {
+                return Err(too_many("segments", segments.len()));
+            }
+            // Stop at the byte budget; the client asks again for the rest.
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for &segment in &segments {
+                let entries = store.segment_entries(partition, segment)?;
+                let size: usize = entries.iter().map(|e| e.key.len() + 40).sum();
+                if !out.is_empty() && bytes + size > ANSWER_BUDGET {
+                    break;
+                }
+                bytes += size;
+                out.push(entries.iter().map(Into::into).collect());
+            }
+            Response::Entries(out)
+        }
+        Request::Records { partition, keys } => {
+            if keys.len() > MAX_ITEMS {
+                return Err(too_many("keys", keys.len()));
+            }
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for key in &keys {
+                let found = store.records(partition, std::slice::from_ref(key))?;
+                let size: usize = found
+                    .iter()
+                    .map(|l| l.record().map_or(8, |r| r.value.len() + 48))
+                    .sum();
+                if !out.is_empty() && bytes + size > ANSWER_BUDGET {
+                    break;
+                }
+                bytes += size;
+                out.extend(found.iter().map(Into::into));
+            }
+            Response::Records(out)
+        }
+        Request::Apply { partition, repairs } => {
+            if repairs.len() > MAX_ITEMS {
+                return Err(too_many("repairs", repairs.len()));
+            }
+            let allowed = match accept {
+                Accept::Any => true,
+                Accept::Listed(listed) => {
+                    listed.contains(&partition) || store.partitions().contains(&partition)
+                }
+                Accept::Existing => store.partitions().contains(&partition),
+            };
+            if !allowed {
+                return Err(Error::Protocol(format!(
+                    "partition {partition} is not served here; nothing written"
+                )));
+            }
+            let repairs: Vec<_> = repairs.into_iter().map(Into::into).collect();
+            let applied = store.apply(partition, &repairs)?;
+            // Acknowledged repairs are durable: the peer will not send them again.
+            store.flush()?;
+            Response::Applied {
+                written: applied.written,
+                stale: applied.stale,
+                refused: applied.refused,
+            }
+        }
+    })
+}
