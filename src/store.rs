@@ -576,6 +576,22 @@ impl Store {
         let new_hash = new.as_deref().and_then(entry).unwrap_or_default();
         let pass = index.gate.enter();
         index.marks.mark(pass.epoch, partition, segment)?;
+        if expected.is_none() {
+            // The common repair (the key is missing here): one compare-and-swap from
+            // absent, no read first.
+            let swapped = index
+                .data
+                .compare_and_swap(&data_key, None::<&[u8]>, new.clone())?;
+            if swapped.is_ok() {
+                self.hasher.send(Msg::Update {
+                    partition,
+                    segment,
+                    delta: new_hash,
+                })?;
+                drop(pass);
+                return Ok(true);
+            }
+        }
         let current = index.data.get(&data_key)?;
         let old = current.as_deref().and_then(entry);
         if old != expected {

@@ -350,3 +350,63 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Options;
+
+    #[test]
+    fn requests_over_the_limits_are_refused_before_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        let over = MAX_ITEMS + 1;
+        let requests = [
+            Request::Roots(vec![0; over]),
+            Request::Children {
+                partition: 0,
+                level: 0,
+                parents: vec![0; over],
+            },
+            Request::Entries {
+                partition: 0,
+                segments: vec![0; over],
+            },
+            Request::Records {
+                partition: 0,
+                keys: vec![Vec::new(); over],
+            },
+        ];
+        for request in requests {
+            let err = answer(&store, request, &Accept::Any).unwrap_err();
+            assert!(err.to_string().contains("in one request"), "{err}");
+        }
+        // A partition the store does not hold is not written unless accepted.
+        let repair = |key: &[u8]| proto::WireRepair {
+            key: key.to_vec(),
+            expected: None,
+            record: (&crate::Record::value(1, b"v")).into(),
+        };
+        let refused = answer(
+            &store,
+            Request::Apply {
+                partition: 9,
+                repairs: vec![repair(b"k")],
+            },
+            &Accept::Existing,
+        );
+        assert!(refused.unwrap_err().to_string().contains("not served here"));
+        assert_eq!(store.count_keys(9).unwrap(), 0);
+        let listed = Accept::Listed([9].into_iter().collect());
+        let applied = answer(
+            &store,
+            Request::Apply {
+                partition: 9,
+                repairs: vec![repair(b"k")],
+            },
+            &listed,
+        )
+        .unwrap();
+        assert!(matches!(applied, Response::Applied { written: 1, .. }));
+    }
+}
