@@ -555,6 +555,53 @@ impl Store {
         })
     }
 
+    /// Applies a replication message: writes `record` under `key` unless the stored
+    /// record wins over it by [`newest_wins`](crate::newest_wins) (so messages may arrive
+    /// late, twice or out of order). Refused like a repair if the value fails its hash or
+    /// the version is past `max_clock_drift`. True if written.
+    pub fn replicate(&self, partition: u32, key: &[u8], record: &Record) -> Result<bool> {
+        loop {
+            let current = match self.read(partition, key) {
+                Ok(found) => found,
+                Err(Error::Corrupt(_)) => None, // a good copy replaces a bad one
+                Err(e) => return Err(e),
+            };
+            if let Some(current) = &current {
+                let winner = crate::sync::newest_wins(key, Some(current), Some(record));
+                if winner == crate::sync::Winner::Local {
+                    return Ok(false);
+                }
+            }
+            let expected = self.current_entry(partition, key)?;
+            let repair = Repair {
+                key: key.to_vec(),
+                expected,
+                record: record.clone(),
+            };
+            match self.write_if(partition, &repair)? {
+                RepairOutcome::Written => return Ok(true),
+                RepairOutcome::Refused => {
+                    return Err(Error::InvalidArgument(format!(
+                        "replicated record of key {key:02x?} refused: value does not match its hash, or version {} is past max_clock_drift",
+                        record.version
+                    )))
+                }
+                RepairOutcome::Stale => continue, // changed meanwhile: look again
+            }
+        }
+    }
+
+    /// The entry hash the index counts for `key` (`None`: absent or undecodable).
+    fn current_entry(&self, partition: u32, key: &[u8]) -> Result<Option<Hash>> {
+        let segment = segment_of(key, self.index.shape.segments);
+        Ok(self
+            .index
+            .data
+            .get(data_key(partition, segment, key))?
+            .and_then(|b| RecordHeader::decode(&b, String::new).ok())
+            .map(|h| h.entry_hash(partition, key)))
+    }
+
     /// Replaces the record of `key` with `new` (`None` removes it) if the current entry
     /// hash is `expected`; keeps the index in step. False if the key had changed.
     fn swap(

@@ -74,6 +74,11 @@ pub struct SyncOptions<'a> {
     pub pause: Duration,
     /// Who wins a conflict.
     pub resolver: &'a Resolver,
+    /// Called before each batch of repairs is written, with the keys and value bytes
+    /// it carries; it may sleep (a rate limit), and the exchange continues after.
+    pub throttle: Option<&'a (dyn Fn(u64, u64) + Sync)>,
+    /// Called after each batch with the report so far (progress for status displays).
+    pub progress: Option<&'a (dyn Fn(&SyncReport) + Sync)>,
 }
 
 impl Default for SyncOptions<'_> {
@@ -82,6 +87,8 @@ impl Default for SyncOptions<'_> {
             batch: 1024,
             pause: Duration::ZERO,
             resolver: &newest_wins,
+            throttle: None,
+            progress: None,
         }
     }
 }
@@ -110,6 +117,8 @@ pub struct SyncReport {
     pub corrupt_local: u64,
     /// Remote records found corrupt, likewise.
     pub corrupt_remote: u64,
+    /// Key and value bytes of the repairs sent to either side.
+    pub repaired_bytes: u64,
 }
 
 /// Parent nodes asked for per request while walking (the answer holds `width` hashes for
@@ -288,6 +297,9 @@ pub fn sync(
             }
             batches += 1;
             repair(local, remote, partition, chunk, options, &mut report)?;
+            if let Some(progress) = options.progress {
+                progress(&report);
+            }
         }
         Ok(())
     })?;
@@ -338,6 +350,15 @@ fn repair(
                 }
             }
         }
+    }
+    let bytes: usize = to_local
+        .iter()
+        .chain(&to_remote)
+        .map(|r| r.key.len() + r.record.value.len())
+        .sum();
+    report.repaired_bytes += bytes as u64;
+    if let Some(throttle) = options.throttle {
+        throttle((to_local.len() + to_remote.len()) as u64, bytes as u64);
     }
     let here = apply_all(local, partition, &to_local)?;
     let there = apply_all(remote, partition, &to_remote)?;

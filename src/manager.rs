@@ -1,0 +1,573 @@
+//! The anti-entropy manager: runs exchanges with every peer on a schedule, throttled,
+//! and keeps their status.
+//!
+//! One scheduler thread wakes when an exchange is due (every `interval`, with jitter so
+//! peers do not synchronize, and sooner on [`Manager::exchange_now`]) and starts it on a
+//! worker thread, with at most one exchange per peer at a time and at most
+//! `max_concurrent` in all. An exchange syncs every partition the peer shares with this
+//! node; a failure backs off exponentially (to `backoff_max`) before the next attempt.
+//! Repairs pass through a shared token bucket (keys/s and bytes/s, changeable while
+//! running): an exchange that reaches the cap waits and continues, it never fails for
+//! it. Peers and their partitions may change at any time (ring changes).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::clock::unix_ms;
+use crate::error::Result;
+use crate::exchange::Replica;
+use crate::store::Store;
+use crate::sync::{sync, SyncOptions, SyncReport};
+
+/// Something the manager can exchange with: it opens a fresh [`Replica`] per exchange (a
+/// network connection, or a local store).
+pub trait Peer: Send + Sync {
+    /// Opens the replica for one exchange.
+    fn open(&self) -> Result<Box<dyn Replica + Send + '_>>;
+}
+
+/// A store in this process as a peer (tests, and nodes that hold several stores).
+impl Peer for Arc<Store> {
+    fn open(&self) -> Result<Box<dyn Replica + Send + '_>> {
+        Ok(Box::new(SharedStore(self)))
+    }
+}
+
+struct SharedStore<'a>(&'a Store);
+
+impl Replica for SharedStore<'_> {
+    fn shape(&self) -> Result<crate::Shape> {
+        Replica::shape(self.0)
+    }
+    fn partitions(&self) -> Result<Vec<u32>> {
+        Replica::partitions(self.0)
+    }
+    fn roots(&self, partitions: &[u32]) -> Result<Vec<crate::Hash>> {
+        self.0.roots(partitions)
+    }
+    fn children(&self, p: u32, level: u32, parents: &[u64]) -> Result<Vec<crate::Hash>> {
+        Replica::children(self.0, p, level, parents)
+    }
+    fn entries(&self, p: u32, segments: &[u32]) -> Result<Vec<Vec<crate::Entry>>> {
+        self.0.entries(p, segments)
+    }
+    fn records(&self, p: u32, keys: &[Vec<u8>]) -> Result<Vec<crate::Lookup>> {
+        self.0.records(p, keys)
+    }
+    fn apply(&self, p: u32, repairs: &[crate::Repair]) -> Result<crate::Applied> {
+        self.0.apply(p, repairs)
+    }
+}
+
+/// How the manager schedules and throttles.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    /// Time between exchanges with one peer (default 60 s).
+    pub interval: Duration,
+    /// Random spread added to each interval, as a fraction of it (default 0.1).
+    pub jitter: f64,
+    /// Exchanges running at once, over all peers (default 2).
+    pub max_concurrent: usize,
+    /// First wait after a failed exchange; doubles per failure (default 1 s).
+    pub backoff: Duration,
+    /// Longest wait after failures (default 5 minutes).
+    pub backoff_max: Duration,
+    /// Repairs per second over all exchanges (default unlimited).
+    pub max_repair_keys_per_sec: Option<u64>,
+    /// Repair key and value bytes per second over all exchanges (default unlimited).
+    pub max_repair_bytes_per_sec: Option<u64>,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        ManagerOptions {
+            interval: Duration::from_secs(60),
+            jitter: 0.1,
+            max_concurrent: 2,
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            max_repair_keys_per_sec: None,
+            max_repair_bytes_per_sec: None,
+        }
+    }
+}
+
+/// The last exchange of one partition with one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// The partition.
+    pub partition: u32,
+    /// When the last successful exchange ended (unix ms).
+    pub last_success_unix_ms: Option<u64>,
+    /// How long it took.
+    pub last_duration: Option<Duration>,
+    /// Keys found different in it.
+    pub differences: u64,
+    /// Keys written here and there by it.
+    pub repaired_local: u64,
+    pub repaired_remote: u64,
+    /// Tree and entry payload bytes received, plus repair bytes, in it.
+    pub bytes: u64,
+    /// Totals over every successful exchange since the manager started.
+    pub total_repaired_local: u64,
+    pub total_repaired_remote: u64,
+    /// Failed exchanges since the manager started, and the last error.
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// What one peer's exchange is doing now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Running {
+    /// The partition being synced.
+    pub partition: u32,
+    /// Partitions left after it.
+    pub partitions_left: usize,
+    /// Progress in this partition so far.
+    pub differences: u64,
+    pub repaired_local: u64,
+    pub repaired_remote: u64,
+}
+
+/// One peer as the manager sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer's name (its address, for network peers).
+    pub name: String,
+    /// Its partitions, with their last exchange.
+    pub partitions: Vec<PartitionStatus>,
+    /// The exchange running now, if any.
+    pub running: Option<Running>,
+    /// Failed exchanges in a row (0 after a success).
+    pub failures: u32,
+    /// Time until its next exchange is due (zero if due or running).
+    pub next_in: Duration,
+}
+
+/// A snapshot of the manager.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Every peer, by name.
+    pub peers: Vec<PeerStatus>,
+    /// Exchanges finished since the start (successful or not).
+    pub exchanges: u64,
+    /// The repair limits in force.
+    pub max_repair_keys_per_sec: Option<u64>,
+    pub max_repair_bytes_per_sec: Option<u64>,
+}
+
+struct PeerState {
+    peer: Arc<dyn Peer>,
+    partitions: BTreeSet<u32>,
+    status: BTreeMap<u32, PartitionStatus>,
+    running: Option<Running>,
+    failures: u32,
+    due: Instant,
+}
+
+struct State {
+    peers: BTreeMap<String, PeerState>,
+    running: usize,
+    exchanges: u64,
+    stopping: bool,
+    options: ManagerOptions,
+    /// Token bucket: allowance of keys and bytes, and when it was last refilled.
+    keys: f64,
+    bytes: f64,
+    refilled: Instant,
+    /// Draws for the jitter (a small xorshift; no need for a random crate).
+    seed: u64,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+/// Runs exchanges with peers on a schedule until [`Manager::stop`] (or drop).
+pub struct Manager {
+    inner: Arc<Inner>,
+    scheduler: Option<JoinHandle<()>>,
+}
+
+fn lock(inner: &Inner) -> MutexGuard<'_, State> {
+    inner.state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Manager {
+    /// Starts the manager for `store` (no peers yet).
+    pub fn start(store: Arc<Store>, options: ManagerOptions) -> Manager {
+        let inner = Arc::new(Inner {
+            store,
+            state: Mutex::new(State {
+                peers: BTreeMap::new(),
+                running: 0,
+                exchanges: 0,
+                stopping: false,
+                options,
+                keys: 0.0,
+                bytes: 0.0,
+                refilled: Instant::now(),
+                seed: unix_ms() | 1,
+            }),
+            wake: Condvar::new(),
+        });
+        let scheduler = {
+            let inner = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("anti-entropy manager".into())
+                .spawn(move || schedule(&inner))
+                .ok()
+        };
+        Manager { inner, scheduler }
+    }
+
+    /// Adds a peer, or changes its partitions (its next exchange stays scheduled). A new
+    /// peer's first exchange is due at once.
+    pub fn set_peer(&self, name: &str, peer: Arc<dyn Peer>, partitions: BTreeSet<u32>) {
+        let mut state = lock(&self.inner);
+        match state.peers.get_mut(name) {
+            Some(p) => {
+                p.peer = peer;
+                p.status.retain(|id, _| partitions.contains(id));
+                p.partitions = partitions;
+            }
+            None => {
+                state.peers.insert(
+                    name.to_string(),
+                    PeerState {
+                        peer,
+                        partitions,
+                        status: BTreeMap::new(),
+                        running: None,
+                        failures: 0,
+                        due: Instant::now(),
+                    },
+                );
+            }
+        }
+        self.inner.wake.notify_all();
+    }
+
+    /// Forgets a peer (an exchange running with it finishes first).
+    pub fn remove_peer(&self, name: &str) {
+        lock(&self.inner).peers.remove(name);
+    }
+
+    /// Makes the next exchange with `peer` (every peer, with `None`) due now.
+    pub fn exchange_now(&self, peer: Option<&str>) {
+        let mut state = lock(&self.inner);
+        let now = Instant::now();
+        for (name, p) in state.peers.iter_mut() {
+            if peer.map_or(true, |n| n == name) {
+                p.due = now;
+            }
+        }
+        self.inner.wake.notify_all();
+    }
+
+    /// Changes the repair limits while running (`None`: unlimited).
+    pub fn set_throttle(&self, keys_per_sec: Option<u64>, bytes_per_sec: Option<u64>) {
+        let mut state = lock(&self.inner);
+        state.options.max_repair_keys_per_sec = keys_per_sec;
+        state.options.max_repair_bytes_per_sec = bytes_per_sec;
+        self.inner.wake.notify_all();
+    }
+
+    /// The manager's state now.
+    pub fn status(&self) -> Status {
+        let state = lock(&self.inner);
+        let now = Instant::now();
+        Status {
+            peers: state
+                .peers
+                .iter()
+                .map(|(name, p)| PeerStatus {
+                    name: name.clone(),
+                    partitions: p
+                        .partitions
+                        .iter()
+                        .map(|&id| {
+                            p.status.get(&id).cloned().unwrap_or(PartitionStatus {
+                                partition: id,
+                                ..PartitionStatus::default()
+                            })
+                        })
+                        .collect(),
+                    running: p.running.clone(),
+                    failures: p.failures,
+                    next_in: p.due.saturating_duration_since(now),
+                })
+                .collect(),
+            exchanges: state.exchanges,
+            max_repair_keys_per_sec: state.options.max_repair_keys_per_sec,
+            max_repair_bytes_per_sec: state.options.max_repair_bytes_per_sec,
+        }
+    }
+
+    /// Stops scheduling, waits for running exchanges to finish, and returns.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        {
+            let mut state = lock(&self.inner);
+            state.stopping = true;
+            self.inner.wake.notify_all();
+        }
+        if let Some(scheduler) = self.scheduler.take() {
+            let _ = scheduler.join();
+        }
+        let mut state = lock(&self.inner);
+        while state.running > 0 {
+            state = self
+                .inner
+                .wake
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// The scheduler loop: start what is due, sleep until the next due time or a wake-up.
+fn schedule(inner: &Arc<Inner>) {
+    let mut state = lock(inner);
+    loop {
+        if state.stopping {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<String> = state
+            .peers
+            .iter()
+            .filter(|(_, p)| p.running.is_none() && p.due <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            if state.running >= state.options.max_concurrent.max(1) {
+                break;
+            }
+            let Some(p) = state.peers.get_mut(&name) else {
+                continue;
+            };
+            let partitions: Vec<u32> = p.partitions.iter().copied().collect();
+            p.running = Some(Running {
+                partition: partitions.first().copied().unwrap_or(0),
+                partitions_left: partitions.len().saturating_sub(1),
+                ..Running::default()
+            });
+            let peer = Arc::clone(&p.peer);
+            state.running += 1;
+            let worker = Arc::clone(inner);
+            let spawned = std::thread::Builder::new()
+                .name(format!("exchange {name}"))
+                .spawn({
+                    let name = name.clone();
+                    move || exchange(&worker, &name, peer.as_ref(), &partitions)
+                });
+            if spawned.is_err() {
+                state.running -= 1;
+                if let Some(p) = state.peers.get_mut(&name) {
+                    p.running = None;
+                }
+            }
+        }
+        let next = state
+            .peers
+            .values()
+            .filter(|p| p.running.is_none())
+            .map(|p| p.due)
+            .min();
+        // At the concurrency cap, a finishing exchange wakes this thread.
+        let full = state.running >= state.options.max_concurrent.max(1);
+        let wait = match next {
+            Some(d) if !full => d
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+            _ => Duration::from_secs(3600),
+        };
+        state = inner
+            .wake
+            .wait_timeout(state, wait)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+/// One exchange with one peer: every shared partition in turn.
+fn exchange(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32]) {
+    let mut failed = None;
+    match peer.open() {
+        Err(e) => failed = Some(e.to_string()),
+        Ok(remote) => {
+            for (i, &partition) in partitions.iter().enumerate() {
+                if lock(inner).stopping {
+                    break;
+                }
+                let started = Instant::now();
+                let result = sync_one(
+                    inner,
+                    name,
+                    remote.as_ref(),
+                    partition,
+                    partitions.len() - i - 1,
+                );
+                let mut state = lock(inner);
+                let Some(p) = state.peers.get_mut(name) else {
+                    break; // removed meanwhile
+                };
+                let entry = p
+                    .status
+                    .entry(partition)
+                    .or_insert_with(|| PartitionStatus {
+                        partition,
+                        ..PartitionStatus::default()
+                    });
+                match result {
+                    Ok(report) => {
+                        entry.last_success_unix_ms = Some(unix_ms());
+                        entry.last_duration = Some(started.elapsed());
+                        entry.differences = report.differences;
+                        entry.repaired_local = report.repaired_local;
+                        entry.repaired_remote = report.repaired_remote;
+                        entry.bytes = report.diff.payload_bytes + report.repaired_bytes;
+                        entry.total_repaired_local += report.repaired_local;
+                        entry.total_repaired_remote += report.repaired_remote;
+                    }
+                    Err(e) => {
+                        entry.errors += 1;
+                        entry.last_error = Some(e.to_string());
+                        failed = Some(e.to_string());
+                        break; // the connection is suspect; back off and retry later
+                    }
+                }
+            }
+        }
+    }
+    let mut state = lock(inner);
+    state.running -= 1;
+    state.exchanges += 1;
+    let options = state.options.clone();
+    let jitter = next_jitter(&mut state.seed, options.jitter);
+    if let Some(p) = state.peers.get_mut(name) {
+        p.running = None;
+        if failed.is_some() {
+            p.failures = p.failures.saturating_add(1);
+            let factor = 1u32 << p.failures.min(16).saturating_sub(1);
+            p.due = Instant::now()
+                + options
+                    .backoff
+                    .saturating_mul(factor)
+                    .min(options.backoff_max);
+        } else {
+            p.failures = 0;
+            p.due = Instant::now() + options.interval.mul_f64(1.0 + jitter);
+        }
+    }
+    inner.wake.notify_all();
+}
+
+fn sync_one(
+    inner: &Inner,
+    name: &str,
+    remote: &dyn Replica,
+    partition: u32,
+    left: usize,
+) -> Result<SyncReport> {
+    let throttle = |keys: u64, bytes: u64| take_tokens(inner, keys, bytes);
+    let progress = |report: &SyncReport| {
+        if let Some(p) = lock(inner).peers.get_mut(name) {
+            p.running = Some(Running {
+                partition,
+                partitions_left: left,
+                differences: report.differences,
+                repaired_local: report.repaired_local,
+                repaired_remote: report.repaired_remote,
+            });
+        }
+    };
+    if let Some(p) = lock(inner).peers.get_mut(name) {
+        p.running = Some(Running {
+            partition,
+            partitions_left: left,
+            ..Running::default()
+        });
+    }
+    inner.store.sync_index()?;
+    let options = SyncOptions {
+        // Small batches keep the throttle smooth and the status fresh.
+        batch: 256,
+        throttle: Some(&throttle),
+        progress: Some(&progress),
+        ..SyncOptions::default()
+    };
+    sync(inner.store.as_ref(), remote, partition, &options)
+}
+
+/// Waits until the bucket holds `keys` and `bytes` (at most one second's worth of
+/// each), then charges the whole batch.
+fn take_tokens(inner: &Inner, keys: u64, bytes: u64) {
+    let mut state = lock(inner);
+    loop {
+        let (key_rate, byte_rate) = (
+            state.options.max_repair_keys_per_sec,
+            state.options.max_repair_bytes_per_sec,
+        );
+        if state.stopping || (key_rate.is_none() && byte_rate.is_none()) {
+            return;
+        }
+        let now = Instant::now();
+        let elapsed = now.duration_since(state.refilled).as_secs_f64();
+        state.refilled = now;
+        let refill = |have: f64, rate: Option<u64>| {
+            rate.map_or(f64::INFINITY, |r| {
+                (have + elapsed * r as f64).min(r.max(1) as f64)
+            })
+        };
+        state.keys = refill(state.keys, key_rate);
+        state.bytes = refill(state.bytes, byte_rate);
+        let want_keys = key_rate.map_or(0.0, |r| (keys as f64).min(r.max(1) as f64));
+        let want_bytes = byte_rate.map_or(0.0, |r| (bytes as f64).min(r.max(1) as f64));
+        if state.keys >= want_keys && state.bytes >= want_bytes {
+            // Charge the whole batch: a batch above one second's worth passes, and the
+            // debt holds back the next ones, so the average stays at the rate.
+            if key_rate.is_some() {
+                state.keys -= keys as f64;
+            }
+            if byte_rate.is_some() {
+                state.bytes -= bytes as f64;
+            }
+            return;
+        }
+        let wait_for = |have: f64, want: f64, rate: Option<u64>| {
+            rate.map_or(0.0, |r| ((want - have) / r.max(1) as f64).max(0.0))
+        };
+        let wait = wait_for(state.keys, want_keys, key_rate)
+            .max(wait_for(state.bytes, want_bytes, byte_rate))
+            .clamp(0.001, 1.0);
+        state = inner
+            .wake
+            .wait_timeout(state, Duration::from_secs_f64(wait))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+/// A draw in `[-jitter, jitter]`.
+fn next_jitter(seed: &mut u64, jitter: f64) -> f64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    let unit = (*seed >> 11) as f64 / (1u64 << 53) as f64;
+    (unit * 2.0 - 1.0) * jitter.clamp(0.0, 1.0)
+}

@@ -1,0 +1,149 @@
+//! The anti-entropy manager: scheduled exchanges converge replicas, failures back off,
+//! the repair rate cap holds, and the status accounts for what was done.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::small_options;
+use merkle_index::{Error, Manager, ManagerOptions, Peer, Replica, Store};
+
+fn store() -> (tempfile::TempDir, Arc<Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), small_options()).unwrap());
+    (dir, store)
+}
+
+fn fast() -> ManagerOptions {
+    ManagerOptions {
+        interval: Duration::from_millis(100),
+        backoff: Duration::from_millis(50),
+        ..ManagerOptions::default()
+    }
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+fn roots(s: &Store, partitions: &[u32]) -> Vec<merkle_index::Hash> {
+    s.sync_index().unwrap();
+    partitions.iter().map(|&p| s.root(p)).collect()
+}
+
+#[test]
+fn scheduled_exchanges_converge_every_shared_partition() {
+    let ((_da, a), (_db, b), (_dc, c)) = (store(), store(), store());
+    for i in 0..60u32 {
+        let (side, p) = match i % 3 {
+            0 => (&a, 0),
+            1 => (&b, 1),
+            _ => (&c, 0),
+        };
+        side.partition(p).put(&i.to_le_bytes(), b"v").unwrap();
+    }
+    let manager = Manager::start(Arc::clone(&a), fast());
+    manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0, 1]));
+    manager.set_peer("c", Arc::new(Arc::clone(&c)), BTreeSet::from([0]));
+    let converged = wait_until(Duration::from_secs(20), || {
+        roots(&a, &[0, 1]) == roots(&b, &[0, 1]) && roots(&a, &[0]) == roots(&c, &[0])
+    });
+    assert!(converged, "{:?}", manager.status());
+    // Let a full round finish, then check what the status accounts for.
+    manager.exchange_now(None);
+    assert!(wait_until(Duration::from_secs(10), || manager
+        .status()
+        .peers
+        .iter()
+        .all(|p| p.running.is_none()
+            && p.partitions
+                .iter()
+                .all(|s| s.last_success_unix_ms.is_some()))));
+    let status = manager.status();
+    let repaired: u64 = status
+        .peers
+        .iter()
+        .flat_map(|p| &p.partitions)
+        .map(|s| s.total_repaired_local + s.total_repaired_remote)
+        .sum();
+    // b's 20 keys came to a and c's 20 went... every key crossed at least once.
+    assert!(repaired >= 60, "{status:?}");
+    assert!(status.exchanges >= 2);
+    manager.stop();
+    assert_eq!(b.count_keys(0).unwrap(), 40); // a's and c's keys of partition 0
+}
+
+struct Unreachable;
+
+impl Peer for Unreachable {
+    fn open(&self) -> merkle_index::Result<Box<dyn Replica + Send + '_>> {
+        Err(Error::Protocol("connection refused (test peer)".into()))
+    }
+}
+
+#[test]
+fn a_failing_peer_backs_off_and_others_keep_going() {
+    let ((_da, a), (_db, b)) = (store(), store());
+    b.put(b"k", b"v").unwrap();
+    let manager = Manager::start(Arc::clone(&a), fast());
+    manager.set_peer("down", Arc::new(Unreachable), BTreeSet::from([0]));
+    manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0]));
+    assert!(wait_until(Duration::from_secs(10), || a
+        .get(b"k")
+        .unwrap()
+        .is_some()));
+    assert!(wait_until(Duration::from_secs(10), || {
+        manager
+            .status()
+            .peers
+            .iter()
+            .any(|p| p.name == "down" && p.failures >= 3)
+    }));
+    let status = manager.status();
+    let down = status.peers.iter().find(|p| p.name == "down").unwrap();
+    assert!(down
+        .partitions
+        .iter()
+        .all(|s| s.last_success_unix_ms.is_none()));
+    // Backoff doubles: after 3+ failures the next attempt is further away than the base.
+    assert!(down.failures >= 3);
+    manager.remove_peer("down");
+    assert_eq!(manager.status().peers.len(), 1);
+}
+
+#[test]
+fn the_repair_rate_cap_holds_and_the_exchange_continues() {
+    let ((_da, a), (_db, b)) = (store(), store());
+    for i in 0..300u32 {
+        b.put(&i.to_le_bytes(), b"value").unwrap();
+    }
+    let options = ManagerOptions {
+        max_repair_keys_per_sec: Some(100),
+        ..fast()
+    };
+    let started = Instant::now();
+    let manager = Manager::start(Arc::clone(&a), options);
+    manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0]));
+    assert!(wait_until(Duration::from_secs(30), || a
+        .count_keys(0)
+        .unwrap()
+        == 300));
+    // 300 repairs at 100/s (the bucket starts empty) cannot take under 2.5 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(manager.status().max_repair_keys_per_sec, Some(100));
+    manager.set_throttle(None, None);
+    assert_eq!(manager.status().max_repair_keys_per_sec, None);
+}
