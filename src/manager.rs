@@ -226,7 +226,8 @@ impl Manager {
     }
 
     /// Adds a peer, or changes its partitions (its next exchange stays scheduled). A new
-    /// peer's first exchange is due at once.
+    /// peer's first exchange is due at once. An empty set means every partition either
+    /// side holds at the time of each exchange.
     pub fn set_peer(&self, name: &str, peer: Arc<dyn Peer>, partitions: BTreeSet<u32>) {
         let mut state = lock(&self.inner);
         match state.peers.get_mut(name) {
@@ -410,6 +411,24 @@ fn exchange(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32]) {
     match peer.open() {
         Err(e) => failed = Some(e.to_string()),
         Ok(remote) => {
+            // No partitions configured: every partition either side holds now.
+            let discovered;
+            let partitions = if partitions.is_empty() {
+                let mut all = match remote.partitions() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        finish(inner, name, Some(e.to_string()));
+                        return;
+                    }
+                };
+                all.extend(inner.store.partitions());
+                all.sort_unstable();
+                all.dedup();
+                discovered = all;
+                &discovered[..]
+            } else {
+                partitions
+            };
             for (i, &partition) in partitions.iter().enumerate() {
                 if lock(inner).stopping {
                     break;
@@ -454,6 +473,11 @@ fn exchange(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32]) {
             }
         }
     }
+    finish(inner, name, failed);
+}
+
+/// Ends an exchange: frees its slot and schedules the peer's next one.
+fn finish(inner: &Inner, name: &str, failed: Option<String>) {
     let mut state = lock(inner);
     state.running -= 1;
     state.exchanges += 1;

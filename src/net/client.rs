@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::exchange::{Applied, Lookup, Repair, Replica};
 use crate::options::Shape;
+use crate::record::Record;
 use crate::store::Entry;
 use crate::Hash;
 
@@ -81,6 +82,56 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Sends replication messages (the write path of a replicated store): each record
+    /// is written on the peer unless its stored record wins. Returns how many were
+    /// written. Paged like every request.
+    pub fn replicate(&self, partition: u32, writes: &[(Vec<u8>, Record)]) -> Result<u64> {
+        let mut written = 0;
+        for page in writes.chunks(MAX_ITEMS) {
+            let request = Request::Write {
+                partition,
+                writes: page.iter().map(|(k, r)| (k.clone(), r.into())).collect(),
+            };
+            match self.call(&request)? {
+                Response::Written(n) if n <= page.len() as u64 => written += n,
+                other => return Err(unexpected("write", &other)),
+            }
+        }
+        Ok(written)
+    }
+
+    /// The peer's status text (its anti-entropy manager's, as JSON).
+    pub fn status(&self) -> Result<String> {
+        match self.call(&Request::Status)? {
+            Response::Status(text) => Ok(text),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+}
+
+/// A network peer for the [`Manager`](crate::Manager): each exchange opens a fresh
+/// connection.
+#[derive(Debug, Clone)]
+pub struct NetPeer {
+    /// host:port of the peer's server.
+    pub addr: String,
+    /// The shared key.
+    pub key: Key,
+    /// Connect, handshake and frame deadline.
+    pub timeout: Duration,
+}
+
+impl crate::manager::Peer for NetPeer {
+    fn open(&self) -> Result<Box<dyn Replica + Send + '_>> {
+        Ok(Box::new(Client::connect(
+            &self.addr,
+            &self.key,
+            self.timeout,
+        )?))
+    }
+}
+
 fn unexpected(what: &str, got: &Response) -> Error {
     let kind = match got {
         Response::Partitions(_) => "partitions",
@@ -88,6 +139,8 @@ fn unexpected(what: &str, got: &Response) -> Error {
         Response::Entries(_) => "entries",
         Response::Records(_) => "records",
         Response::Applied { .. } => "applied",
+        Response::Written(_) => "written",
+        Response::Status(_) => "status",
         Response::Error(_) => "error",
     };
     Error::Protocol(format!("peer answered {kind} to a {what} request"))

@@ -42,10 +42,10 @@ mod proto;
 mod server;
 
 pub use channel::{HANDSHAKE_MAX, MAX_FRAME};
-pub use client::Client;
+pub use client::{Client, NetPeer};
 pub use key::Key;
 pub use proto::{ANSWER_BUDGET, MAX_ITEMS, PROTOCOL};
-pub use server::{bind, serve, Accept, Log, ServeOptions, Stop};
+pub use server::{bind, serve, Accept, Log, ServeOptions, StatusFn, Stop};
 
 /// A log that writes `merkle-index serve: ...` lines to stderr.
 pub fn stderr_log() -> Log {

@@ -53,6 +53,13 @@ pub enum Request {
         partition: u32,
         repairs: Vec<WireRepair>,
     },
+    /// Replication messages: each record written unless the stored one wins.
+    Write {
+        partition: u32,
+        writes: Vec<(Vec<u8>, WireRecord)>,
+    },
+    /// The node's status text (its anti-entropy manager's, as JSON), if it has one.
+    Status,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -66,6 +73,9 @@ pub enum Response {
         stale: u64,
         refused: u64,
     },
+    /// Replication messages written (the rest were older than what is stored).
+    Written(u64),
+    Status(String),
     Error(String),
 }
 

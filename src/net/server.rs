@@ -29,7 +29,7 @@ pub enum Accept {
 }
 
 /// How a server runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
     /// Deadline for the whole handshake, for each whole frame, and for a peer to start
     /// its next request (default 10 s).
@@ -40,6 +40,23 @@ pub struct ServeOptions {
     pub max_per_address: usize,
     /// Partitions peers may write to (default: those the store holds).
     pub accept: Accept,
+    /// Answers `Status` requests (a node's manager status as JSON); `None`: refused.
+    pub status: Option<StatusFn>,
+}
+
+/// Produces the status text a `Status` request answers with.
+pub type StatusFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("timeout", &self.timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_per_address", &self.max_per_address)
+            .field("accept", &self.accept)
+            .field("status", &self.status.is_some())
+            .finish()
+    }
 }
 
 impl Default for ServeOptions {
@@ -49,6 +66,7 @@ impl Default for ServeOptions {
             max_connections: 64,
             max_per_address: 8,
             accept: Accept::Existing,
+            status: None,
         }
     }
 }
@@ -250,10 +268,33 @@ fn connection(
             return Ok(requests);
         };
         requests += 1;
-        let response = answer(store, request, &options.accept)
-            .unwrap_or_else(|e| Response::Error(e.to_string()));
+        let response = match request {
+            Request::Status => match &options.status {
+                Some(status) => Response::Status(status()),
+                None => Response::Error("this server runs no manager".into()),
+            },
+            request => answer(store, request, &options.accept)
+                .unwrap_or_else(|e| Response::Error(e.to_string())),
+        };
         channel.send(&response, options.timeout)?;
     }
+}
+
+/// Peers write only to partitions the store holds or the server accepts.
+fn check_accepted(store: &Store, partition: u32, accept: &Accept) -> Result<()> {
+    let allowed = match accept {
+        Accept::Any => true,
+        Accept::Listed(listed) => {
+            listed.contains(&partition) || store.partitions().contains(&partition)
+        }
+        Accept::Existing => store.partitions().contains(&partition),
+    };
+    if !allowed {
+        return Err(Error::Protocol(format!(
+            "partition {partition} is not served here; nothing written"
+        )));
+    }
+    Ok(())
 }
 
 fn too_many(what: &str, n: usize) -> Error {
@@ -322,22 +363,25 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
             }
             Response::Records(out)
         }
+        Request::Write { partition, writes } => {
+            if writes.len() > MAX_ITEMS {
+                return Err(too_many("writes", writes.len()));
+            }
+            check_accepted(store, partition, accept)?;
+            let mut written = 0;
+            for (key, record) in writes {
+                written += u64::from(store.replicate(partition, &key, &record.into())?);
+            }
+            // Acknowledged writes are durable, as a replica's acknowledgement promises.
+            store.flush()?;
+            Response::Written(written)
+        }
+        Request::Status => Response::Error("status is answered by the connection".into()),
         Request::Apply { partition, repairs } => {
             if repairs.len() > MAX_ITEMS {
                 return Err(too_many("repairs", repairs.len()));
             }
-            let allowed = match accept {
-                Accept::Any => true,
-                Accept::Listed(listed) => {
-                    listed.contains(&partition) || store.partitions().contains(&partition)
-                }
-                Accept::Existing => store.partitions().contains(&partition),
-            };
-            if !allowed {
-                return Err(Error::Protocol(format!(
-                    "partition {partition} is not served here; nothing written"
-                )));
-            }
+            check_accepted(store, partition, accept)?;
             let repairs: Vec<_> = repairs.into_iter().map(Into::into).collect();
             let applied = store.apply(partition, &repairs)?;
             // Acknowledged repairs are durable: the peer will not send them again.

@@ -53,6 +53,10 @@ enum Command {
     Sync(cmd::exchange::SyncArgs),
     /// Answer authenticated anti-entropy peers over TCP.
     Serve(cmd::serve::Args),
+    /// Serve peers and run the anti-entropy manager until SIGTERM.
+    Node(cmd::node::Args),
+    /// Print a running node's anti-entropy status (JSON).
+    Status(cmd::node::StatusArgs),
     /// Three replicas drift apart, one crashes, anti-entropy repairs them.
     Demo(cmd::demo::Args),
     /// (internal) the demo's replica process that gets killed.
@@ -92,6 +96,8 @@ fn main() -> ExitCode {
         Command::Diff(a) => cmd::exchange::diff(a),
         Command::Sync(a) => cmd::exchange::sync(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Node(a) => cmd::node::run(a),
+        Command::Status(a) => cmd::node::status(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::DemoWriter(a) => cmd::demo::writer(a),
     };

@@ -6,6 +6,7 @@ pub mod dump;
 pub mod exchange;
 pub mod kv;
 pub mod load;
+pub mod node;
 pub mod rebuild;
 pub mod root;
 pub mod serve;

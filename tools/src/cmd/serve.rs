@@ -72,6 +72,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         } else {
             Accept::Listed(a.accept_partitions.iter().copied().collect())
         },
+        status: None,
     };
     server::serve(
         Arc::clone(&store),

@@ -1,0 +1,207 @@
+//! `node`: a replica's whole anti-entropy side: serve peers, and run the manager that
+//! exchanges with them on a schedule, until SIGTERM or SIGINT (then stop both and close
+//! the store cleanly). `status`: ask a running node for its manager's status.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use merkle_index::net::{self, Accept, Client, Key, NetPeer, ServeOptions, Stop};
+use merkle_index::{Manager, ManagerOptions, Status};
+use serde_json::json;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::Outcome;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Store directory (created if missing or empty).
+    #[arg(long)]
+    db: PathBuf,
+    /// Address to serve peers on (port 0 picks one; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Pre-shared key file, the same on every node.
+    #[arg(long)]
+    key_file: PathBuf,
+    /// A peer to exchange with: ADDR, or ADDR=P1,P2,... for the partitions it shares
+    /// with this node (default: every partition either side holds). Repeatable.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Time between exchanges with each peer (e.g. 60s, 500ms, 2m).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Exchanges running at once (at least 1).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    max_concurrent: u64,
+    /// Repairs per second over all exchanges (default unlimited).
+    #[arg(long)]
+    max_repair_keys_per_sec: Option<u64>,
+    /// Repair bytes per second over all exchanges (default unlimited).
+    #[arg(long)]
+    max_repair_bytes_per_sec: Option<u64>,
+    /// Deadline for handshakes and frames, in milliseconds (at least 1).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+    /// Also accept writes to these partitions before this store holds them.
+    #[arg(long, value_delimiter = ',', conflicts_with = "accept_any")]
+    accept_partitions: Vec<u32>,
+    /// Accept writes to any partition.
+    #[arg(long)]
+    accept_any: bool,
+}
+
+/// `ADDR` or `ADDR=P1,P2,...`.
+fn parse_peer(spec: &str) -> anyhow::Result<(String, BTreeSet<u32>)> {
+    let Some((addr, list)) = spec.split_once('=') else {
+        return Ok((spec.to_string(), BTreeSet::new()));
+    };
+    let partitions = list
+        .split(',')
+        .map(|p| p.trim().parse::<u32>())
+        .collect::<Result<BTreeSet<_>, _>>()
+        .with_context(|| format!("--peer {spec}: partitions must be numbers, as ADDR=1,2,3"))?;
+    if addr.is_empty() || partitions.is_empty() {
+        bail!("--peer {spec}: give ADDR or ADDR=P1,P2,...");
+    }
+    Ok((addr.to_string(), partitions))
+}
+
+/// The status as JSON (durations in milliseconds).
+pub fn status_json(status: &Status) -> serde_json::Value {
+    let ms = |d: Duration| d.as_millis() as u64;
+    json!({
+        "exchanges": status.exchanges,
+        "max_repair_keys_per_sec": status.max_repair_keys_per_sec,
+        "max_repair_bytes_per_sec": status.max_repair_bytes_per_sec,
+        "peers": status.peers.iter().map(|p| json!({
+            "peer": p.name,
+            "failures": p.failures,
+            "next_in_ms": ms(p.next_in),
+            "running": p.running.as_ref().map(|r| json!({
+                "partition": r.partition,
+                "partitions_left": r.partitions_left,
+                "differences": r.differences,
+                "repaired_local": r.repaired_local,
+                "repaired_remote": r.repaired_remote,
+            })),
+            "partitions": p.partitions.iter().map(|s| json!({
+                "partition": s.partition,
+                "last_success_unix_ms": s.last_success_unix_ms,
+                "last_duration_ms": s.last_duration.map(ms),
+                "differences": s.differences,
+                "repaired_local": s.repaired_local,
+                "repaired_remote": s.repaired_remote,
+                "bytes": s.bytes,
+                "total_repaired_local": s.total_repaired_local,
+                "total_repaired_remote": s.total_repaired_remote,
+                "errors": s.errors,
+                "last_error": s.last_error,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn run(a: Args) -> anyhow::Result<Outcome> {
+    let key = Key::from_file(&a.key_file)?;
+    let peers = a
+        .peers
+        .iter()
+        .map(|p| parse_peer(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let store = Arc::new(super::open_or_create(
+        &a.db,
+        merkle_index::Options::default(),
+    )?);
+    let (listener, addr) = net::bind(&a.listen)?;
+    let stop = Stop::new(addr);
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("install signal handlers")?;
+    {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    eprintln!("merkle-index node: signal {signal}: stopping");
+                    stop.trigger();
+                }
+            })
+            .context("spawn the signal thread")?;
+    }
+    let timeout = Duration::from_millis(a.timeout_ms);
+    let manager = Arc::new(Manager::start(
+        Arc::clone(&store),
+        ManagerOptions {
+            interval: a.interval,
+            max_concurrent: usize::try_from(a.max_concurrent).unwrap_or(usize::MAX),
+            max_repair_keys_per_sec: a.max_repair_keys_per_sec,
+            max_repair_bytes_per_sec: a.max_repair_bytes_per_sec,
+            ..ManagerOptions::default()
+        },
+    ));
+    for (peer_addr, partitions) in peers {
+        let peer = NetPeer {
+            addr: peer_addr.clone(),
+            key: key.clone(),
+            timeout,
+        };
+        manager.set_peer(&peer_addr, Arc::new(peer), partitions);
+    }
+    outln!("listening on {addr}");
+    let status = {
+        let manager = Arc::clone(&manager);
+        Arc::new(move || status_json(&manager.status()).to_string())
+    };
+    let options = ServeOptions {
+        timeout,
+        accept: if a.accept_any {
+            Accept::Any
+        } else if a.accept_partitions.is_empty() {
+            Accept::Existing
+        } else {
+            Accept::Listed(a.accept_partitions.iter().copied().collect())
+        },
+        status: Some(status),
+        ..ServeOptions::default()
+    };
+    net::serve(
+        Arc::clone(&store),
+        listener,
+        key,
+        options,
+        &stop,
+        net::stderr_log(),
+    )?;
+    // The server's status closure held a handle on the manager; it is gone now.
+    Arc::into_inner(manager)
+        .context("the manager is still shared")?
+        .stop();
+    Arc::into_inner(store)
+        .context("a connection still holds the store")?
+        .close()?;
+    eprintln!("merkle-index node: store closed cleanly");
+    Ok(Outcome::Fine)
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Address of a running `merkle-index node`.
+    #[arg(long)]
+    peer: String,
+    /// Pre-shared key file.
+    #[arg(long)]
+    key_file: PathBuf,
+    /// Deadline in milliseconds.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+}
+
+pub fn status(a: StatusArgs) -> anyhow::Result<Outcome> {
+    let key = Key::from_file(&a.key_file)?;
+    let client = Client::connect(&a.peer, &key, Duration::from_millis(a.timeout_ms))?;
+    outln!("{}", client.status()?);
+    Ok(Outcome::Fine)
+}

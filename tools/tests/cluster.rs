@@ -1,0 +1,289 @@
+//! A cluster soak: 5 `merkle-index node` processes on loopback, 16 partitions placed on a
+//! ring with 3 replicas each, a writer that sends every write to all replicas of its
+//! partition but drops 5% of the messages, one node killed with SIGKILL and restarted
+//! mid-run, one node started empty late, 1 s intervals. After the writes stop, every
+//! replica of every partition must reach the same root, hold every acknowledged write at
+//! its latest version (deletes included: nothing deleted comes back), and the managers'
+//! status must account for the repairs. `MERKLE_SOAK_ROUNDS=60` runs the long version
+//! (default 6 rounds of 128 writes).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use merkle_index::net::{Client, Key};
+use merkle_index::{Lookup, Record, Replica};
+
+const NODES: usize = 5;
+const PARTITIONS: u32 = 16;
+const REPLICAS: usize = 3;
+const KILLED: usize = 2;
+const LATE: usize = 4;
+
+fn replicas(p: u32) -> Vec<usize> {
+    (0..REPLICAS).map(|r| (p as usize + r) % NODES).collect()
+}
+
+fn holds(node: usize) -> Vec<u32> {
+    (0..PARTITIONS)
+        .filter(|&p| replicas(p).contains(&node))
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    nodes: Vec<Option<Child>>,
+    key: Key,
+}
+
+impl Cluster {
+    fn addr(&self, node: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[node])
+    }
+
+    fn start(&mut self, node: usize) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_merkle-index"));
+        cmd.arg("node")
+            .arg("--db")
+            .arg(self.dir.path().join(format!("node-{node}")))
+            .args(["--listen", &self.addr(node), "--interval", "1s"])
+            .arg("--key-file")
+            .arg(self.dir.path().join("key"));
+        let mine = holds(node);
+        let list = |ps: &[u32]| {
+            ps.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        cmd.args(["--accept-partitions", &list(&mine)]);
+        for other in (0..NODES).filter(|&o| o != node) {
+            let shared: Vec<u32> = holds(other)
+                .into_iter()
+                .filter(|p| mine.contains(p))
+                .collect();
+            if !shared.is_empty() {
+                cmd.arg("--peer")
+                    .arg(format!("{}={}", self.addr(other), list(&shared)));
+            }
+        }
+        let log = std::fs::File::create(self.dir.path().join(format!("node-{node}.log"))).unwrap();
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("listening on"), "node {node}: {line:?}");
+        self.nodes[node] = Some(child);
+    }
+
+    fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.nodes[node].take() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+    }
+
+    fn client(&self, node: usize) -> Option<Client> {
+        Client::connect(&self.addr(node), &self.key, Duration::from_secs(10)).ok()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in 0..NODES {
+            self.kill(node);
+        }
+    }
+}
+
+/// A deterministic pseudo-random stream (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn version(counter: &mut u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    *counter = (*counter + 1).max(now << 16);
+    *counter
+}
+
+#[test]
+fn a_cluster_converges_without_manual_sync() {
+    let rounds: usize = std::env::var("MERKLE_SOAK_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(6);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), "the cluster's shared secret, long").unwrap();
+    let key = Key::from_file(&dir.path().join("key")).unwrap();
+    let mut cluster = Cluster {
+        dir,
+        ports: (0..NODES).map(|_| free_port()).collect(),
+        nodes: (0..NODES).map(|_| None).collect(),
+        key,
+    };
+    for node in (0..NODES).filter(|&n| n != LATE) {
+        cluster.start(node);
+    }
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut clock = 0u64;
+    // The latest acknowledged record of every key.
+    let mut acked: BTreeMap<(u32, Vec<u8>), Record> = BTreeMap::new();
+    let (mut sent, mut lost) = (0u64, 0u64);
+    for round in 0..rounds {
+        if round == rounds / 3 {
+            cluster.kill(KILLED);
+        }
+        if round == rounds / 2 {
+            cluster.start(LATE); // joins empty
+        }
+        if round == 2 * rounds / 3 {
+            cluster.start(KILLED); // back after the crash
+        }
+        let clients: Vec<Option<Client>> = (0..NODES).map(|n| cluster.client(n)).collect();
+        for p in 0..PARTITIONS {
+            let writes: Vec<(Vec<u8>, Record)> = (0..8)
+                .map(|_| {
+                    let key = format!("key-{}", rng.next() % 40).into_bytes();
+                    let v = version(&mut clock);
+                    let record = if rng.next().is_multiple_of(10) {
+                        Record::tombstone(v)
+                    } else {
+                        Record::value(v, format!("value {v}").as_bytes())
+                    };
+                    (key, record)
+                })
+                .collect();
+            let mut acknowledged = vec![false; writes.len()];
+            for r in replicas(p) {
+                // Each message to each replica is lost with probability 5%.
+                let kept: Vec<usize> = (0..writes.len())
+                    .filter(|_| !rng.next().is_multiple_of(20))
+                    .collect();
+                sent += writes.len() as u64;
+                lost += (writes.len() - kept.len()) as u64;
+                let Some(client) = &clients[r] else {
+                    lost += kept.len() as u64; // the node is down or not started
+                    continue;
+                };
+                let batch: Vec<_> = kept.iter().map(|&i| writes[i].clone()).collect();
+                if client.replicate(p, &batch).is_ok() {
+                    for &i in &kept {
+                        acknowledged[i] = true;
+                    }
+                } else {
+                    lost += kept.len() as u64;
+                }
+            }
+            for ((key, record), ok) in writes.into_iter().zip(acknowledged) {
+                if ok {
+                    acked.insert((p, key), record);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Writes stopped: wait for every replica of every partition to agree.
+    let stopped = Instant::now();
+    let converged = loop {
+        let clients: Vec<Option<Client>> = (0..NODES).map(|n| cluster.client(n)).collect();
+        let agree = (0..PARTITIONS).all(|p| {
+            let roots: Vec<_> = replicas(p)
+                .into_iter()
+                .map(|r| clients[r].as_ref().and_then(|c| c.roots(&[p]).ok()))
+                .collect();
+            roots.iter().all(|r| r.is_some() && *r == roots[0])
+        });
+        if agree {
+            break Some(stopped.elapsed());
+        }
+        if stopped.elapsed() > Duration::from_secs(30) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let converged = converged.unwrap_or_else(|| {
+        panic!(
+            "no convergence in 30 s; logs in {}",
+            cluster.dir.path().display()
+        )
+    });
+
+    // Every acknowledged write, at its latest version, on every replica.
+    let clients: Vec<Client> = (0..NODES).map(|n| cluster.client(n).unwrap()).collect();
+    for p in 0..PARTITIONS {
+        let keys: Vec<(Vec<u8>, Record)> = acked
+            .iter()
+            .filter(|((q, _), _)| *q == p)
+            .map(|((_, k), r)| (k.clone(), r.clone()))
+            .collect();
+        let names: Vec<Vec<u8>> = keys.iter().map(|(k, _)| k.clone()).collect();
+        for r in replicas(p) {
+            let found = clients[r].records(p, &names).unwrap();
+            for ((key, expected), found) in keys.iter().zip(found) {
+                let Lookup::Found(found) = found else {
+                    panic!("node {r} partition {p} lacks {key:?}");
+                };
+                assert!(
+                    found.version >= expected.version,
+                    "node {r} partition {p} key {key:?}: version {} < acknowledged {}",
+                    found.version,
+                    expected.version
+                );
+                if found.version == expected.version {
+                    assert_eq!(
+                        found.tombstone, expected.tombstone,
+                        "a deleted key came back"
+                    );
+                }
+            }
+        }
+    }
+
+    // The managers account for the repairs they made.
+    let mut repaired = 0u64;
+    for (n, client) in clients.iter().enumerate() {
+        let status: serde_json::Value = serde_json::from_str(&client.status().unwrap()).unwrap();
+        for peer in status["peers"].as_array().unwrap() {
+            for part in peer["partitions"].as_array().unwrap() {
+                repaired += part["total_repaired_local"].as_u64().unwrap();
+            }
+        }
+        assert!(
+            status["exchanges"].as_u64().unwrap() > 0,
+            "node {n}: {status}"
+        );
+    }
+    eprintln!(
+        "soak: {rounds} rounds, {} keys acknowledged, {sent} replication messages, {lost} lost; \
+         converged {converged:?} after the writes stopped; {repaired} keys repaired by the managers",
+        acked.len()
+    );
+    assert!(repaired > 0);
+}
