@@ -57,11 +57,8 @@ enum Command {
     Node(cmd::node::Args),
     /// Print a running node's anti-entropy status (JSON).
     Status(cmd::node::StatusArgs),
-    /// Three replicas drift apart, one crashes, anti-entropy repairs them.
+    /// Nodes drift apart, one crashes, one joins empty; the managers converge them.
     Demo(cmd::demo::Args),
-    /// (internal) the demo's replica process that gets killed.
-    #[command(hide = true)]
-    DemoWriter(cmd::demo::WriterArgs),
 }
 
 /// How a command that ran ended.
@@ -99,7 +96,6 @@ fn main() -> ExitCode {
         Command::Node(a) => cmd::node::run(a),
         Command::Status(a) => cmd::node::status(a),
         Command::Demo(a) => cmd::demo::run(a),
-        Command::DemoWriter(a) => cmd::demo::writer(a),
     };
     if let Some(e) = output::failure() {
         eprintln!("merkle-index: {e}");
