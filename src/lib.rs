@@ -29,34 +29,23 @@
 
 #[doc(hidden)]
 pub mod bench_support;
-mod bucket;
-mod clock;
-mod dropping;
 mod error;
 mod exchange;
-mod file;
-mod flush;
-mod gate;
 mod hash;
-mod hasher;
 mod index;
 mod manager;
-mod marks;
-mod meta;
-mod migrate;
 #[cfg(feature = "net")]
 pub mod net;
 mod options;
-mod page;
-mod parallel;
-mod record;
 mod recovery;
-mod scan;
-mod snapshot;
 mod store;
-mod sync;
-mod tree;
-mod verify;
+
+// The architecture's parts live in folders (store, index, recovery, exchange, net);
+// their modules are named from the crate root so every file says `crate::tree`.
+use exchange::sync;
+use index::{bucket, gate, hasher, marks, page, parallel, snapshot, tree};
+use recovery::{migrate, scan, verify};
+use store::{clock, dropping, file, flush, meta, record};
 
 /// Version of the on-disk format written by this build (see `FORMAT.md`).
 pub const FORMAT_VERSION: u32 = 2;

@@ -1,11 +1,17 @@
 //! The store: the public face of the engine.
 
+pub(crate) mod clock;
+pub(crate) mod dropping;
+pub(crate) mod file;
+pub(crate) mod flush;
+pub(crate) mod meta;
+pub(crate) mod record;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
-use crate::dropping;
 use crate::error::Corruption;
 use crate::error::{Error, Result};
 use crate::exchange::Repair;

@@ -1,10 +1,19 @@
 //! The Merkle index shared by writers, readers and the hasher thread: the in-memory
 //! trees and their persisted form (packed buckets in the `index` sled tree).
 
+pub(crate) mod bucket;
+pub(crate) mod gate;
+pub(crate) mod hasher;
+pub(crate) mod marks;
+pub(crate) mod page;
+pub(crate) mod parallel;
+pub(crate) mod snapshot;
+pub(crate) mod tree;
+
 use std::collections::BTreeMap;
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::bucket::{self, BucketId};
+use crate::bucket::BucketId;
 use crate::clock::{unix_ms, Clock};
 use crate::dropping;
 use crate::error::{Corruption, Result};
@@ -12,7 +21,6 @@ use crate::gate::Gate;
 use crate::marks::Marks;
 use crate::meta::{CheckpointInfo, Meta};
 use crate::options::Shape;
-use crate::parallel;
 use crate::tree::Tree;
 use crate::Hash;
 

@@ -1,6 +1,10 @@
 //! Opening a store: which of the three paths (snapshot, marked regions, full rebuild)
 //! brings the index back, and the report of how it went.
 
+pub(crate) mod migrate;
+pub(crate) mod scan;
+pub(crate) mod verify;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
