@@ -27,7 +27,8 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
-#[doc(hidden)]
+/// Internals exposed to the benches (cargo feature `test-hooks` only).
+#[cfg(feature = "test-hooks")]
 pub mod bench_support;
 mod error;
 mod exchange;

@@ -110,6 +110,7 @@ impl Hasher {
     }
 
     /// Stops the thread without a checkpoint, as a crash would (tests only).
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn abandon(&mut self) {
         let (tx, _) = bounded(1);
         drop(std::mem::replace(&mut self.tx, tx));

@@ -480,8 +480,8 @@ impl Store {
 
     /// Marks `segments` changed in the index without touching the data, so benchmarks
     /// can time a checkpoint of a given size. Leaves the index wrong; never use it on a
-    /// store you keep.
-    #[doc(hidden)]
+    /// store you keep. (Cargo feature `test-hooks` only.)
+    #[cfg(feature = "test-hooks")]
     pub fn bench_touch_segments(
         &self,
         partition: u32,
@@ -498,8 +498,9 @@ impl Store {
         self.hasher.barrier()
     }
 
-    /// Stops without checkpoint or snapshot, as if the process had died (tests).
-    #[doc(hidden)]
+    /// Stops without checkpoint or snapshot, as if the process had died (tests; cargo
+    /// feature `test-hooks` only).
+    #[cfg(feature = "test-hooks")]
     pub fn simulate_crash(mut self) {
         self.closed = true;
         self.hasher.abandon();
