@@ -50,6 +50,14 @@ impl Replica for SharedStore<'_> {
     fn children(&self, p: u32, level: u32, parents: &[u64]) -> Result<Vec<crate::Hash>> {
         Replica::children(self.0, p, level, parents)
     }
+    fn descend(
+        &self,
+        p: u32,
+        level: u32,
+        theirs: &[(u64, crate::Hash)],
+    ) -> Result<Vec<(u64, Vec<crate::Hash>)>> {
+        self.0.descend(p, level, theirs)
+    }
     fn entries(&self, p: u32, segments: &[u32]) -> Result<Vec<Vec<crate::Entry>>> {
         self.0.entries(p, segments)
     }

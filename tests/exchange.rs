@@ -134,7 +134,7 @@ fn diff_costs_one_round_trip_per_level_and_bytes_per_difference() {
         a.sync_index().unwrap();
         let report = diff(&a, &b, 0).unwrap();
         assert_eq!(report.differences.len() as u32, d);
-        assert_eq!(report.round_trips, a.shape().levels + 2);
+        assert_eq!(report.round_trips, a.shape().levels / 2 + 2);
         let per_key = report.payload_bytes / u64::from(d);
         assert!(
             per_key <= 2048,

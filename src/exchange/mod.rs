@@ -76,6 +76,46 @@ pub trait Replica {
     fn roots(&self, partitions: &[u32]) -> Result<Vec<Hash>>;
     /// The `width` children of each node of `level` in `parents`, concatenated.
     fn children(&self, partition: u32, level: u32, parents: &[u64]) -> Result<Vec<Hash>>;
+    /// One step of the alternating descent: given the other side's hashes of some nodes
+    /// of `level` (in increasing order), returns, for each node whose hash differs here,
+    /// this side's hashes of its `width` children (none when `level` is the segment
+    /// level), in the same order. Over a network this is one round trip that both
+    /// compares a level and brings the next one, so a walk takes a round trip per two
+    /// levels. The default builds it from `roots` and `children`.
+    fn descend(
+        &self,
+        partition: u32,
+        level: u32,
+        theirs: &[(u64, Hash)],
+    ) -> Result<Vec<(u64, Vec<Hash>)>> {
+        let shape = self.shape()?;
+        let width = u64::from(shape.width);
+        let mine: Vec<Hash> = if level == 0 {
+            self.roots(&[partition])?
+        } else {
+            let parents: Vec<u64> = theirs.iter().map(|&(n, _)| n / width).collect();
+            self.children(partition, level - 1, &parents)?
+                .chunks(width as usize)
+                .zip(theirs)
+                .map(|(kids, &(n, _))| kids.get((n % width) as usize).copied().unwrap_or_default())
+                .collect()
+        };
+        let differing: Vec<u64> = theirs
+            .iter()
+            .zip(&mine)
+            .filter(|((_, a), b)| a != *b)
+            .map(|(&(n, _), _)| n)
+            .collect();
+        if level == shape.levels {
+            return Ok(differing.into_iter().map(|n| (n, Vec::new())).collect());
+        }
+        let children = self.children(partition, level, &differing)?;
+        Ok(differing
+            .into_iter()
+            .zip(children.chunks(width as usize))
+            .map(|(n, kids)| (n, kids.to_vec()))
+            .collect())
+    }
     /// The entries of each segment in `segments`, in the same order.
     fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>>;
     /// The records (tombstones included) of `keys`, in the same order.
@@ -101,6 +141,30 @@ impl Replica for Store {
         let mut out = Vec::with_capacity(parents.len() * self.shape().width as usize);
         for &parent in parents {
             out.extend(Store::children(self, partition, level, parent)?);
+        }
+        Ok(out)
+    }
+
+    fn descend(
+        &self,
+        partition: u32,
+        level: u32,
+        theirs: &[(u64, Hash)],
+    ) -> Result<Vec<(u64, Vec<Hash>)>> {
+        let shape = Store::shape(self);
+        let ids: Vec<u64> = theirs.iter().map(|&(n, _)| n).collect();
+        let mine = self.nodes(partition, level, &ids)?;
+        let mut out = Vec::new();
+        for (&(node, hash), here) in theirs.iter().zip(mine) {
+            if hash == here {
+                continue;
+            }
+            let children = if level == shape.levels {
+                Vec::new()
+            } else {
+                Store::children(self, partition, level, node)?
+            };
+            out.push((node, children));
         }
         Ok(out)
     }

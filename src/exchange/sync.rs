@@ -125,12 +125,13 @@ pub struct SyncReport {
 /// each), and segments (or keys) per request while comparing entries: every request and
 /// answer stays bounded however far apart the replicas are (an empty replica against a
 /// full one walks every node, page by page).
-pub const PAGE: usize = 1024;
+pub const PAGE: usize = 16_384;
 
-/// Compares one partition of two replicas: descends level by level where hashes differ
-/// (depth first, [`PAGE`] nodes per request), then compares the entries of differing
-/// segments, [`PAGE`] segments per request. With few differences that is one request per
-/// level plus one for the entries: `levels + 2` round trips.
+/// Compares one partition of two replicas by alternating descent: each request carries
+/// this side's hashes of one level and brings back the remote's next level where they
+/// differ (depth first, a page at a time), then the entries of differing segments are
+/// compared, [`PAGE`] segments per request. Identical trees take one round trip; with up
+/// to a page of differing nodes per level, `levels / 2 + 2` (4 for 5 levels).
 pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result<DiffReport> {
     let mut report = DiffReport {
         partition,
@@ -162,15 +163,10 @@ fn walk(
             shape.width, shape.levels, remote_shape.width, remote_shape.levels
         )));
     }
+    // Round trip 1: our root; the remote answers with its level 1 if the roots differ.
     let mine = local.roots(&[partition])?;
-    let theirs = remote.roots(&[partition])?;
-    report.round_trips += 1;
-    expect_len("roots", 1, mine.len(), theirs.len())?;
-    report.payload_bytes += (theirs.len() * HASH_BYTES) as u64;
-    report.nodes_compared += 1;
-    if mine == theirs {
-        return Ok(());
-    }
+    expect_len("roots", 1, mine.len(), 1)?;
+    let root = mine.first().copied().unwrap_or_default();
     let mut walker = Walker {
         local,
         remote,
@@ -180,7 +176,11 @@ fn walk(
         segments: Vec::new(),
         found,
     };
-    walker.descend(0, &[0], report)?;
+    let answers = walker.ask(0, &[(0, root)], report)?;
+    report.nodes_compared += 1;
+    if !answers.is_empty() {
+        walker.compare_children(0, answers, report)?;
+    }
     walker.flush_segments(report)
 }
 
@@ -196,34 +196,91 @@ struct Walker<'a, 'f> {
 }
 
 impl Walker<'_, '_> {
-    /// Compares the children of `parents` (nodes of `level` known to differ) and
-    /// descends into those that differ, a page at a time.
-    fn descend(&mut self, level: u32, parents: &[u64], report: &mut DiffReport) -> Result<()> {
-        for chunk in parents.chunks(PAGE) {
-            let mine = self.local.children(self.partition, level, chunk)?;
-            let theirs = self.remote.children(self.partition, level, chunk)?;
-            report.round_trips += 1;
-            let asked = chunk.len() * self.width as usize;
-            expect_len("child hashes", asked, mine.len(), theirs.len())?;
-            report.payload_bytes += (theirs.len() * HASH_BYTES) as u64;
+    /// Sends our hashes of `nodes` (of `level`) and returns the remote's answer: its
+    /// children of those that differ there. One round trip.
+    fn ask(
+        &mut self,
+        level: u32,
+        nodes: &[(u64, Hash)],
+        report: &mut DiffReport,
+    ) -> Result<Vec<(u64, Vec<Hash>)>> {
+        let answers = self.remote.descend(self.partition, level, nodes)?;
+        report.round_trips += 1;
+        let children = if level == self.levels {
+            0
+        } else {
+            self.width as usize
+        };
+        let mut sent = nodes.iter().map(|&(n, _)| n).peekable();
+        for (node, kids) in &answers {
+            // Each answer names a node we sent, in order, with a full set of children.
+            while sent.next_if(|n| n < node).is_some() {}
+            if sent.next_if(|n| n == node).is_none() || kids.len() != children {
+                return Err(Error::Protocol(format!(
+                    "the remote answered for node {node} of level {level}, which was not asked, or with {} children",
+                    kids.len()
+                )));
+            }
+            report.payload_bytes += (kids.len() * HASH_BYTES + 8) as u64;
+        }
+        Ok(answers)
+    }
+
+    /// `answers` hold the remote's children (of level `level + 1`) of nodes of `level`
+    /// that differ. Compares them with ours; sends our grandchildren of those that
+    /// differ (one round trip per two levels); recurses. A page at a time.
+    fn compare_children(
+        &mut self,
+        level: u32,
+        answers: Vec<(u64, Vec<Hash>)>,
+        report: &mut DiffReport,
+    ) -> Result<()> {
+        let width = self.width;
+        for page in answers.chunks(PAGE) {
+            let parents: Vec<u64> = page.iter().map(|&(n, _)| n).collect();
+            let mine = self.local.children(self.partition, level, &parents)?;
             report.nodes_compared += mine.len() as u64;
-            let width = self.width;
-            let differing: Vec<u64> = chunk
+            let differing: Vec<u64> = page
                 .iter()
-                .flat_map(|&parent| parent * width..parent * width + width)
-                .zip(mine.iter().zip(&theirs))
-                .filter(|(_, (a, b))| a != b)
-                .map(|(child, _)| child)
+                .zip(mine.chunks(width as usize))
+                .flat_map(|((parent, theirs), ours)| {
+                    (0..width)
+                        .zip(theirs.iter().zip(ours))
+                        .filter(|(_, (a, b))| a != b)
+                        .map(move |(i, _)| parent * width + i)
+                })
                 .collect();
-            if level + 1 == self.levels {
-                for segment in differing {
-                    self.segments.push(segment as u32);
-                    if self.segments.len() >= PAGE {
-                        self.flush_segments(report)?;
-                    }
+            let child_level = level + 1;
+            if child_level == self.levels {
+                self.add_segments(&differing, report)?;
+                continue;
+            }
+            // Our hashes of the next level under the differing children.
+            for chunk in differing.chunks(PAGE) {
+                let grandchildren = self.local.children(self.partition, child_level, chunk)?;
+                let nodes: Vec<(u64, Hash)> = chunk
+                    .iter()
+                    .flat_map(|&c| c * width..c * width + width)
+                    .zip(grandchildren)
+                    .collect();
+                let next = child_level + 1;
+                let answers = self.ask(next, &nodes, report)?;
+                if next == self.levels {
+                    let segments: Vec<u64> = answers.iter().map(|&(n, _)| n).collect();
+                    self.add_segments(&segments, report)?;
+                } else if !answers.is_empty() {
+                    self.compare_children(next, answers, report)?;
                 }
-            } else if !differing.is_empty() {
-                self.descend(level + 1, &differing, report)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_segments(&mut self, segments: &[u64], report: &mut DiffReport) -> Result<()> {
+        for &segment in segments {
+            self.segments.push(segment as u32);
+            if self.segments.len() >= PAGE {
+                self.flush_segments(report)?;
             }
         }
         Ok(())
@@ -287,7 +344,7 @@ pub fn sync(
         partition,
         ..DiffReport::default()
     };
-    let batch = options.batch.clamp(1, PAGE);
+    let batch = options.batch.clamp(1, 4096);
     let mut batches = 0u64;
     walk(local, remote, partition, &mut walked, &mut |found, _| {
         report.differences += found.len() as u64;

@@ -14,7 +14,10 @@ use crate::Hash;
 
 use super::channel::{Channel, MAX_FRAME};
 use super::key::Key;
-use super::proto::{Hello, Request, Response, Welcome, WireRepair, MAX_ITEMS, PROTOCOL};
+use super::proto::{
+    Hello, Request, Response, Welcome, WireRepair, MAX_DESCEND_NODES, MAX_ITEMS, MAX_SEGMENTS,
+    PROTOCOL,
+};
 
 /// A connection to a peer's [`serve`](super::serve), usable wherever a [`Replica`] is.
 /// Long requests are paged ([`MAX_ITEMS`] items, and answers the server cut at its
@@ -140,6 +143,7 @@ fn unexpected(what: &str, got: &Response) -> Error {
         Response::Records(_) => "records",
         Response::Applied { .. } => "applied",
         Response::Written(_) => "written",
+        Response::Descended { .. } => "descended",
         Response::Status(_) => "status",
         Response::Error(_) => "error",
     };
@@ -164,17 +168,18 @@ fn hashes(response: Response, what: &str) -> Result<Vec<Hash>> {
     }
 }
 
-/// Asks for `items` in pages: each request holds at most [`MAX_ITEMS`], and an answer
+/// Asks for `items` in pages: each request holds at most `limit`, and an answer
 /// may cover only a prefix of its request (the server's byte budget), never nothing.
 fn paged<I: Clone, O>(
     items: &[I],
+    limit: usize,
     what: &str,
     mut ask: impl FnMut(&[I]) -> Result<Vec<O>>,
 ) -> Result<Vec<O>> {
     let mut out = Vec::with_capacity(items.len());
     let mut rest = items;
     while !rest.is_empty() {
-        let page = rest.get(..MAX_ITEMS.min(rest.len())).unwrap_or(rest);
+        let page = rest.get(..limit.min(rest.len())).unwrap_or(rest);
         let got = ask(page)?;
         if got.is_empty() || got.len() > page.len() {
             return Err(Error::Protocol(format!(
@@ -229,8 +234,58 @@ impl Replica for Client {
         Ok(out)
     }
 
+    fn descend(
+        &self,
+        partition: u32,
+        level: u32,
+        theirs: &[(u64, Hash)],
+    ) -> Result<Vec<(u64, Vec<Hash>)>> {
+        let mut out = Vec::new();
+        let mut rest = theirs;
+        while !rest.is_empty() {
+            let page = rest
+                .get(..MAX_DESCEND_NODES.min(rest.len()))
+                .unwrap_or(rest);
+            // Runs of consecutive nodes travel as (first node, hashes): 16 bytes a node.
+            let mut runs: Vec<(u64, Vec<[u8; 16]>)> = Vec::new();
+            for &(n, h) in page {
+                match runs.last_mut() {
+                    Some((first, hashes)) if *first + hashes.len() as u64 == n => {
+                        hashes.push(h.to_bytes())
+                    }
+                    _ => runs.push((n, vec![h.to_bytes()])),
+                }
+            }
+            let request = Request::Descend {
+                partition,
+                level,
+                runs,
+            };
+            match self.call(&request)? {
+                Response::Descended { covered, nodes } => {
+                    let covered = usize::try_from(covered).unwrap_or(usize::MAX);
+                    if covered == 0 || covered > page.len() || nodes.len() > covered {
+                        return Err(Error::Protocol(format!(
+                            "peer answered {} nodes covering {covered} of {} sent",
+                            nodes.len(),
+                            page.len()
+                        )));
+                    }
+                    out.extend(
+                        nodes
+                            .into_iter()
+                            .map(|(n, kids)| (n, kids.into_iter().map(Hash::from_bytes).collect())),
+                    );
+                    rest = rest.get(covered..).unwrap_or_default();
+                }
+                other => return Err(unexpected("descend", &other)),
+            }
+        }
+        Ok(out)
+    }
+
     fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>> {
-        paged(segments, "segment entry lists", |page| {
+        paged(segments, MAX_SEGMENTS, "segment entry lists", |page| {
             let request = Request::Entries {
                 partition,
                 segments: page.to_vec(),
@@ -246,7 +301,7 @@ impl Replica for Client {
     }
 
     fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Lookup>> {
-        paged(keys, "records", |page| {
+        paged(keys, MAX_ITEMS, "records", |page| {
             let request = Request::Records {
                 partition,
                 keys: page.to_vec(),

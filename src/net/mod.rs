@@ -44,7 +44,9 @@ mod server;
 pub use channel::{HANDSHAKE_MAX, MAX_FRAME};
 pub use client::{Client, NetPeer};
 pub use key::Key;
-pub use proto::{ANSWER_BUDGET, MAX_ITEMS, PROTOCOL};
+pub use proto::{
+    ANSWER_BUDGET, MAX_DESCEND_HASHES, MAX_DESCEND_NODES, MAX_ITEMS, MAX_SEGMENTS, PROTOCOL,
+};
 pub use server::{bind, serve, Accept, Log, ServeOptions, StatusFn, Stop};
 
 /// A log that writes `merkle-index serve: ...` lines to stderr.

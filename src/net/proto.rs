@@ -8,7 +8,7 @@ use crate::store::Entry;
 use crate::Hash;
 
 /// Protocol version in the handshake; each side refuses other versions.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 
 /// The client's handshake payload.
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +28,15 @@ pub struct Welcome {
 /// Most items (partitions, parents, segments, keys, repairs) in one request; a client
 /// pages through longer lists.
 pub const MAX_ITEMS: usize = 4096;
+/// Most segments in one `Entries` request (they are 4 bytes each; the answer is cut at
+/// [`ANSWER_BUDGET`] bytes).
+pub const MAX_SEGMENTS: usize = 16_384;
+/// Most child hashes one `Descend` answer holds (4 MiB); the server answers for a
+/// prefix of the request's nodes that fits.
+pub const MAX_DESCEND_HASHES: usize = 1 << 18;
+/// Most nodes in one `Descend` request (6 MiB).
+pub const MAX_DESCEND_NODES: usize = 1 << 18;
+
 /// Bytes an answer of entries or records may fill before the server stops and lets the
 /// client ask for the rest (well under the frame limit).
 pub const ANSWER_BUDGET: usize = 8 << 20;
@@ -53,6 +62,13 @@ pub enum Request {
         partition: u32,
         repairs: Vec<WireRepair>,
     },
+    /// The alternating descent (see `Replica::descend`): the sender's hashes of runs of
+    /// consecutive nodes of `level`, each run as (its first node, its hashes).
+    Descend {
+        partition: u32,
+        level: u32,
+        runs: Vec<(u64, Vec<[u8; 16]>)>,
+    },
     /// Replication messages: each record written unless the stored one wins.
     Write {
         partition: u32,
@@ -72,6 +88,12 @@ pub enum Response {
         written: u64,
         stale: u64,
         refused: u64,
+    },
+    /// Per differing node, its children's hashes, for the first `covered` nodes of the
+    /// request (the server stops at [`MAX_DESCEND_HASHES`]; the client sends the rest).
+    Descended {
+        covered: u64,
+        nodes: Vec<(u64, Vec<[u8; 16]>)>,
     },
     /// Replication messages written (the rest were older than what is stored).
     Written(u64),

@@ -14,7 +14,10 @@ use crate::store::Store;
 
 use super::channel::Channel;
 use super::key::Key;
-use super::proto::{self, Hello, Request, Response, Welcome, ANSWER_BUDGET, MAX_ITEMS, PROTOCOL};
+use super::proto::{
+    self, Hello, Request, Response, Welcome, ANSWER_BUDGET, MAX_DESCEND_HASHES, MAX_DESCEND_NODES,
+    MAX_ITEMS, MAX_SEGMENTS, PROTOCOL,
+};
 
 /// Which partitions peers may write to (`Apply`). Reads of any partition are answered
 /// (an absent one is empty).
@@ -298,7 +301,7 @@ fn check_accepted(store: &Store, partition: u32, accept: &Accept) -> Result<()> 
 }
 
 fn too_many(what: &str, n: usize) -> Error {
-    Error::Protocol(format!("{n} {what} in one request (limit {MAX_ITEMS})"))
+    Error::Protocol(format!("{n} {what} in one request (over the limit)"))
 }
 
 fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> {
@@ -322,11 +325,53 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
                 store, partition, level, &parents,
             )?))
         }
+        Request::Descend {
+            partition,
+            level,
+            runs,
+        } => {
+            let count: usize = runs.iter().map(|(_, hashes)| hashes.len()).sum();
+            if count > MAX_DESCEND_NODES {
+                return Err(too_many("nodes", count));
+            }
+            let width = store.shape().width as usize;
+            let nodes: Vec<_> = runs
+                .into_iter()
+                .flat_map(|(first, hashes)| {
+                    (first..)
+                        .zip(hashes)
+                        .map(|(n, h)| (n, crate::Hash::from_bytes(h)))
+                })
+                .collect();
+            // Answer a prefix whose children fit the budget (each differing node may
+            // bring `width` hashes), at least one node.
+            let step = (MAX_DESCEND_HASHES / width).max(1);
+            let (mut covered, mut hashes, mut out) = (0usize, 0usize, Vec::new());
+            for chunk in nodes.chunks(step) {
+                // Stop once the budget is spent: an answer holds at most the budget plus
+                // one chunk's worst case, well inside a frame.
+                if hashes >= MAX_DESCEND_HASHES {
+                    break;
+                }
+                let answers = store.descend(partition, level, chunk)?;
+                hashes += answers.iter().map(|(_, kids)| kids.len()).sum::<usize>();
+                covered += chunk.len();
+                out.extend(
+                    answers
+                        .into_iter()
+                        .map(|(n, kids)| (n, proto::hashes(&kids))),
+                );
+            }
+            Response::Descended {
+                covered: covered as u64,
+                nodes: out,
+            }
+        }
         Request::Entries {
             partition,
             segments,
         } => {
-            if segments.len() > MAX_ITEMS {
+            if segments.len() > MAX_SEGMENTS {
                 return Err(too_many("segments", segments.len()));
             }
             // Stop at the byte budget; the client asks again for the rest.
@@ -414,7 +459,12 @@ mod tests {
             },
             Request::Entries {
                 partition: 0,
-                segments: vec![0; over],
+                segments: vec![0; MAX_SEGMENTS + 1],
+            },
+            Request::Descend {
+                partition: 0,
+                level: 1,
+                runs: vec![(0, vec![[0u8; 16]; MAX_DESCEND_NODES + 1])],
             },
             Request::Records {
                 partition: 0,

@@ -472,7 +472,8 @@ fn wire_bytes_per_difference() {
         eprintln!("d={d}: {} round trips, {beyond} bytes on the wire beyond the handshake, {per_key} per differing key", wire["round_trips"]);
         assert_eq!(summary["differences"], d);
         assert!(per_key <= 2048);
-        assert!(wire["round_trips"].as_u64().unwrap() <= 5 + 2);
+        // Alternating descent: root, levels 2 and 4, entries.
+        assert!(wire["round_trips"].as_u64().unwrap() <= 4);
     }
     server.stop();
 }
