@@ -241,7 +241,9 @@ impl Manager {
         match state.peers.get_mut(name) {
             Some(p) => {
                 p.peer = peer;
-                p.status.retain(|id, _| partitions.contains(id));
+                if !partitions.is_empty() {
+                    p.status.retain(|id, _| partitions.contains(id));
+                }
                 p.partitions = partitions;
             }
             None => {
@@ -296,16 +298,20 @@ impl Manager {
                 .iter()
                 .map(|(name, p)| PeerStatus {
                     name: name.clone(),
-                    partitions: p
-                        .partitions
-                        .iter()
-                        .map(|&id| {
-                            p.status.get(&id).cloned().unwrap_or(PartitionStatus {
-                                partition: id,
-                                ..PartitionStatus::default()
-                            })
+                    partitions: if p.partitions.is_empty() {
+                        // Discovering: the partitions exchanged so far.
+                        p.status.keys().copied().collect::<Vec<_>>()
+                    } else {
+                        p.partitions.iter().copied().collect()
+                    }
+                    .into_iter()
+                    .map(|id| {
+                        p.status.get(&id).cloned().unwrap_or(PartitionStatus {
+                            partition: id,
+                            ..PartitionStatus::default()
                         })
-                        .collect(),
+                    })
+                    .collect(),
                     running: p.running.clone(),
                     failures: p.failures,
                     next_in: p.due.saturating_duration_since(now),

@@ -147,3 +147,25 @@ fn the_repair_rate_cap_holds_and_the_exchange_continues() {
     manager.set_throttle(None, None);
     assert_eq!(manager.status().max_repair_keys_per_sec, None);
 }
+
+#[test]
+fn a_peer_without_a_partition_list_shares_every_partition_either_side_holds() {
+    let ((_da, a), (_db, b)) = (store(), store());
+    a.partition(3).put(b"only on a", b"v").unwrap();
+    b.partition(5).put(b"only on b", b"v").unwrap();
+    let manager = Manager::start(Arc::clone(&a), fast());
+    manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::new());
+    assert!(wait_until(Duration::from_secs(10), || {
+        a.partition(5).get(b"only on b").unwrap().is_some()
+            && b.partition(3).get(b"only on a").unwrap().is_some()
+    }));
+    assert!(wait_until(Duration::from_secs(10), || {
+        let status = manager.status();
+        let listed: Vec<u32> = status.peers[0]
+            .partitions
+            .iter()
+            .map(|s| s.partition)
+            .collect();
+        listed == [3, 5]
+    }));
+}

@@ -121,10 +121,9 @@ pub struct SyncReport {
     pub repaired_bytes: u64,
 }
 
-/// Parent nodes asked for per request while walking (the answer holds `width` hashes for
-/// each), and segments (or keys) per request while comparing entries: every request and
-/// answer stays bounded however far apart the replicas are (an empty replica against a
-/// full one walks every node, page by page).
+/// Nodes whose children one step of the walk compares, and segments whose entries one
+/// request compares: the walk's memory and every request stay bounded however far apart
+/// the replicas are (an empty replica against a full one walks every node, page by page).
 pub const PAGE: usize = 16_384;
 
 /// Compares one partition of two replicas by alternating descent: each request carries
