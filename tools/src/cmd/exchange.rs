@@ -196,8 +196,17 @@ pub fn sync(a: SyncArgs) -> anyhow::Result<Outcome> {
     let partitions = sides.partitions(a.common.partition)?;
     let (mut differences, mut here, mut there, mut skipped) = (0, 0, 0, 0);
     let (mut refused, mut corrupt) = (0, 0);
+    // A partition that fails (say, one the peer does not accept) does not stop the
+    // others; the command still exits 2 and names it.
+    let mut failed: Vec<(u32, String)> = Vec::new();
     for &p in &partitions {
-        let report = merkle_index::sync(&sides.local, sides.remote(), p, &options)?;
+        let report = match merkle_index::sync(&sides.local, sides.remote(), p, &options) {
+            Ok(report) => report,
+            Err(e) => {
+                failed.push((p, e.to_string()));
+                continue;
+            }
+        };
         differences += report.differences;
         here += report.repaired_local;
         there += report.repaired_remote;
@@ -213,6 +222,7 @@ pub fn sync(a: SyncArgs) -> anyhow::Result<Outcome> {
         "skipped": skipped,
         "refused": refused,
         "corrupt": corrupt,
+        "failed": failed.iter().map(|(p, e)| json!({ "partition": p, "error": e })).collect::<Vec<_>>(),
         "wire": sides.wire(),
     });
     if a.common.json {
@@ -229,5 +239,12 @@ pub fn sync(a: SyncArgs) -> anyhow::Result<Outcome> {
         }
     }
     sides.close()?;
+    if let Some((p, e)) = failed.first() {
+        bail!(
+            "{} of {} partitions failed; partition {p}: {e}",
+            failed.len(),
+            partitions.len()
+        );
+    }
     Ok(Outcome::Fine)
 }
