@@ -372,10 +372,10 @@ fn repair(
     options: &SyncOptions<'_>,
     report: &mut SyncReport,
 ) -> Result<()> {
-    let keys: Vec<Vec<u8>> = chunk.iter().map(|d| d.key.clone()).collect();
-    let mine = local.records(partition, &keys)?;
-    let theirs = remote.records(partition, &keys)?;
-    expect_len("records", keys.len(), mine.len(), theirs.len())?;
+    // A key the walk found absent on one side is not read there again (the repair is
+    // conditional on its absence anyway): a new replica reads nothing of its own.
+    let mine = lookup(local, partition, chunk, |d| d.local.is_some())?;
+    let theirs = lookup(remote, partition, chunk, |d| d.remote.is_some())?;
     let (mut to_local, mut to_remote) = (Vec::new(), Vec::new());
     for ((d, l), r) in chunk.iter().zip(mine).zip(theirs) {
         let expected_local = d.local.as_ref().map(|e| e.hash);
@@ -424,6 +424,38 @@ fn repair(
     report.refused_local += here.refused;
     report.refused_remote += there.refused;
     Ok(())
+}
+
+/// The records of the keys of `chunk` that `present` says exist on `replica`, in one
+/// request; `Absent` for the others.
+fn lookup(
+    replica: &dyn Replica,
+    partition: u32,
+    chunk: &[Difference],
+    present: impl Fn(&Difference) -> bool,
+) -> Result<Vec<Lookup>> {
+    let keys: Vec<Vec<u8>> = chunk
+        .iter()
+        .filter(|d| present(d))
+        .map(|d| d.key.clone())
+        .collect();
+    let mut found = if keys.is_empty() {
+        Vec::new()
+    } else {
+        replica.records(partition, &keys)?
+    };
+    expect_len("records", keys.len(), found.len(), found.len())?;
+    let mut found = found.drain(..);
+    Ok(chunk
+        .iter()
+        .map(|d| {
+            if present(d) {
+                found.next().unwrap_or(Lookup::Absent)
+            } else {
+                Lookup::Absent
+            }
+        })
+        .collect())
 }
 
 fn found(lookup: Lookup) -> Option<Record> {
