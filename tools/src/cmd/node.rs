@@ -8,11 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use merkle_index::net::{self, Accept, Client, Key, NetPeer, ServeOptions, Stop};
+use merkle_index::net::{self, Client, Key, NetPeer, ServeOptions, Stop};
 use merkle_index::{Manager, ManagerOptions, Status};
 use serde_json::json;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 use crate::Outcome;
 
@@ -118,19 +116,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     )?);
     let (listener, addr) = net::bind(&a.listen)?;
     let stop = Stop::new(addr);
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("install signal handlers")?;
-    {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                if let Some(signal) = signals.forever().next() {
-                    eprintln!("merkle-index node: signal {signal}: stopping");
-                    stop.trigger();
-                }
-            })
-            .context("spawn the signal thread")?;
-    }
+    super::serve::stop_on_signals(&stop, "node")?;
     let timeout = Duration::from_millis(a.timeout_ms);
     let manager = Arc::new(Manager::start(
         Arc::clone(&store),
@@ -157,13 +143,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     };
     let options = ServeOptions {
         timeout,
-        accept: if a.accept_any {
-            Accept::Any
-        } else if a.accept_partitions.is_empty() {
-            Accept::Existing
-        } else {
-            Accept::Listed(a.accept_partitions.iter().copied().collect())
-        },
+        accept: super::serve::accept(a.accept_any, &a.accept_partitions),
         status: Some(status),
         ..ServeOptions::default()
     };

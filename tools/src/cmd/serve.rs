@@ -47,31 +47,13 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let store = Arc::new(super::open(&a.db)?);
     let (listener, addr) = server::bind(&a.listen)?;
     let stop = Stop::new(addr);
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("install signal handlers")?;
-    {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                if let Some(signal) = signals.forever().next() {
-                    eprintln!("merkle-index serve: signal {signal}: stopping");
-                    stop.trigger();
-                }
-            })
-            .context("spawn the signal thread")?;
-    }
+    stop_on_signals(&stop, "serve")?;
     outln!("listening on {addr}");
     let options = ServeOptions {
         timeout: Duration::from_millis(a.timeout_ms),
         max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
         max_per_address: usize::try_from(a.max_per_address).unwrap_or(usize::MAX),
-        accept: if a.accept_any {
-            Accept::Any
-        } else if a.accept_partitions.is_empty() {
-            Accept::Existing
-        } else {
-            Accept::Listed(a.accept_partitions.iter().copied().collect())
-        },
+        accept: accept(a.accept_any, &a.accept_partitions),
         status: None,
     };
     server::serve(
@@ -86,4 +68,31 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     store.close()?;
     eprintln!("merkle-index serve: store closed cleanly");
     Ok(Outcome::Fine)
+}
+
+/// Triggers `stop` on the first SIGTERM or SIGINT (logged as `merkle-index WHO: ...`).
+pub fn stop_on_signals(stop: &Stop, who: &'static str) -> anyhow::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("install signal handlers")?;
+    let stop = stop.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                eprintln!("merkle-index {who}: signal {signal}: stopping");
+                stop.trigger();
+            }
+        })
+        .context("spawn the signal thread")?;
+    Ok(())
+}
+
+/// The partitions peers may write to, from `--accept-any` / `--accept-partitions`.
+pub fn accept(any: bool, listed: &[u32]) -> Accept {
+    if any {
+        Accept::Any
+    } else if listed.is_empty() {
+        Accept::Existing
+    } else {
+        Accept::Listed(listed.iter().copied().collect())
+    }
 }
