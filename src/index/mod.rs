@@ -259,10 +259,16 @@ impl Index {
                     .key()
                     .to_vec()
                 };
-                let buckets_total = 1u64 << 32;
+                // The span's buckets, so every slice gets a share.
+                let per_bucket = u64::from(shape.width).saturating_pow(u32::from(span));
+                let buckets_total = bucket::segment_pages(shape)
+                    .div_ceil(per_bucket.max(1))
+                    .max(1);
                 let lo = key(buckets_total * slice / SLICES);
                 let range = if slice + 1 == SLICES {
-                    buckets.range(lo..=key(buckets_total - 1))
+                    // The last slice runs to the end of the span (so a bucket number past
+                    // the tree is read, and refused by its decode).
+                    buckets.range(lo..=key(u64::from(u32::MAX)))
                 } else {
                     buckets.range(lo..key(buckets_total * (slice + 1) / SLICES))
                 };
