@@ -31,41 +31,7 @@ pub trait Peer: Send + Sync {
 /// A store in this process as a peer (tests, and nodes that hold several stores).
 impl Peer for Arc<Store> {
     fn open(&self) -> Result<Box<dyn Replica + Send + '_>> {
-        Ok(Box::new(SharedStore(self)))
-    }
-}
-
-struct SharedStore<'a>(&'a Store);
-
-impl Replica for SharedStore<'_> {
-    fn shape(&self) -> Result<crate::Shape> {
-        Replica::shape(self.0)
-    }
-    fn partitions(&self) -> Result<Vec<u32>> {
-        Replica::partitions(self.0)
-    }
-    fn roots(&self, partitions: &[u32]) -> Result<Vec<crate::Hash>> {
-        self.0.roots(partitions)
-    }
-    fn children(&self, p: u32, level: u32, parents: &[u64]) -> Result<Vec<crate::Hash>> {
-        Replica::children(self.0, p, level, parents)
-    }
-    fn descend(
-        &self,
-        p: u32,
-        level: u32,
-        theirs: &[(u64, crate::Hash)],
-    ) -> Result<Vec<(u64, Vec<crate::Hash>)>> {
-        self.0.descend(p, level, theirs)
-    }
-    fn entries(&self, p: u32, segments: &[u32]) -> Result<Vec<Vec<crate::Entry>>> {
-        self.0.entries(p, segments)
-    }
-    fn records(&self, p: u32, keys: &[Vec<u8>]) -> Result<Vec<crate::Lookup>> {
-        self.0.records(p, keys)
-    }
-    fn apply(&self, p: u32, repairs: &[crate::Repair]) -> Result<crate::Applied> {
-        self.0.apply(p, repairs)
+        Ok(Box::new(&**self))
     }
 }
 

@@ -124,6 +124,39 @@ pub trait Replica {
     fn apply(&self, partition: u32, repairs: &[Repair]) -> Result<Applied>;
 }
 
+/// A borrowed replica is a replica (a store shared by reference, e.g. with a manager).
+impl<R: Replica + ?Sized> Replica for &R {
+    fn shape(&self) -> Result<Shape> {
+        (**self).shape()
+    }
+    fn partitions(&self) -> Result<Vec<u32>> {
+        (**self).partitions()
+    }
+    fn roots(&self, partitions: &[u32]) -> Result<Vec<Hash>> {
+        (**self).roots(partitions)
+    }
+    fn children(&self, partition: u32, level: u32, parents: &[u64]) -> Result<Vec<Hash>> {
+        (**self).children(partition, level, parents)
+    }
+    fn descend(
+        &self,
+        partition: u32,
+        level: u32,
+        theirs: &[(u64, Hash)],
+    ) -> Result<Vec<(u64, Vec<Hash>)>> {
+        (**self).descend(partition, level, theirs)
+    }
+    fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>> {
+        (**self).entries(partition, segments)
+    }
+    fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Lookup>> {
+        (**self).records(partition, keys)
+    }
+    fn apply(&self, partition: u32, repairs: &[Repair]) -> Result<Applied> {
+        (**self).apply(partition, repairs)
+    }
+}
+
 impl Replica for Store {
     fn shape(&self) -> Result<Shape> {
         Ok(Store::shape(self))

@@ -439,13 +439,13 @@ fn lookup(
         .filter(|d| present(d))
         .map(|d| d.key.clone())
         .collect();
-    let mut found = if keys.is_empty() {
+    let found = if keys.is_empty() {
         Vec::new()
     } else {
         replica.records(partition, &keys)?
     };
     expect_len("records", keys.len(), found.len(), found.len())?;
-    let mut found = found.drain(..);
+    let mut found = found.into_iter();
     Ok(chunk
         .iter()
         .map(|d| {
