@@ -52,7 +52,7 @@ use store::{clock, dropping, file, flush, meta, record};
 pub const FORMAT_VERSION: u32 = 2;
 
 pub use error::{Corruption, Error, Result};
-pub use exchange::{Applied, Lookup, Repair, Replica};
+pub use exchange::{Applied, Lookup, Repair, Replica, SegmentItem, ANSWER_BUDGET};
 pub use flush::FlushStats;
 pub use hash::{entry_hash, segment_of, value_hash, Hash, HASH_BYTES};
 pub use manager::{Manager, ManagerOptions, PartitionStatus, Peer, PeerStatus, Running, Status};

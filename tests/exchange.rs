@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use common::small_options;
 use merkle_index::{
-    diff, merged_root, sync, Applied, Entry, Hash, Lookup, Options, Record, Repair, Replica, Store,
-    SyncOptions, Winner,
+    diff, merged_root, sync, Applied, Entry, Hash, Lookup, Options, Record, Repair, Replica,
+    SegmentItem, Store, SyncOptions, Winner,
 };
 use proptest::prelude::*;
 
@@ -343,7 +343,181 @@ fn a_short_answer_is_a_protocol_error_not_fewer_differences() {
     a.sync_index().unwrap();
     let err = diff(&a, &Short(&b), 0).unwrap_err();
     assert!(
-        matches!(&err, merkle_index::Error::Protocol(m) if m.contains("segment entry lists")),
+        matches!(&err, merkle_index::Error::Protocol(m) if m.contains("segments")),
         "{err}"
     );
+    // A replica may answer `segments` for a prefix (its byte budget), never for none.
+    let err = diff(&a, &Silent(&b), 0).unwrap_err();
+    assert!(
+        matches!(&err, merkle_index::Error::Protocol(m) if m.contains("answered for 0")),
+        "{err}"
+    );
+}
+
+/// A peer that answers every `segments` request with nothing.
+struct Silent<'a>(&'a Store);
+
+impl Replica for Silent<'_> {
+    fn shape(&self) -> merkle_index::Result<merkle_index::Shape> {
+        Replica::shape(self.0)
+    }
+    fn partitions(&self) -> merkle_index::Result<Vec<u32>> {
+        Replica::partitions(self.0)
+    }
+    fn roots(&self, p: &[u32]) -> merkle_index::Result<Vec<Hash>> {
+        self.0.roots(p)
+    }
+    fn children(&self, p: u32, l: u32, n: &[u64]) -> merkle_index::Result<Vec<Hash>> {
+        Replica::children(self.0, p, l, n)
+    }
+    fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<Entry>>> {
+        self.0.entries(p, s)
+    }
+    fn segments(&self, _: u32, _: &[(u32, bool)]) -> merkle_index::Result<Vec<Vec<SegmentItem>>> {
+        Ok(Vec::new())
+    }
+    fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Lookup>> {
+        self.0.records(p, k)
+    }
+    fn apply(&self, p: u32, r: &[Repair]) -> merkle_index::Result<Applied> {
+        self.0.apply(p, r)
+    }
+}
+
+/// Forwards everything but `segments`, so the trait's default (entries, then records,
+/// one lookup per segment and per key) answers it.
+struct Plain<'a>(&'a Store);
+
+impl Replica for Plain<'_> {
+    fn shape(&self) -> merkle_index::Result<merkle_index::Shape> {
+        Replica::shape(self.0)
+    }
+    fn partitions(&self) -> merkle_index::Result<Vec<u32>> {
+        Replica::partitions(self.0)
+    }
+    fn roots(&self, p: &[u32]) -> merkle_index::Result<Vec<Hash>> {
+        self.0.roots(p)
+    }
+    fn children(&self, p: u32, l: u32, n: &[u64]) -> merkle_index::Result<Vec<Hash>> {
+        Replica::children(self.0, p, l, n)
+    }
+    fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<Entry>>> {
+        self.0.entries(p, s)
+    }
+    fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Lookup>> {
+        self.0.records(p, k)
+    }
+    fn apply(&self, p: u32, r: &[Repair]) -> merkle_index::Result<Applied> {
+        self.0.apply(p, r)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The store reads nearby segments with one range scan; whatever the request (in
+    /// order or not, repeated, next to other partitions' data), the answer is what one
+    /// lookup per segment and per key gives.
+    #[test]
+    fn segments_read_by_range_match_a_lookup_each(
+        keys in prop::collection::vec((0..3u32, any::<u16>(), any::<bool>()), 0..200),
+        asked in prop::collection::vec((0..64u32, any::<bool>()), 1..40),
+        sorted in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), small_options()).unwrap();
+        for (partition, key, delete) in keys {
+            let p = store.partition(partition);
+            p.put(&key.to_le_bytes(), &key.to_be_bytes()).unwrap();
+            if delete {
+                p.delete(&key.to_le_bytes()).unwrap();
+            }
+        }
+        let mut asked = asked;
+        if sorted {
+            asked.sort();
+            asked.dedup_by_key(|a| a.0);
+        }
+        for partition in 0..3 {
+            let fast = Replica::segments(&store, partition, &asked).unwrap();
+            let plain = Plain(&store).segments(partition, &asked).unwrap();
+            prop_assert_eq!(fast, plain);
+        }
+    }
+}
+
+#[test]
+fn answers_stop_at_the_byte_budget_and_the_walk_asks_for_the_rest() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(da.path(), small_options()).unwrap();
+    let b = Store::open(db.path(), small_options()).unwrap();
+    // Twelve values of 1 MiB: more than one answer's budget.
+    let big = vec![7u8; 1 << 20];
+    for i in 0..12u32 {
+        b.put(&i.to_le_bytes(), &big).unwrap();
+    }
+    b.sync_index().unwrap();
+    let all: Vec<(u32, bool)> = (0..64).map(|s| (s, true)).collect();
+    let first = Replica::segments(&b, 0, &all).unwrap();
+    let records = first.iter().flatten().count();
+    assert!(
+        (1..12).contains(&records),
+        "one answer held {records} of the 12 records"
+    );
+    let bytes: usize = first.iter().flatten().map(SegmentItem::size).sum();
+    assert!(
+        bytes <= merkle_index::ANSWER_BUDGET + (1 << 20) + 64,
+        "{bytes}"
+    );
+    let report = sync(&a, &b, 0, &SyncOptions::default()).unwrap();
+    assert_eq!(report.repaired_local, 12);
+    assert!(report.diff.round_trips > 2, "{:?}", report.diff);
+    a.sync_index().unwrap();
+    assert_eq!(a.root(0), b.root(0));
+}
+
+/// A local side whose writes fail (a full disk, say).
+struct Failing<'a>(&'a Store);
+
+impl Replica for Failing<'_> {
+    fn shape(&self) -> merkle_index::Result<merkle_index::Shape> {
+        Replica::shape(self.0)
+    }
+    fn partitions(&self) -> merkle_index::Result<Vec<u32>> {
+        Replica::partitions(self.0)
+    }
+    fn roots(&self, p: &[u32]) -> merkle_index::Result<Vec<Hash>> {
+        self.0.roots(p)
+    }
+    fn children(&self, p: u32, l: u32, n: &[u64]) -> merkle_index::Result<Vec<Hash>> {
+        Replica::children(self.0, p, l, n)
+    }
+    fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<Entry>>> {
+        self.0.entries(p, s)
+    }
+    fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Lookup>> {
+        self.0.records(p, k)
+    }
+    fn apply(&self, _: u32, _: &[Repair]) -> merkle_index::Result<Applied> {
+        Err(merkle_index::Error::InvalidArgument("no space left".into()))
+    }
+}
+
+#[test]
+fn a_failing_local_writer_ends_the_sync_with_its_error() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(da.path(), small_options()).unwrap();
+    let b = Store::open(db.path(), small_options()).unwrap();
+    for i in 0..5_000u32 {
+        b.put(&i.to_le_bytes(), b"v").unwrap();
+    }
+    b.sync_index().unwrap();
+    // Small batches, so the walk has many more to hand over after the writer failed.
+    let options = SyncOptions {
+        batch: 8,
+        ..SyncOptions::default()
+    };
+    let err = sync(&Failing(&a), &b, 0, &options).unwrap_err();
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert_eq!(a.count_keys(0).unwrap(), 0);
 }

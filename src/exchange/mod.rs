@@ -45,6 +45,31 @@ impl Lookup {
     }
 }
 
+/// One key of a segment as [`Replica::segments`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentItem {
+    /// What the key contributes to the tree.
+    pub entry: Entry,
+    /// Its record, for a segment asked for with records.
+    pub record: Option<Lookup>,
+}
+
+/// Bytes of entries and records one [`Replica::segments`] answer may fill before the
+/// replica stops and lets the caller ask for the rest: memory and frames stay bounded
+/// however dense the segments or large the values.
+pub const ANSWER_BUDGET: usize = 8 << 20;
+
+impl SegmentItem {
+    /// Roughly the bytes this item takes on the wire (for [`ANSWER_BUDGET`]).
+    pub fn size(&self) -> usize {
+        let record = match &self.record {
+            Some(Lookup::Found(r)) => r.value.len() + 32,
+            _ => 0,
+        };
+        self.entry.key.len() + 40 + record
+    }
+}
+
 /// What [`Replica::apply`] did with a batch of repairs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -118,6 +143,49 @@ pub trait Replica {
     }
     /// The entries of each segment in `segments`, in the same order.
     fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>>;
+    /// The keys of a prefix of `segments` (at least the first; in order): each key's
+    /// entry, and its record too for a segment asked for as `(segment, true)`. A side
+    /// that holds nothing in a segment copies every key of it, so it fetches them in the
+    /// same round trip as the entries (a new replica's bootstrap is one request per page,
+    /// not two). A replica stops early when the answer passes [`ANSWER_BUDGET`]; the
+    /// caller asks again for the rest. The default reads `entries`, then `records`.
+    fn segments(&self, partition: u32, segments: &[(u32, bool)]) -> Result<Vec<Vec<SegmentItem>>> {
+        let ids: Vec<u32> = segments.iter().map(|&(s, _)| s).collect();
+        let lists = self.entries(partition, &ids)?;
+        let keys: Vec<Vec<u8>> = lists
+            .iter()
+            .zip(segments)
+            .filter(|(_, &(_, with_records))| with_records)
+            .flat_map(|(list, _)| list.iter().map(|e| e.key.clone()))
+            .collect();
+        let records = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.records(partition, &keys)?
+        };
+        if lists.len() != segments.len() || records.len() != keys.len() {
+            return Err(Error::Protocol(format!(
+                "asked for {} segments and {} records, got {} and {}",
+                segments.len(),
+                keys.len(),
+                lists.len(),
+                records.len()
+            )));
+        }
+        let mut records = records.into_iter();
+        Ok(lists
+            .into_iter()
+            .zip(segments)
+            .map(|(list, &(_, with_records))| {
+                list.into_iter()
+                    .map(|entry| SegmentItem {
+                        entry,
+                        record: if with_records { records.next() } else { None },
+                    })
+                    .collect()
+            })
+            .collect())
+    }
     /// The records (tombstones included) of `keys`, in the same order.
     fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Lookup>>;
     /// Applies repairs, each only if its key is as the diff saw it.
@@ -148,6 +216,9 @@ impl<R: Replica + ?Sized> Replica for &R {
     }
     fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>> {
         (**self).entries(partition, segments)
+    }
+    fn segments(&self, partition: u32, segments: &[(u32, bool)]) -> Result<Vec<Vec<SegmentItem>>> {
+        (**self).segments(partition, segments)
     }
     fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Lookup>> {
         (**self).records(partition, keys)
@@ -207,6 +278,10 @@ impl Replica for Store {
             .iter()
             .map(|&s| self.segment_entries(partition, s))
             .collect()
+    }
+
+    fn segments(&self, partition: u32, segments: &[(u32, bool)]) -> Result<Vec<Vec<SegmentItem>>> {
+        self.segment_items(partition, segments, ANSWER_BUDGET)
     }
 
     fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Lookup>> {

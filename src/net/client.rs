@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::exchange::{Applied, Lookup, Repair, Replica};
+use crate::exchange::{Applied, Lookup, Repair, Replica, SegmentItem};
 use crate::options::Shape;
 use crate::record::Record;
 use crate::store::Entry;
@@ -141,6 +141,7 @@ fn unexpected(what: &str, got: &Response) -> Error {
         Response::Hashes(_) => "hashes",
         Response::Entries(_) => "entries",
         Response::Records(_) => "records",
+        Response::Segments(_) => "segments",
         Response::Applied { .. } => "applied",
         Response::Written(_) => "written",
         Response::Descended { .. } => "descended",
@@ -298,6 +299,37 @@ impl Replica for Client {
                 other => Err(unexpected("entries", &other)),
             }
         })
+    }
+
+    fn segments(&self, partition: u32, segments: &[(u32, bool)]) -> Result<Vec<Vec<SegmentItem>>> {
+        // One request; the caller asks again for what an answer cut at the budget left.
+        let page = segments.get(..MAX_SEGMENTS).unwrap_or(segments);
+        let request = Request::Segments {
+            partition,
+            segments: page.to_vec(),
+        };
+        match self.call(&request)? {
+            Response::Segments(lists) => {
+                if lists.len() > page.len() || (lists.is_empty() && !page.is_empty()) {
+                    return Err(Error::Protocol(format!(
+                        "peer answered {} segments for {} asked",
+                        lists.len(),
+                        page.len()
+                    )));
+                }
+                Ok(lists
+                    .into_iter()
+                    .zip(page)
+                    .map(|(items, &(_, with_records))| {
+                        items
+                            .into_iter()
+                            .map(|item| item.into_item(partition, with_records))
+                            .collect()
+                    })
+                    .collect())
+            }
+            other => Err(unexpected("segments", &other)),
+        }
     }
 
     fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Lookup>> {

@@ -8,7 +8,7 @@
 //! nonce, so reading, injecting, replaying or reordering bytes fails (see `channel`).
 //! Everything a peer sends is bounded before work and allocation: handshake messages
 //! ([`HANDSHAKE_MAX`]), frames ([`MAX_FRAME`]), items per request ([`MAX_ITEMS`]),
-//! answer bytes ([`ANSWER_BUDGET`]), time per handshake and per frame, connections in
+//! answer bytes ([`ANSWER_BUDGET`](crate::ANSWER_BUDGET)), time per handshake and per frame, connections in
 //! all and per address; and a peer may write only to partitions the server accepts.
 //!
 //! ```no_run
@@ -44,9 +44,7 @@ mod server;
 pub use channel::{HANDSHAKE_MAX, MAX_FRAME};
 pub use client::{Client, NetPeer};
 pub use key::Key;
-pub use proto::{
-    ANSWER_BUDGET, MAX_DESCEND_HASHES, MAX_DESCEND_NODES, MAX_ITEMS, MAX_SEGMENTS, PROTOCOL,
-};
+pub use proto::{MAX_DESCEND_HASHES, MAX_DESCEND_NODES, MAX_ITEMS, MAX_SEGMENTS, PROTOCOL};
 pub use server::{bind, serve, Accept, Log, ServeOptions, StatusFn, Stop};
 
 /// A log that writes `merkle-index serve: ...` lines to stderr.

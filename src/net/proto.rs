@@ -1,14 +1,17 @@
 //! Messages of the protocol (postcard-encoded, inside the secure channel's frames).
+//! Keys and values are encoded as bytes (`serde_bytes`: a length and one copy, where
+//! serde's default would encode a sequence of single bytes: the same bytes on the wire,
+//! less work).
 
 use serde::{Deserialize, Serialize};
 
-use crate::exchange::{Lookup, Repair};
+use crate::exchange::{Lookup, Repair, SegmentItem};
 use crate::record::Record;
 use crate::store::Entry;
 use crate::Hash;
 
 /// Protocol version in the handshake; each side refuses other versions.
-pub const PROTOCOL: u32 = 4;
+pub const PROTOCOL: u32 = 5;
 
 /// The client's handshake payload.
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,7 +31,7 @@ pub struct Welcome {
 /// Most items (partitions, parents, segments, keys, repairs) in one request; a client
 /// pages through longer lists.
 pub const MAX_ITEMS: usize = 4096;
-/// Most segments in one `Entries` request (they are 4 bytes each; the answer is cut at
+/// Most segments in one `Entries` or `Segments` request (they are 4 bytes each; the answer is cut at
 /// [`ANSWER_BUDGET`] bytes).
 pub const MAX_SEGMENTS: usize = 16_384;
 /// Most child hashes one `Descend` answer holds (4 MiB); the server answers for a
@@ -37,9 +40,7 @@ pub const MAX_DESCEND_HASHES: usize = 1 << 18;
 /// Most nodes in one `Descend` request (6 MiB).
 pub const MAX_DESCEND_NODES: usize = 1 << 18;
 
-/// Bytes an answer of entries or records may fill before the server stops and lets the
-/// client ask for the rest (well under the frame limit).
-pub const ANSWER_BUDGET: usize = 8 << 20;
+pub use crate::exchange::ANSWER_BUDGET;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
@@ -57,6 +58,11 @@ pub enum Request {
     Records {
         partition: u32,
         keys: Vec<Vec<u8>>,
+    },
+    /// Entries of segments, with the records of those flagged (see `Replica::segments`).
+    Segments {
+        partition: u32,
+        segments: Vec<(u32, bool)>,
     },
     Apply {
         partition: u32,
@@ -84,6 +90,8 @@ pub enum Response {
     Hashes(Vec<[u8; 16]>),
     Entries(Vec<Vec<WireEntry>>),
     Records(Vec<WireLookup>),
+    /// Per segment of a prefix of the request, its keys.
+    Segments(Vec<Vec<WireItem>>),
     Applied {
         written: u64,
         stale: u64,
@@ -103,10 +111,20 @@ pub enum Response {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WireEntry {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub version: u64,
     pub tombstone: bool,
     pub hash: [u8; 16],
+}
+
+/// One key of a `Segments` answer: its entry, or its record (the entry follows from it),
+/// or its entry with a mark that its record is corrupt.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireItem {
+    Entry(WireEntry),
+    Record(#[serde(with = "serde_bytes")] Vec<u8>, WireRecord),
+    Corrupt(WireEntry),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -123,11 +141,13 @@ pub struct WireRecord {
     pub version: u64,
     pub tombstone: bool,
     pub value_hash: [u8; 16],
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WireRepair {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub expected: Option<[u8; 16]>,
     pub record: WireRecord,
@@ -198,6 +218,48 @@ impl From<WireLookup> for Lookup {
             WireLookup::Absent => Lookup::Absent,
             WireLookup::Found(r) => Lookup::Found(r.into()),
             WireLookup::Corrupt => Lookup::Corrupt,
+        }
+    }
+}
+
+impl From<&SegmentItem> for WireItem {
+    fn from(item: &SegmentItem) -> Self {
+        match &item.record {
+            Some(Lookup::Found(r)) => WireItem::Record(item.entry.key.clone(), r.into()),
+            Some(Lookup::Corrupt) => WireItem::Corrupt((&item.entry).into()),
+            // A record asked for and gone since the scan cannot happen (one scan reads
+            // both); it travels as its entry.
+            Some(Lookup::Absent) | None => WireItem::Entry((&item.entry).into()),
+        }
+    }
+}
+
+impl WireItem {
+    /// The item, its entry hash recomputed from a record (so the sender cannot pair a
+    /// record with some other entry).
+    pub fn into_item(self, partition: u32, with_record: bool) -> SegmentItem {
+        match self {
+            // Without its record even if asked: the repair reads it if it needs it.
+            WireItem::Entry(e) => SegmentItem {
+                entry: e.into(),
+                record: None,
+            },
+            WireItem::Corrupt(e) => SegmentItem {
+                entry: e.into(),
+                record: Some(Lookup::Corrupt),
+            },
+            WireItem::Record(key, r) => {
+                let record = Record::from(r);
+                SegmentItem {
+                    entry: Entry {
+                        hash: record.entry_hash(partition, &key),
+                        version: record.version,
+                        tombstone: record.tombstone,
+                        key,
+                    },
+                    record: with_record.then_some(Lookup::Found(record)),
+                }
+            }
         }
     }
 }

@@ -388,6 +388,22 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
             }
             Response::Entries(out)
         }
+        Request::Segments {
+            partition,
+            segments,
+        } => {
+            if segments.len() > MAX_SEGMENTS {
+                return Err(too_many("segments", segments.len()));
+            }
+            // The store stops at the byte budget; the client asks again for the rest.
+            let lists = store.segments(partition, &segments)?;
+            Response::Segments(
+                lists
+                    .iter()
+                    .map(|items| items.iter().map(Into::into).collect())
+                    .collect(),
+            )
+        }
         Request::Records { partition, keys } => {
             if keys.len() > MAX_ITEMS {
                 return Err(too_many("keys", keys.len()));
@@ -469,6 +485,10 @@ mod tests {
             Request::Records {
                 partition: 0,
                 keys: vec![Vec::new(); over],
+            },
+            Request::Segments {
+                partition: 0,
+                segments: vec![(0, true); MAX_SEGMENTS + 1],
             },
         ];
         for request in requests {
