@@ -282,21 +282,29 @@ impl Index {
             },
             &mut || {},
         )?;
-        let mut trees = Trees::new();
-        for chunk in read.chunk_by(|a, b| a.0 == b.0) {
-            let Some(&(partition, span, _)) = chunk.first() else {
-                continue;
-            };
-            let segments: Vec<(u32, Hash)> =
-                chunk.iter().flat_map(|c| c.2.iter().copied()).collect();
-            let mut tree = Tree::from_segments(shape, segments);
-            tree.clear_dirty();
-            tree.persisted_span = Some(span);
-            trees.insert(partition, tree);
-        }
-        Ok(trees)
+        // Each partition's tree is built from its slices, partitions in parallel.
+        let partitions: Vec<&[Slice]> = read.chunk_by(|a, b| a.0 == b.0).collect();
+        let built = parallel::map(
+            &partitions,
+            |chunk| {
+                let Some(&(partition, span, _)) = chunk.first() else {
+                    return Ok(None);
+                };
+                let segments: Vec<(u32, Hash)> =
+                    chunk.iter().flat_map(|c| c.2.iter().copied()).collect();
+                let mut tree = Tree::from_segments(shape, segments);
+                tree.clear_dirty();
+                tree.persisted_span = Some(span);
+                Ok(Some((partition, tree)))
+            },
+            &mut || {},
+        )?;
+        Ok(built.into_iter().flatten().collect())
     }
 }
+
+/// One slice of a partition's buckets as read: (partition, span, its non-zero segments).
+type Slice = (u32, u8, Vec<(u32, Hash)>);
 
 /// The distinct partitions (first four key bytes) of a tree keyed by partition, by seeking.
 pub(crate) fn key_prefixes(tree: &sled::Tree) -> Result<Vec<u32>> {
