@@ -1,7 +1,10 @@
 //! Foreground writes while the anti-entropy manager repairs a large divergence: puts/s
 //! on a store alone, while its manager pulls KEYS (default 200,000) missing keys from a
-//! peer at MAX_KEYS_PER_SEC (default 20,000), and alone again with the repair held.
-//! Prints the rates and the ratio of "during" to the mean of the two "alone" runs.
+//! peer, and alone again with the repair held. The repair runs with the manager's
+//! defaults (no cap; yielding to foreground writes with `repair_share` 0.1); set
+//! MAX_KEYS_PER_SEC to cap it too, and SHARE (a fraction, or 0 for none) to change the
+//! share. Alternates phases with the repair held and running, and prints the rates and
+//! the ratio of the "during" mean to the "alone" mean.
 //! Run: cargo run --release --example repair_impact
 
 use std::collections::BTreeSet;
@@ -16,6 +19,9 @@ fn var(name: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// Phases of each kind.
+const PHASES: usize = 4;
 
 /// Puts/s of new keys for `secs` seconds.
 fn write_rate(store: &Store, first: u64, secs: u64) -> f64 {
@@ -34,7 +40,14 @@ fn write_rate(store: &Store, first: u64, secs: u64) -> f64 {
 }
 
 fn main() {
-    let (keys, rate) = (var("KEYS", 200_000), var("MAX_KEYS_PER_SEC", 20_000));
+    let (keys, rate) = (var("KEYS", 200_000), var("MAX_KEYS_PER_SEC", 0));
+    let rate = (rate > 0).then_some(rate);
+    let share = std::env::var("SHARE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(ManagerOptions::default().repair_share, |s| {
+            (s > 0.0).then_some(s)
+        });
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let peer = Arc::new(Store::open(da.path(), Options::default()).unwrap());
     for i in 0..keys {
@@ -42,31 +55,53 @@ fn main() {
             .unwrap();
     }
     let local = Arc::new(Store::open(db.path(), Options::default()).unwrap());
-    let alone = write_rate(&local, 1 << 40, 5);
     let manager = Manager::start(
         Arc::clone(&local),
         ManagerOptions {
-            max_repair_keys_per_sec: Some(rate),
+            max_repair_keys_per_sec: Some(1), // held until the first "during" phase
+            repair_share: share,
             ..ManagerOptions::default()
         },
     );
     manager.set_peer("peer", Arc::new(Arc::clone(&peer)), BTreeSet::from([0]));
-    std::thread::sleep(Duration::from_millis(500));
-    let during = write_rate(&local, 2 << 40, 5);
-    let status = manager.status();
-    let repaired: u64 = status.peers[0]
-        .running
-        .as_ref()
-        .map_or(0, |r| r.repaired_local);
-    // Hold the repair (1 key/s) and measure alone again on the now larger store, so
-    // the comparison is not skewed by the store's growth.
-    manager.set_throttle(Some(1), None);
-    std::thread::sleep(Duration::from_millis(500));
-    let after = write_rate(&local, 3 << 40, 5);
-    let baseline = (alone + after) / 2.0;
+    // Alternate phases with the repair held (1 key/s) and running, on the same store,
+    // so the machine's drift and the store's growth weigh on both alike.
+    let (mut alone, mut during) = (Vec::new(), Vec::new());
+    let mut next_key = 1u64 << 40;
+    let mut repaired = 0;
+    let mut seen = (0, None);
+    for round in 0..PHASES {
+        manager.set_throttle(Some(1), None);
+        std::thread::sleep(Duration::from_millis(200));
+        alone.push(write_rate(&local, next_key, 2));
+        next_key += 1 << 32;
+        manager.set_throttle(rate, None);
+        if round == 0 {
+            // Let the exchange start; it then runs through every "during" phase.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        during.push(write_rate(&local, next_key, 2));
+        next_key += 1 << 32;
+        let status = manager.status();
+        repaired = status.peers[0]
+            .running
+            .as_ref()
+            .map_or(repaired, |r| r.repaired_local);
+        seen = (
+            status.foreground_writes_per_sec,
+            status.repair_keys_per_sec_now,
+        );
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     println!(
-        "foreground puts/s alone: {alone:.0} before, {after:.0} after; during a repair capped at {rate} keys/s: {during:.0} ({:.2}x the mean); repaired meanwhile: {repaired}",
-        during / baseline
+        "foreground puts/s over {PHASES} alternating phases of 2 s: alone {:.0} (each {:?}), during a repair (cap {rate:?} keys/s, share {share:?}) {:.0} (each {:?}): {:.2}x; repaired by then: {repaired} of {keys}; last seen: foreground {}/s, repairs allowed {:?}/s",
+        mean(&alone),
+        alone.iter().map(|r| *r as u64).collect::<Vec<_>>(),
+        mean(&during),
+        during.iter().map(|r| *r as u64).collect::<Vec<_>>(),
+        mean(&during) / mean(&alone),
+        seen.0,
+        seen.1,
     );
     manager.stop();
 }

@@ -55,7 +55,10 @@ pub use error::{Corruption, Error, Result};
 pub use exchange::{Applied, Lookup, Repair, Replica, SegmentItem, ANSWER_BUDGET};
 pub use flush::FlushStats;
 pub use hash::{entry_hash, segment_of, value_hash, Hash, HASH_BYTES};
-pub use manager::{Manager, ManagerOptions, PartitionStatus, Peer, PeerStatus, Running, Status};
+pub use manager::{
+    Manager, ManagerOptions, PartitionStatus, Peer, PeerStatus, Running, Status,
+    BUSY_WRITES_PER_SEC,
+};
 pub use meta::CheckpointInfo;
 pub use options::{Options, Shape};
 pub use record::Record;

@@ -8,7 +8,10 @@
 //! node; a failure backs off exponentially (to `backoff_max`) before the next attempt.
 //! Repairs pass through a shared token bucket (keys/s and bytes/s, changeable while
 //! running): an exchange that reaches the cap waits and continues, it never fails for
-//! it. Peers and their partitions may change at any time (ring changes).
+//! it. While the store takes foreground writes, repairs also yield to them: at most
+//! `repair_share` of the foreground rate (so a large repair cannot crowd out the
+//! writes it competes with for the cores), the caps alone otherwise. Peers and their
+//! partitions may change at any time (ring changes).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -52,7 +55,16 @@ pub struct ManagerOptions {
     pub max_repair_keys_per_sec: Option<u64>,
     /// Repair key and value bytes per second over all exchanges (default unlimited).
     pub max_repair_bytes_per_sec: Option<u64>,
+    /// While the store takes more than [`BUSY_WRITES_PER_SEC`] foreground writes per
+    /// second, repairs run at most at this fraction of that rate (default 0.1; `None`,
+    /// zero or NaN: the caps alone; above 1 counts as 1). Measured with
+    /// `examples/repair_impact.rs`: see the README.
+    pub repair_share: Option<f64>,
 }
+
+/// Foreground writes per second above which repairs yield ([`ManagerOptions::repair_share`]);
+/// below it the writes leave the cores nearly idle and repairs run at their caps.
+pub const BUSY_WRITES_PER_SEC: u64 = 1_000;
 
 impl Default for ManagerOptions {
     fn default() -> Self {
@@ -64,6 +76,7 @@ impl Default for ManagerOptions {
             backoff_max: Duration::from_secs(300),
             max_repair_keys_per_sec: None,
             max_repair_bytes_per_sec: None,
+            repair_share: Some(0.1),
         }
     }
 }
@@ -130,6 +143,12 @@ pub struct Status {
     /// The repair limits in force.
     pub max_repair_keys_per_sec: Option<u64>,
     pub max_repair_bytes_per_sec: Option<u64>,
+    /// Foreground writes per second, as last measured (over at least 100 ms, while
+    /// repairs run).
+    pub foreground_writes_per_sec: u64,
+    /// The repair rate allowed now: the key cap, lowered while foreground writes are
+    /// busy (`None`: unlimited).
+    pub repair_keys_per_sec_now: Option<u64>,
 }
 
 struct PeerState {
@@ -151,6 +170,11 @@ struct State {
     keys: f64,
     bytes: f64,
     refilled: Instant,
+    /// The foreground write rate: the store's count when last sampled, when, and the
+    /// rate measured then.
+    foreground_seen: u64,
+    foreground_sampled: Instant,
+    foreground_rate: u64,
     /// Draws for the jitter (a small xorshift; no need for a random crate).
     seed: u64,
 }
@@ -185,6 +209,9 @@ impl Manager {
                 keys: 0.0,
                 bytes: 0.0,
                 refilled: Instant::now(),
+                foreground_seen: 0,
+                foreground_sampled: Instant::now(),
+                foreground_rate: 0,
                 seed: unix_ms() | 1,
             }),
             wake: Condvar::new(),
@@ -286,6 +313,8 @@ impl Manager {
             exchanges: state.exchanges,
             max_repair_keys_per_sec: state.options.max_repair_keys_per_sec,
             max_repair_bytes_per_sec: state.options.max_repair_bytes_per_sec,
+            foreground_writes_per_sec: state.foreground_rate,
+            repair_keys_per_sec_now: key_rate_now(&state),
         }
     }
 
@@ -523,14 +552,34 @@ fn sync_one(
 fn take_tokens(inner: &Inner, keys: u64, bytes: u64) {
     let mut state = lock(inner);
     loop {
-        let (key_rate, byte_rate) = (
-            state.options.max_repair_keys_per_sec,
-            state.options.max_repair_bytes_per_sec,
-        );
-        if state.stopping || (key_rate.is_none() && byte_rate.is_none()) {
+        if state.stopping {
             return;
         }
         let now = Instant::now();
+        let sampled = now.duration_since(state.foreground_sampled);
+        if sampled > Duration::from_secs(1) && state.options.repair_share.is_some() {
+            // The last sample is stale (the first repair, or the first after a quiet
+            // spell): measure the foreground afresh before repairing.
+            state.foreground_seen = inner.store.foreground_writes();
+            state.foreground_sampled = now;
+            state = inner
+                .wake
+                .wait_timeout(state, SAMPLE)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            continue;
+        }
+        if sampled >= SAMPLE {
+            let seen = inner.store.foreground_writes();
+            let writes = seen.saturating_sub(state.foreground_seen);
+            state.foreground_rate = (writes as f64 / sampled.as_secs_f64()) as u64;
+            state.foreground_seen = seen;
+            state.foreground_sampled = now;
+        }
+        let (key_rate, byte_rate) = (key_rate_now(&state), state.options.max_repair_bytes_per_sec);
+        if key_rate.is_none() && byte_rate.is_none() {
+            return;
+        }
         let elapsed = now.duration_since(state.refilled).as_secs_f64();
         state.refilled = now;
         let refill = |have: f64, rate: Option<u64>| {
@@ -564,6 +613,23 @@ fn take_tokens(inner: &Inner, keys: u64, bytes: u64) {
             .wait_timeout(state, Duration::from_secs_f64(wait))
             .unwrap_or_else(|p| p.into_inner())
             .0;
+    }
+}
+
+/// The shortest window over which the foreground write rate is measured.
+const SAMPLE: Duration = Duration::from_millis(100);
+
+/// The key cap, lowered to `repair_share` of the foreground rate while that is busy.
+fn key_rate_now(state: &State) -> Option<u64> {
+    let cap = state.options.max_repair_keys_per_sec;
+    let share = state
+        .options
+        .repair_share
+        .filter(|s| *s > 0.0 && state.foreground_rate > BUSY_WRITES_PER_SEC)
+        .map(|s| ((state.foreground_rate as f64 * s.clamp(0.0, 1.0)).round() as u64).max(1));
+    match (cap, share) {
+        (Some(c), Some(s)) => Some(c.min(s)),
+        (c, s) => c.or(s),
     }
 }
 

@@ -169,3 +169,69 @@ fn a_peer_without_a_partition_list_shares_every_partition_either_side_holds() {
         listed == [3, 5]
     }));
 }
+
+#[test]
+fn foreground_writes_count_puts_deletes_and_replication_not_repairs() {
+    let ((_da, a), (_db, b)) = (store(), store());
+    a.put(b"k1", b"v").unwrap();
+    a.partition(2).delete(b"k2").unwrap();
+    let record = merkle_index::Record::value(7, b"replicated");
+    a.replicate(3, b"k3", &record).unwrap();
+    assert_eq!(a.foreground_writes(), 3);
+    for i in 0..10u32 {
+        b.put(&i.to_le_bytes(), b"v").unwrap();
+    }
+    a.sync_index().unwrap();
+    b.sync_index().unwrap();
+    let report = merkle_index::sync(&*a, &*b, 0, &Default::default()).unwrap();
+    assert_eq!(report.repaired_local, 10);
+    assert_eq!(
+        a.foreground_writes(),
+        3,
+        "repairs are not foreground writes"
+    );
+}
+
+#[test]
+fn repairs_yield_to_busy_foreground_writes_and_still_finish() {
+    let ((_da, local), (_db, peer)) = (store(), store());
+    for i in 0..20_000u32 {
+        peer.put(&i.to_le_bytes(), b"a value to repair").unwrap();
+    }
+    let manager = Manager::start(
+        Arc::clone(&local),
+        ManagerOptions {
+            repair_share: Some(0.1),
+            ..fast()
+        },
+    );
+    // Foreground writes on another partition, as fast as this machine goes.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = std::thread::spawn({
+        let (local, stop) = (Arc::clone(&local), Arc::clone(&stop));
+        move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                local.partition(9).put(&i.to_le_bytes(), b"fg").unwrap();
+                i += 1;
+            }
+        }
+    });
+    manager.set_peer("peer", Arc::new(Arc::clone(&peer)), BTreeSet::from([0]));
+    // While the writes are busy, the allowed repair rate is a tenth of theirs.
+    let yielded = wait_until(Duration::from_secs(20), || {
+        let s = manager.status();
+        s.foreground_writes_per_sec > merkle_index::BUSY_WRITES_PER_SEC
+            && s.repair_keys_per_sec_now
+                == Some(((s.foreground_writes_per_sec as f64 / 10.0).round() as u64).max(1))
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(yielded, "{:?}", manager.status());
+    // Once they stop, the repair runs at its caps (none here) and finishes.
+    let converged = wait_until(Duration::from_secs(60), || {
+        roots(&local, &[0]) == roots(&peer, &[0])
+    });
+    assert!(converged, "{:?}", manager.status());
+    manager.stop();
+}

@@ -8,6 +8,7 @@ pub(crate) mod meta;
 pub(crate) mod record;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,8 @@ pub struct Store {
     index: Arc<Index>,
     hasher: Hasher,
     flushes: GroupCommit,
+    /// Foreground writes since open (see [`Store::foreground_writes`]).
+    foreground: AtomicU64,
     report: OpenReport,
     closed: bool,
 }
@@ -177,6 +180,7 @@ impl Store {
             index,
             hasher,
             flushes: GroupCommit::default(),
+            foreground: AtomicU64::new(0),
             report: OpenReport {
                 recovery: found.recovery,
                 duration: started.elapsed(),
@@ -417,6 +421,13 @@ impl Store {
         Ok(n)
     }
 
+    /// Foreground writes since open: puts, deletes and replication messages, not
+    /// anti-entropy repairs. The manager watches its rate to keep repairs from crowding
+    /// them out ([`ManagerOptions::repair_share`](crate::ManagerOptions)).
+    pub fn foreground_writes(&self) -> u64 {
+        self.foreground.load(Relaxed)
+    }
+
     /// How the last open brought the index back.
     pub fn open_report(&self) -> &OpenReport {
         &self.report
@@ -593,6 +604,7 @@ impl Store {
         header: RecordHeader,
         value: &[u8],
     ) -> Result<()> {
+        self.foreground.fetch_add(1, Relaxed);
         let index = &*self.index;
         let segment = segment_of(key, index.shape.segments);
         let encoded = header.encode(value);
@@ -646,6 +658,7 @@ impl Store {
     /// late, twice or out of order). Refused like a repair if the value fails its hash or
     /// the version is past `max_clock_drift`. True if written.
     pub fn replicate(&self, partition: u32, key: &[u8], record: &Record) -> Result<bool> {
+        self.foreground.fetch_add(1, Relaxed);
         loop {
             let current = match self.read(partition, key) {
                 Ok(found) => found,

@@ -41,6 +41,10 @@ pub struct Args {
     /// Repair bytes per second over all exchanges (default unlimited).
     #[arg(long)]
     max_repair_bytes_per_sec: Option<u64>,
+    /// While this node takes more than 1,000 foreground writes a second, repairs run at
+    /// most at this fraction of their rate (0 to 1; 0: only the caps apply).
+    #[arg(long, default_value_t = 0.1, value_parser = parse_share)]
+    repair_share: f64,
     /// Deadline for handshakes and frames, in milliseconds (at least 1).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
@@ -50,6 +54,14 @@ pub struct Args {
     /// Accept writes to any partition.
     #[arg(long)]
     accept_any: bool,
+}
+
+/// A fraction in [0, 1].
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{text} is not a fraction from 0 to 1")),
+    }
 }
 
 /// `ADDR` or `ADDR=P1,P2,...`.
@@ -75,6 +87,8 @@ pub fn status_json(status: &Status) -> serde_json::Value {
         "exchanges": status.exchanges,
         "max_repair_keys_per_sec": status.max_repair_keys_per_sec,
         "max_repair_bytes_per_sec": status.max_repair_bytes_per_sec,
+        "foreground_writes_per_sec": status.foreground_writes_per_sec,
+        "repair_keys_per_sec_now": status.repair_keys_per_sec_now,
         "peers": status.peers.iter().map(|p| json!({
             "peer": p.name,
             "failures": p.failures,
@@ -125,6 +139,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             max_concurrent: usize::try_from(a.max_concurrent).unwrap_or(usize::MAX),
             max_repair_keys_per_sec: a.max_repair_keys_per_sec,
             max_repair_bytes_per_sec: a.max_repair_bytes_per_sec,
+            repair_share: (a.repair_share > 0.0).then_some(a.repair_share),
             ..ManagerOptions::default()
         },
     ));
