@@ -44,6 +44,8 @@ struct Cluster {
     ports: Vec<u16>,
     nodes: Vec<Option<Child>>,
     key: Key,
+    /// Node 0's Prometheus endpoint (`http://ADDR/metrics`).
+    metrics: String,
 }
 
 impl Cluster {
@@ -67,6 +69,9 @@ impl Cluster {
                 .join(",")
         };
         cmd.args(["--accept-partitions", &list(&mine)]);
+        if node == 0 {
+            cmd.args(["--metrics", "127.0.0.1:0"]);
+        }
         for other in (0..NODES).filter(|&o| o != node) {
             let shared: Vec<u32> = holds(other)
                 .into_iter()
@@ -83,11 +88,20 @@ impl Cluster {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        stdout.read_line(&mut line).unwrap();
         assert!(line.starts_with("listening on"), "node {node}: {line:?}");
+        if node == 0 {
+            line.clear();
+            stdout.read_line(&mut line).unwrap();
+            self.metrics = line
+                .trim()
+                .strip_prefix("metrics on http://")
+                .and_then(|l| l.strip_suffix("/metrics"))
+                .unwrap_or_else(|| panic!("node 0: {line:?}"))
+                .to_string();
+        }
         self.nodes[node] = Some(child);
     }
 
@@ -146,6 +160,7 @@ fn a_cluster_converges_without_manual_sync() {
         ports: (0..NODES).map(|_| free_port()).collect(),
         nodes: (0..NODES).map(|_| None).collect(),
         key,
+        metrics: String::new(),
     };
     for node in (0..NODES).filter(|&n| n != LATE) {
         cluster.start(node);
@@ -286,4 +301,40 @@ fn a_cluster_converges_without_manual_sync() {
         acked.len()
     );
     assert!(repaired > 0);
+
+    // Node 0's Prometheus endpoint tells the same story as its status.
+    let status: serde_json::Value = serde_json::from_str(&clients[0].status().unwrap()).unwrap();
+    let from_status: u64 = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["partitions"].as_array().unwrap())
+        .map(|part| part["total_repaired_local"].as_u64().unwrap())
+        .sum();
+    let text = scrape(&cluster.metrics);
+    let from_metrics: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("merkle_index_repaired_local_keys_total{"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(from_metrics as u64, from_status, "{text}");
+    eprintln!("node 0 repaired {from_status} keys, by its status and by its metrics");
+    assert!(text.contains("merkle_index_exchanges_total "), "{text}");
+}
+
+/// GET /metrics over plain HTTP; the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_string()
 }

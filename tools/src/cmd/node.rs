@@ -54,6 +54,53 @@ pub struct Args {
     /// Accept writes to any partition.
     #[arg(long)]
     accept_any: bool,
+    /// Also serve the manager's status as Prometheus metrics over plain HTTP at
+    /// `http://ADDR/metrics` (port 0 picks a free port; the address is printed).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+}
+
+/// The metrics endpoint: a small HTTP server on its own thread, until `unblock`.
+struct Metrics {
+    server: Arc<tiny_http::Server>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Metrics {
+    fn start(addr: &str, manager: Arc<Manager>) -> anyhow::Result<Metrics> {
+        let server = Arc::new(
+            tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("--metrics {addr}: {e}"))?,
+        );
+        outln!("metrics on http://{}/metrics", server.server_addr());
+        let thread = std::thread::spawn({
+            let server = Arc::clone(&server);
+            move || {
+                for request in server.incoming_requests() {
+                    let found = request.method() == &tiny_http::Method::Get
+                        && request.url().split('?').next() == Some("/metrics");
+                    let response = if found {
+                        tiny_http::Response::from_string(manager.status().to_prometheus())
+                            .with_header(tiny_http::Header {
+                                field: "Content-Type".parse().expect("a valid header name"),
+                                value: "text/plain; version=0.0.4"
+                                    .parse()
+                                    .expect("a valid header value"),
+                            })
+                    } else {
+                        tiny_http::Response::from_string("GET /metrics\n").with_status_code(404)
+                    };
+                    // A client gone before the answer is its own business.
+                    let _ = request.respond(response);
+                }
+            }
+        });
+        Ok(Metrics { server, thread })
+    }
+
+    fn stop(self) {
+        self.server.unblock();
+        let _ = self.thread.join();
+    }
 }
 
 /// A fraction in [0, 1].
@@ -152,6 +199,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         manager.set_peer(&peer_addr, Arc::new(peer), partitions);
     }
     outln!("listening on {addr}");
+    let metrics = match &a.metrics {
+        Some(at) => Some(Metrics::start(at, Arc::clone(&manager))?),
+        None => None,
+    };
     let status = {
         let manager = Arc::clone(&manager);
         Arc::new(move || status_json(&manager.status()).to_string())
@@ -170,6 +221,9 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         &stop,
         net::stderr_log(),
     )?;
+    if let Some(metrics) = metrics {
+        metrics.stop();
+    }
     // The server's status closure held a handle on the manager; it is gone now.
     Arc::into_inner(manager)
         .context("the manager is still shared")?

@@ -13,6 +13,8 @@
 //! writes it competes with for the cores), the caps alone otherwise. Peers and their
 //! partitions may change at any time (ring changes).
 
+mod metrics;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
