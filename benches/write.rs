@@ -56,11 +56,27 @@ struct SledEngine {
     tree: sled::Tree,
     dir: std::path::PathBuf,
     fsync: bool,
+    /// Lay keys and values out as the store does (partition and segment before the
+    /// key, a 26-byte record header before the value), with no index work.
+    layout: bool,
 }
 
 impl Engine for SledEngine {
     fn put(&self, i: u64, value: &[u8]) {
-        self.tree.insert(common::key(i), value).unwrap();
+        let key = common::key(i);
+        if self.layout {
+            let segment = merkle_index::segment_of(&key, 1 << 20);
+            let mut k = Vec::with_capacity(8 + key.len());
+            k.extend_from_slice(&0u32.to_be_bytes());
+            k.extend_from_slice(&segment.to_be_bytes());
+            k.extend_from_slice(&key);
+            let mut v = Vec::with_capacity(26 + value.len());
+            v.extend_from_slice(&[1u8; 26]);
+            v.extend_from_slice(value);
+            self.tree.insert(k, v).unwrap();
+        } else {
+            self.tree.insert(key, value).unwrap();
+        }
     }
     fn flush(&self) {
         self.db.flush().unwrap();
@@ -127,7 +143,7 @@ fn store_engine(dir: &std::path::Path, partitions: u32) -> StoreEngine {
     }
 }
 
-fn sled_engine(dir: &std::path::Path, fsync: bool) -> SledEngine {
+fn sled_engine(dir: &std::path::Path, fsync: bool, layout: bool) -> SledEngine {
     let db = common::bare_sled(dir);
     let tree = db.open_tree("data").unwrap();
     SledEngine {
@@ -135,6 +151,7 @@ fn sled_engine(dir: &std::path::Path, fsync: bool) -> SledEngine {
         tree,
         dir: dir.to_path_buf(),
         fsync,
+        layout,
     }
 }
 
@@ -148,7 +165,7 @@ fn case(
     threads: u64,
     flush_every: u64,
     partitions: u32,
-    baselines: &[(&str, bool)],
+    baselines: &[(&str, bool, bool)],
 ) {
     let mut g = c.benchmark_group(group);
     g.sample_size(10).measurement_time(Duration::from_secs(6));
@@ -181,9 +198,9 @@ fn case(
         );
     }
     drop(store);
-    for &(name, fsync) in baselines {
+    for &(name, fsync, layout) in baselines {
         let dir = tempfile::tempdir().unwrap();
-        let sled = sled_engine(dir.path(), fsync);
+        let sled = sled_engine(dir.path(), fsync, layout);
         preload(&sled, n, &value);
         let next = AtomicU64::new(n);
         g.bench_function(BenchmarkId::new(name, size), |b| {
@@ -193,15 +210,21 @@ fn case(
     g.finish();
 }
 
-const BARE: &[(&str, bool)] = &[("bare_sled", false)];
-const DURABLE: &[(&str, bool)] = &[
-    ("bare_sled_same_durability", true),
-    ("bare_sled_own_flush", false),
+const BARE: &[(&str, bool, bool)] = &[("bare_sled", false, false)];
+/// Also bare sled with the store's key and value layout: what the layout costs sled,
+/// apart from the index.
+const BARE_AND_LAYOUT: &[(&str, bool, bool)] = &[
+    ("bare_sled", false, false),
+    ("bare_sled_store_layout", false, true),
+];
+const DURABLE: &[(&str, bool, bool)] = &[
+    ("bare_sled_same_durability", true, false),
+    ("bare_sled_own_flush", false, false),
 ];
 
 fn puts(c: &mut Criterion) {
-    case(c, "put_new", Keys::New, 100, 1, 0, 1, BARE);
-    case(c, "put_new", Keys::New, 1024, 1, 0, 1, BARE);
+    case(c, "put_new", Keys::New, 100, 1, 0, 1, BARE_AND_LAYOUT);
+    case(c, "put_new", Keys::New, 1024, 1, 0, 1, BARE_AND_LAYOUT);
     case(c, "put_overwrite", Keys::Overwrite, 100, 1, 0, 1, BARE);
     case(c, "put_new_2_threads", Keys::New, 100, 2, 0, 1, BARE);
     case(c, "put_new_4_threads", Keys::New, 100, 4, 0, 1, BARE);
