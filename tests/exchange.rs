@@ -469,6 +469,10 @@ fn answers_stop_at_the_byte_budget_and_the_walk_asks_for_the_rest() {
         bytes <= merkle_index::ANSWER_BUDGET + (1 << 20) + 64,
         "{bytes}"
     );
+    // A diff only lists the keys: no values travel.
+    let listed = diff(&a, &b, 0).unwrap();
+    assert_eq!(listed.differences.len(), 12);
+    assert!(listed.payload_bytes < 1 << 20, "{}", listed.payload_bytes);
     let report = sync(&a, &b, 0, &SyncOptions::default()).unwrap();
     assert_eq!(report.repaired_local, 12);
     assert!(report.diff.round_trips > 2, "{:?}", report.diff);

@@ -146,7 +146,7 @@ pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result
         ..DiffReport::default()
     };
     let mut differences = Vec::new();
-    walk(local, remote, partition, &mut report, &mut |found, _| {
+    walk(local, remote, partition, false, &mut report, &mut |found, _| {
         differences.extend(found.iter().map(|f| f.difference.clone()));
         Ok(())
     })?;
@@ -155,11 +155,14 @@ pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result
 }
 
 /// Walks the two trees and calls `found` with each page of differing keys (and the
-/// report so far), so a caller can act on them without holding them all.
+/// report so far), so a caller can act on them without holding them all. With
+/// `records`, the remote's records of segments empty here come with their entries (a
+/// sync copies them all; a diff only lists them).
 fn walk(
     local: &dyn Replica,
     remote: &dyn Replica,
     partition: u32,
+    records: bool,
     report: &mut DiffReport,
     found: &mut dyn FnMut(&[Found], &mut DiffReport) -> Result<()>,
 ) -> Result<()> {
@@ -181,6 +184,7 @@ fn walk(
         partition,
         levels: shape.levels,
         width: u64::from(shape.width),
+        records,
         segments: Vec::new(),
         found,
     };
@@ -198,8 +202,10 @@ struct Walker<'a, 'f> {
     partition: u32,
     levels: u32,
     width: u64,
-    /// Differing segments not yet compared (at most a page), each with whether it is
-    /// empty here (then the remote's records come with its entries).
+    /// Fetch the remote's records of segments empty here with their entries.
+    records: bool,
+    /// Differing segments not yet compared (at most a page), each with whether to
+    /// fetch the remote's records with its entries (it is empty here, in a sync).
     segments: Vec<(u32, bool)>,
     found: &'f mut dyn FnMut(&[Found], &mut DiffReport) -> Result<()>,
 }
@@ -299,7 +305,7 @@ impl Walker<'_, '_> {
 
     fn add_segments(&mut self, segments: &[(u64, bool)], report: &mut DiffReport) -> Result<()> {
         for &(segment, empty_here) in segments {
-            self.segments.push((segment as u32, empty_here));
+            self.segments.push((segment as u32, empty_here && self.records));
             if self.segments.len() >= PAGE {
                 self.flush_segments(report)?;
             }
@@ -325,6 +331,7 @@ impl Walker<'_, '_> {
             }
             let (done, tail) = rest.split_at(theirs.len());
             rest = tail;
+            // A segment asked with records is empty here: nothing to list locally.
             let listed: Vec<u32> = done.iter().filter(|s| !s.1).map(|s| s.0).collect();
             let mut mine = self.local.entries(self.partition, &listed)?.into_iter();
             expect_len(
@@ -335,8 +342,8 @@ impl Walker<'_, '_> {
             )?;
             report.segments_compared += done.len() as u64;
             let mut found = Vec::new();
-            for (&(_, empty_here), theirs) in done.iter().zip(theirs) {
-                let ours = if empty_here {
+            for (&(_, with_records), theirs) in done.iter().zip(theirs) {
+                let ours = if with_records {
                     Vec::new()
                 } else {
                     mine.next().unwrap_or_default()
@@ -436,7 +443,7 @@ pub fn sync(
             })
             .collect();
         drop((batches_in, applied_out));
-        let walked_ok = walk(local, remote, partition, &mut walked, &mut |found, _| {
+        let walked_ok = walk(local, remote, partition, true, &mut walked, &mut |found, _| {
             report.differences += found.len() as u64;
             for chunk in found.chunks(batch) {
                 if batches > 0 && !options.pause.is_zero() {
