@@ -146,10 +146,17 @@ pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result
         ..DiffReport::default()
     };
     let mut differences = Vec::new();
-    walk(local, remote, partition, false, &mut report, &mut |found, _| {
-        differences.extend(found.iter().map(|f| f.difference.clone()));
-        Ok(())
-    })?;
+    walk(
+        local,
+        remote,
+        partition,
+        false,
+        &mut report,
+        &mut |found, _| {
+            differences.extend(found.iter().map(|f| f.difference.clone()));
+            Ok(())
+        },
+    )?;
     report.differences = differences;
     Ok(report)
 }
@@ -305,7 +312,8 @@ impl Walker<'_, '_> {
 
     fn add_segments(&mut self, segments: &[(u64, bool)], report: &mut DiffReport) -> Result<()> {
         for &(segment, empty_here) in segments {
-            self.segments.push((segment as u32, empty_here && self.records));
+            self.segments
+                .push((segment as u32, empty_here && self.records));
             if self.segments.len() >= PAGE {
                 self.flush_segments(report)?;
             }
@@ -443,30 +451,37 @@ pub fn sync(
             })
             .collect();
         drop((batches_in, applied_out));
-        let walked_ok = walk(local, remote, partition, true, &mut walked, &mut |found, _| {
-            report.differences += found.len() as u64;
-            for chunk in found.chunks(batch) {
-                if batches > 0 && !options.pause.is_zero() {
-                    std::thread::sleep(options.pause);
-                }
-                batches += 1;
-                let to_local = repair(local, remote, partition, chunk, options, &mut report)?;
-                if !to_local.is_empty() {
-                    backlog.acquire(to_local.iter().map(repair_size).sum());
-                    if to_writer.send(to_local).is_err() {
-                        // The writer failed; its error is reported below.
-                        return Err(Error::Protocol("the local writer stopped".into()));
+        let walked_ok = walk(
+            local,
+            remote,
+            partition,
+            true,
+            &mut walked,
+            &mut |found, _| {
+                report.differences += found.len() as u64;
+                for chunk in found.chunks(batch) {
+                    if batches > 0 && !options.pause.is_zero() {
+                        std::thread::sleep(options.pause);
+                    }
+                    batches += 1;
+                    let to_local = repair(local, remote, partition, chunk, options, &mut report)?;
+                    if !to_local.is_empty() {
+                        backlog.acquire(to_local.iter().map(repair_size).sum());
+                        if to_writer.send(to_local).is_err() {
+                            // The writer failed; its error is reported below.
+                            return Err(Error::Protocol("the local writer stopped".into()));
+                        }
+                    }
+                    for applied in applied_in.try_iter() {
+                        count_local(&mut report, applied);
+                    }
+                    if let Some(progress) = options.progress {
+                        progress(&report);
                     }
                 }
-                for applied in applied_in.try_iter() {
-                    count_local(&mut report, applied);
-                }
-                if let Some(progress) = options.progress {
-                    progress(&report);
-                }
-            }
-            Ok(())
-        });
+                Ok(())
+            },
+        );
         drop(to_writer);
         backlog.close();
         let mut written = Ok(());

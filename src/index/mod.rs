@@ -217,11 +217,11 @@ impl Index {
     /// segment hashes are read, every level above is recomputed. Partitions are read in
     /// parallel, each checked: one span for all its buckets, every range valid.
     pub(crate) fn load_buckets(shape: Shape, buckets: &sled::Tree) -> Result<Trees> {
-        // Each partition's buckets are cut in a few slices so every core reads and
-        // decodes a share, however few partitions there are. All buckets of a partition
-        // share one span: its first and last key must agree.
-        const SLICES: u64 = 4;
-        let mut slices = Vec::new();
+        // With few partitions, each one's buckets are cut in a few slices so every core
+        // reads and decodes a share, and the trees are built after; with many, each
+        // partition is one piece of work that reads its buckets and builds its tree.
+        // All buckets of a partition share one span: its first and last key must agree.
+        let mut spans = Vec::new();
         for partition in key_prefixes(buckets)? {
             let mut keys = buckets.scan_prefix(partition.to_be_bytes()).keys();
             let Some(first) = keys.next() else {
@@ -243,10 +243,19 @@ impl Index {
                 }
                 .into());
             }
-            for slice in 0..SLICES {
-                slices.push((partition, first.span, slice));
-            }
+            spans.push((partition, first.span));
         }
+        let slices_each: u64 = if spans.len() >= 8 { 1 } else { 4 };
+        let slices: Vec<(u32, u8, u64)> = spans
+            .iter()
+            .flat_map(|&(p, span)| (0..slices_each).map(move |slice| (p, span, slice)))
+            .collect();
+        let build = |partition: u32, span: u8, segments: Vec<(u32, Hash)>| {
+            let mut tree = Tree::from_segments(shape, segments);
+            tree.clear_dirty();
+            tree.persisted_span = Some(span);
+            (partition, tree)
+        };
         let read = parallel::map(
             &slices,
             |&(partition, span, slice)| {
@@ -264,13 +273,13 @@ impl Index {
                 let buckets_total = bucket::segment_pages(shape)
                     .div_ceil(per_bucket.max(1))
                     .max(1);
-                let lo = key(buckets_total * slice / SLICES);
-                let range = if slice + 1 == SLICES {
+                let lo = key(buckets_total * slice / slices_each);
+                let range = if slice + 1 == slices_each {
                     // The last slice runs to the end of the span (so a bucket number past
                     // the tree is read, and refused by its decode).
                     buckets.range(lo..=key(u64::from(u32::MAX)))
                 } else {
-                    buckets.range(lo..key(buckets_total * (slice + 1) / SLICES))
+                    buckets.range(lo..key(buckets_total * (slice + 1) / slices_each))
                 };
                 let mut segments = Vec::new();
                 for item in range {
@@ -278,33 +287,61 @@ impl Index {
                     let id = BucketId::from_key(&k)?;
                     bucket::decode(id, shape, &value, &mut |s, h| segments.push((s, h)))?;
                 }
-                Ok((partition, span, segments))
+                Ok(if slices_each == 1 {
+                    Loaded::Tree(build(partition, span, segments))
+                } else {
+                    Loaded::Slice(Slice {
+                        partition,
+                        span,
+                        segments,
+                    })
+                })
             },
             &mut || {},
         )?;
-        // Each partition's tree is built from its slices, partitions in parallel.
-        let partitions: Vec<&[Slice]> = read.chunk_by(|a, b| a.0 == b.0).collect();
+        let mut trees = Trees::new();
+        let mut slices: Vec<Slice> = Vec::new();
+        for loaded in read {
+            match loaded {
+                Loaded::Tree((partition, tree)) => {
+                    trees.insert(partition, tree);
+                }
+                Loaded::Slice(slice) => slices.push(slice),
+            }
+        }
+        // Few partitions: each one's tree from its slices, partitions in parallel.
+        let partitions: Vec<&[Slice]> =
+            slices.chunk_by(|a, b| a.partition == b.partition).collect();
         let built = parallel::map(
             &partitions,
             |chunk| {
-                let Some(&(partition, span, _)) = chunk.first() else {
-                    return Ok(None);
-                };
-                let segments: Vec<(u32, Hash)> =
-                    chunk.iter().flat_map(|c| c.2.iter().copied()).collect();
-                let mut tree = Tree::from_segments(shape, segments);
-                tree.clear_dirty();
-                tree.persisted_span = Some(span);
-                Ok(Some((partition, tree)))
+                let (partition, span) = chunk.first().map_or((0, 0), |c| (c.partition, c.span));
+                let segments = chunk
+                    .iter()
+                    .flat_map(|c| c.segments.iter().copied())
+                    .collect();
+                Ok(build(partition, span, segments))
             },
             &mut || {},
         )?;
-        Ok(built.into_iter().flatten().collect())
+        trees.extend(built);
+        Ok(trees)
     }
 }
 
-/// One slice of a partition's buckets as read: (partition, span, its non-zero segments).
-type Slice = (u32, u8, Vec<(u32, Hash)>);
+/// What one piece of the bucket load yields: a partition's whole tree, or one slice of
+/// a partition's segments, to be joined with the others.
+enum Loaded {
+    Tree((u32, Tree)),
+    Slice(Slice),
+}
+
+/// The non-zero segments of one slice of a partition's buckets.
+struct Slice {
+    partition: u32,
+    span: u8,
+    segments: Vec<(u32, Hash)>,
+}
 
 /// The distinct partitions (first four key bytes) of a tree keyed by partition, by seeking.
 pub(crate) fn key_prefixes(tree: &sled::Tree) -> Result<Vec<u32>> {
