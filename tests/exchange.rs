@@ -525,3 +525,33 @@ fn a_failing_local_writer_ends_the_sync_with_its_error() {
     assert!(err.to_string().contains("no space left"), "{err}");
     assert_eq!(a.count_keys(0).unwrap(), 0);
 }
+
+#[test]
+fn a_segment_whose_records_pass_the_budget_is_listed_and_read_by_key() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(da.path(), small_options()).unwrap();
+    let b = Store::open(db.path(), small_options()).unwrap();
+    let segments = b.shape().segments;
+    // Ten values of 1 MiB, all in segment 0: more than one answer's budget.
+    let keys: Vec<Vec<u8>> = (0u32..)
+        .map(|i| i.to_le_bytes().to_vec())
+        .filter(|k| merkle_index::segment_of(k, segments) == 0)
+        .take(10)
+        .collect();
+    let big = vec![3u8; 1 << 20];
+    for k in &keys {
+        b.put(k, &big).unwrap();
+    }
+    b.sync_index().unwrap();
+    let listed = Replica::segments(&b, 0, &[(0, true)]).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].len(), 10);
+    assert!(
+        listed[0].iter().all(|i| i.record.is_none()),
+        "records dropped"
+    );
+    let report = sync(&a, &b, 0, &SyncOptions::default()).unwrap();
+    assert_eq!(report.repaired_local, 10);
+    a.sync_index().unwrap();
+    assert_eq!(a.root(0), b.root(0));
+}

@@ -8,8 +8,9 @@
 //! nonce, so reading, injecting, replaying or reordering bytes fails (see `channel`).
 //! Everything a peer sends is bounded before work and allocation: handshake messages
 //! ([`HANDSHAKE_MAX`]), frames ([`MAX_FRAME`]), items per request ([`MAX_ITEMS`]),
-//! answer bytes ([`ANSWER_BUDGET`](crate::ANSWER_BUDGET)), time per handshake and per frame, connections in
-//! all and per address; and a peer may write only to partitions the server accepts.
+//! answer bytes ([`ANSWER_BUDGET`](crate::ANSWER_BUDGET)), time per handshake and per
+//! frame, connections in all and per address; and a peer may write only to partitions
+//! the server accepts.
 //!
 //! ```no_run
 //! use std::sync::Arc;

@@ -31,8 +31,8 @@ pub struct Welcome {
 /// Most items (partitions, parents, segments, keys, repairs) in one request; a client
 /// pages through longer lists.
 pub const MAX_ITEMS: usize = 4096;
-/// Most segments in one `Entries` or `Segments` request (they are 4 bytes each; the answer is cut at
-/// [`ANSWER_BUDGET`] bytes).
+/// Most segments in one `Entries` or `Segments` request (they are 4 or 5 bytes each;
+/// the answer is cut at [`ANSWER_BUDGET`] bytes).
 pub const MAX_SEGMENTS: usize = 16_384;
 /// Most child hashes one `Descend` answer holds (4 MiB); the server answers for a
 /// prefix of the request's nodes that fits.

@@ -24,7 +24,9 @@ impl Store {
 
     /// The keys of each of `segments` (see [`Replica::segments`](crate::Replica)):
     /// entries, and records (checked against their hashes) where asked, stopping once
-    /// the answer passes `budget` bytes (after at least one segment). Requested segments
+    /// the answer passes `budget` bytes (after at least one segment). A segment whose
+    /// records alone pass the budget is listed without them (the caller reads them by
+    /// key). Requested segments
     /// close to each other are read by one range scan, which costs far less per segment
     /// than a lookup each (a bootstrap asks for nearly every segment).
     pub(crate) fn segment_items(
@@ -60,6 +62,8 @@ impl Store {
             let scan = self.index.data.range(segment_prefix(partition, first)..);
             let (mut at, mut scanned) = (0, 0);
             let mut cut = None;
+            // The bytes of the segment being read, and whether its records were dropped.
+            let (mut segment_bytes, mut records_dropped) = (0, false);
             for item in scan {
                 let (k, v) = item?;
                 let Some((p, segment, key)) = split_data_key(&k) else {
@@ -78,6 +82,9 @@ impl Store {
                     cut = Some(at);
                     break;
                 }
+                if at > before {
+                    (segment_bytes, records_dropped) = (0, false);
+                }
                 let (Some(&(s, with_records)), Some(list)) = (group.get(at), lists.get_mut(at))
                 else {
                     break;
@@ -89,9 +96,11 @@ impl Store {
                 let Ok(h) = RecordHeader::decode(&v, String::new) else {
                     continue;
                 };
-                let record = with_records.then(|| match Record::decode(&v, String::new) {
-                    Ok(r) => Lookup::Found(r),
-                    Err(_) => Lookup::Corrupt,
+                let record = (with_records && !records_dropped).then(|| {
+                    match Record::decode(&v, String::new) {
+                        Ok(r) => Lookup::Found(r),
+                        Err(_) => Lookup::Corrupt,
+                    }
                 });
                 let item = SegmentItem {
                     entry: Entry {
@@ -102,8 +111,20 @@ impl Store {
                     },
                     record,
                 };
+                segment_bytes += item.size();
                 scanned += item.size();
                 list.push(item);
+                if with_records && !records_dropped && segment_bytes > budget {
+                    // One segment's records alone would pass the budget (and could pass
+                    // the frame limit): list its entries only; the caller reads those
+                    // records by key, in pages of its own.
+                    records_dropped = true;
+                    for item in list.iter_mut() {
+                        item.record = None;
+                    }
+                    segment_bytes = list.iter().map(SegmentItem::size).sum();
+                    scanned = lists_size(&lists);
+                }
             }
             if let Some(cut) = cut {
                 lists.truncate(cut);
@@ -121,4 +142,8 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn lists_size(lists: &[Vec<SegmentItem>]) -> usize {
+    lists.iter().flatten().map(SegmentItem::size).sum()
 }
