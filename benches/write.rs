@@ -4,6 +4,10 @@
 //! the same durability, and with sled's own flush), 4 threads each flushing every 10
 //! puts, and a partitioned store (64 partitions).
 //!
+//! The `ratio` group runs the main workloads again with the store and bare sled in
+//! alternating rounds (`cargo bench --bench write -- ratio`), the steadier comparison
+//! on a noisy machine.
+//!
 //! Every case starts from 300k keys loaded untimed (20k under `--test`), so the store is
 //! measured in the steady state of a checkpoint interval; `put_cold` measures the worst
 //! case, the first write to each region after a checkpoint. Every write stores new bytes
@@ -272,6 +276,74 @@ fn puts(c: &mut Criterion) {
     );
 }
 
+/// The same workload on the store and on bare sled in alternating rounds, both engines
+/// loaded side by side: each criterion iteration times one store round and one sled
+/// round, so the machine's drift weighs on both alike (one after the other, as in
+/// `case`, the ratio of one case moved by up to 0.18 between runs). Prints the ratio
+/// of the summed times (bare sled / store) over every round.
+fn interleaved(
+    c: &mut Criterion,
+    name: &str,
+    keys: Keys,
+    size: usize,
+    threads: u64,
+    flush_every: u64,
+) {
+    let mut g = c.benchmark_group("ratio");
+    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    g.throughput(Throughput::Elements(BATCH));
+    let value = vec![5u8; size];
+    let n = common::big_keys() * 3 / 10;
+    let w = Workload {
+        keys,
+        value: &value,
+        threads,
+        per_thread: BATCH / threads,
+        flush_every,
+        preload: n,
+    };
+    let (ds, dl) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = store_engine(ds.path(), 1);
+    preload(&store, n, &value);
+    store.store.sync_index().unwrap();
+    // With flushes, the baseline gives the same durability (its flush and an fsync).
+    let sled = sled_engine(dl.path(), flush_every > 0, false);
+    preload(&sled, n, &value);
+    let (next_store, next_sled) = (AtomicU64::new(n), AtomicU64::new(n));
+    let (mut store_total, mut sled_total) = (Duration::ZERO, Duration::ZERO);
+    g.bench_function(BenchmarkId::new(name, size), |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                let t = run(&store, &w, &next_store);
+                timed += t;
+                store_total += t;
+                sled_total += run(&sled, &w, &next_sled);
+            }
+            timed
+        })
+    });
+    g.finish();
+    if !store_total.is_zero() {
+        eprintln!(
+            "ratio/{name}/{size}: bare sled / store = {:.2} over {:.1} s of store rounds",
+            sled_total.as_secs_f64() / store_total.as_secs_f64(),
+            store_total.as_secs_f64()
+        );
+    }
+}
+
+fn ratios(c: &mut Criterion) {
+    interleaved(c, "new", Keys::New, 100, 1, 0);
+    interleaved(c, "new", Keys::New, 1024, 1, 0);
+    interleaved(c, "overwrite", Keys::Overwrite, 100, 1, 0);
+    interleaved(c, "new_2_threads", Keys::New, 100, 2, 0);
+    interleaved(c, "new_4_threads", Keys::New, 100, 4, 0);
+    interleaved(c, "overwrite_2_threads", Keys::Overwrite, 100, 2, 0);
+    interleaved(c, "overwrite_4_threads", Keys::Overwrite, 100, 4, 0);
+    interleaved(c, "flush_every_100", Keys::New, 100, 1, 100);
+}
+
 /// The first write to every region after a checkpoint: each put also inserts a mark.
 fn cold_puts(c: &mut Criterion) {
     let mut group = c.benchmark_group("put_cold");
@@ -301,5 +373,5 @@ fn cold_puts(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, puts, cold_puts);
+criterion_group!(benches, puts, cold_puts, ratios);
 criterion_main!(benches);
