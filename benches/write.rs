@@ -276,11 +276,13 @@ fn puts(c: &mut Criterion) {
     );
 }
 
-/// The same workload on the store and on bare sled in alternating rounds, both engines
-/// loaded side by side: each criterion iteration times one store round and one sled
-/// round, so the machine's drift weighs on both alike (one after the other, as in
-/// `case`, the ratio of one case moved by up to 0.18 between runs). Prints the ratio
-/// of the summed times (bare sled / store) over every round.
+/// The same workload on the store and on bare sled in alternating rounds, every engine
+/// loaded side by side: each criterion iteration times one store round, then one round
+/// of bare sled with plain keys and one of bare sled with the store's key and value
+/// layout, so the machine's drift weighs on all alike (one after the other, as in
+/// `case`, the ratio of one case moved by up to 0.18 between runs). Prints the ratios of
+/// the summed times (bare sled / store) over every round: against plain sled, the
+/// target; against the layout, what the index work costs.
 fn interleaved(
     c: &mut Criterion,
     name: &str,
@@ -302,33 +304,38 @@ fn interleaved(
         flush_every,
         preload: n,
     };
-    let (ds, dl) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let store = store_engine(ds.path(), 1);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let store = store_engine(dirs[0].path(), 1);
     preload(&store, n, &value);
     store.store.sync_index().unwrap();
-    // With flushes, the baseline gives the same durability (its flush and an fsync).
-    let sled = sled_engine(dl.path(), flush_every > 0, false);
-    preload(&sled, n, &value);
-    let (next_store, next_sled) = (AtomicU64::new(n), AtomicU64::new(n));
-    let (mut store_total, mut sled_total) = (Duration::ZERO, Duration::ZERO);
+    // With flushes, the baselines give the same durability (a flush and an fsync).
+    let plain = sled_engine(dirs[1].path(), flush_every > 0, false);
+    let layout = sled_engine(dirs[2].path(), flush_every > 0, true);
+    preload(&plain, n, &value);
+    preload(&layout, n, &value);
+    let next: Vec<AtomicU64> = (0..3).map(|_| AtomicU64::new(n)).collect();
+    let mut totals = [Duration::ZERO; 3];
     g.bench_function(BenchmarkId::new(name, size), |b| {
         b.iter_custom(|iters| {
             let mut timed = Duration::ZERO;
             for _ in 0..iters {
-                let t = run(&store, &w, &next_store);
+                let t = run(&store, &w, &next[0]);
                 timed += t;
-                store_total += t;
-                sled_total += run(&sled, &w, &next_sled);
+                totals[0] += t;
+                totals[1] += run(&plain, &w, &next[1]);
+                totals[2] += run(&layout, &w, &next[2]);
             }
             timed
         })
     });
     g.finish();
-    if !store_total.is_zero() {
+    if !totals[0].is_zero() {
+        let ratio = |t: Duration| t.as_secs_f64() / totals[0].as_secs_f64();
         eprintln!(
-            "ratio/{name}/{size}: bare sled / store = {:.2} over {:.1} s of store rounds",
-            sled_total.as_secs_f64() / store_total.as_secs_f64(),
-            store_total.as_secs_f64()
+            "ratio/{name}/{size}: bare sled / store = {:.2}; bare sled with the store's layout / store = {:.2} (over {:.1} s of store rounds)",
+            ratio(totals[1]),
+            ratio(totals[2]),
+            totals[0].as_secs_f64()
         );
     }
 }
