@@ -15,8 +15,8 @@ use crate::Hash;
 use super::channel::{Channel, MAX_FRAME};
 use super::key::Key;
 use super::proto::{
-    Hello, Request, Response, Welcome, WireRepair, MAX_DESCEND_NODES, MAX_ITEMS, MAX_SEGMENTS,
-    PROTOCOL,
+    Hello, Request, Response, Welcome, WireRepair, WireWrite, MAX_DESCEND_NODES, MAX_ITEMS,
+    MAX_SEGMENTS, PROTOCOL,
 };
 
 /// A connection to a peer's [`serve`](super::serve), usable wherever a [`Replica`] is.
@@ -94,7 +94,13 @@ impl Client {
         for page in writes.chunks(MAX_ITEMS) {
             let request = Request::Write {
                 partition,
-                writes: page.iter().map(|(k, r)| (k.clone(), r.into())).collect(),
+                writes: page
+                    .iter()
+                    .map(|(key, record)| WireWrite {
+                        key: key.clone(),
+                        record: record.into(),
+                    })
+                    .collect(),
             };
             match self.call(&request)? {
                 Response::Written(n) if n <= page.len() as u64 => written += n,

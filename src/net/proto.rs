@@ -78,7 +78,7 @@ pub enum Request {
     /// Replication messages: each record written unless the stored one wins.
     Write {
         partition: u32,
-        writes: Vec<(Vec<u8>, WireRecord)>,
+        writes: Vec<WireWrite>,
     },
     /// The node's status text (its anti-entropy manager's, as JSON), if it has one.
     Status,
@@ -143,6 +143,14 @@ pub struct WireRecord {
     pub value_hash: [u8; 16],
     #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
+}
+
+/// One replication message: a record to write under a key.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireWrite {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub record: WireRecord,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -430,7 +430,7 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
             }
             check_accepted(store, partition, accept)?;
             let mut written = 0;
-            for (key, record) in writes {
+            for proto::WireWrite { key, record } in writes {
                 written += u64::from(store.replicate(partition, &key, &record.into())?);
             }
             // Acknowledged writes are durable, as a replica's acknowledgement promises.
