@@ -153,7 +153,7 @@ pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result
         false,
         &mut report,
         &mut |found, _| {
-            differences.extend(found.iter().map(|f| f.difference.clone()));
+            differences.extend(found.into_iter().map(|f| f.difference));
             Ok(())
         },
     )?;
@@ -171,7 +171,7 @@ fn walk(
     partition: u32,
     records: bool,
     report: &mut DiffReport,
-    found: &mut dyn FnMut(&[Found], &mut DiffReport) -> Result<()>,
+    found: &mut dyn FnMut(Vec<Found>, &mut DiffReport) -> Result<()>,
 ) -> Result<()> {
     let shape = local.shape()?;
     let remote_shape = remote.shape()?;
@@ -214,7 +214,7 @@ struct Walker<'a, 'f> {
     /// Differing segments not yet compared (at most a page), each with whether to
     /// fetch the remote's records with its entries (it is empty here, in a sync).
     segments: Vec<(u32, bool)>,
-    found: &'f mut dyn FnMut(&[Found], &mut DiffReport) -> Result<()>,
+    found: &'f mut dyn FnMut(Vec<Found>, &mut DiffReport) -> Result<()>,
 }
 
 impl Walker<'_, '_> {
@@ -359,7 +359,7 @@ impl Walker<'_, '_> {
                 report.payload_bytes += theirs.iter().map(|i| i.size() as u64).sum::<u64>();
                 compare_segment(ours, theirs, &mut found);
             }
-            (self.found)(&found, report)?;
+            (self.found)(found, report)?;
         }
         Ok(())
     }
@@ -459,7 +459,9 @@ pub fn sync(
             &mut walked,
             &mut |found, _| {
                 report.differences += found.len() as u64;
-                for chunk in found.chunks(batch) {
+                let mut found = found.into_iter().peekable();
+                while found.peek().is_some() {
+                    let chunk: Vec<Found> = found.by_ref().take(batch).collect();
                     if batches > 0 && !options.pause.is_zero() {
                         std::thread::sleep(options.pause);
                     }
@@ -568,25 +570,25 @@ fn repair(
     local: &dyn Replica,
     remote: &dyn Replica,
     partition: u32,
-    chunk: &[Found],
+    mut chunk: Vec<Found>,
     options: &SyncOptions<'_>,
     report: &mut SyncReport,
 ) -> Result<Vec<Repair>> {
     // A key the walk found absent on one side is not read there again (the repair is
     // conditional on its absence anyway), nor is a record the walk already fetched: a
     // new replica reads nothing of its own and asks the remote for nothing more.
-    let mine = lookup(local, partition, chunk, |f| {
+    let mine = lookup(local, partition, &mut chunk, |f| {
         f.difference.local.is_some().then_some(None)
     })?;
-    let theirs = lookup(remote, partition, chunk, |f| {
+    let theirs = lookup(remote, partition, &mut chunk, |f| {
         f.difference
             .remote
             .is_some()
-            .then(|| f.remote_record.clone())
+            .then(|| f.remote_record.take())
     })?;
     let (mut to_local, mut to_remote) = (Vec::new(), Vec::new());
-    for ((f, l), r) in chunk.iter().zip(mine).zip(theirs) {
-        let d = &f.difference;
+    for ((f, l), r) in chunk.into_iter().zip(mine).zip(theirs) {
+        let d = f.difference;
         let expected_local = d.local.as_ref().map(|e| e.hash);
         let expected_remote = d.remote.as_ref().map(|e| e.hash);
         report.corrupt_local += u64::from(l == Lookup::Corrupt);
@@ -599,7 +601,7 @@ fn repair(
             Winner::Local => {
                 if let Some(record) = l {
                     to_remote.push(Repair {
-                        key: d.key.clone(),
+                        key: d.key,
                         expected: expected_remote,
                         record,
                     });
@@ -608,7 +610,7 @@ fn repair(
             Winner::Remote => {
                 if let Some(record) = r {
                     to_local.push(Repair {
-                        key: d.key.clone(),
+                        key: d.key,
                         expected: expected_local,
                         record,
                     });
@@ -633,15 +635,16 @@ fn repair(
 }
 
 /// The records of the keys of `chunk`, in order: `Absent` where `known` says the key is
-/// absent on `replica` (`None`), the record where it already holds it (`Some(Some(_))`),
-/// and the others read in one request.
+/// absent on `replica` (`None`), the record the walk already fetched where it hands it
+/// over (`Some(Some(_))`, moved out of the chunk, not copied), and the others read in
+/// one request.
 fn lookup(
     replica: &dyn Replica,
     partition: u32,
-    chunk: &[Found],
-    known: impl Fn(&Found) -> Option<Option<Lookup>>,
+    chunk: &mut [Found],
+    mut known: impl FnMut(&mut Found) -> Option<Option<Lookup>>,
 ) -> Result<Vec<Lookup>> {
-    let known: Vec<Option<Option<Lookup>>> = chunk.iter().map(known).collect();
+    let known: Vec<Option<Option<Lookup>>> = chunk.iter_mut().map(&mut known).collect();
     let keys: Vec<Vec<u8>> = chunk
         .iter()
         .zip(&known)
