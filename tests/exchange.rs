@@ -183,6 +183,47 @@ fn a_delete_does_not_come_back_and_tombstones_are_purged_after_grace() {
     }
 }
 
+/// Forwards the named `Replica` methods to the store in `self.$store`, so each test
+/// replica below spells out only what it does differently.
+macro_rules! forward {
+    ($store:tt; $($method:ident)*) => { $(forward!(@ $store $method);)* };
+    (@ $store:tt shape) => {
+        fn shape(&self) -> merkle_index::Result<merkle_index::Shape> {
+            Replica::shape(self.$store)
+        }
+    };
+    (@ $store:tt partitions) => {
+        fn partitions(&self) -> merkle_index::Result<Vec<u32>> {
+            Replica::partitions(self.$store)
+        }
+    };
+    (@ $store:tt roots) => {
+        fn roots(&self, p: &[u32]) -> merkle_index::Result<Vec<Hash>> {
+            Replica::roots(self.$store, p)
+        }
+    };
+    (@ $store:tt children) => {
+        fn children(&self, p: u32, l: u32, n: &[u64]) -> merkle_index::Result<Vec<Hash>> {
+            Replica::children(self.$store, p, l, n)
+        }
+    };
+    (@ $store:tt entries) => {
+        fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<Entry>>> {
+            Replica::entries(self.$store, p, s)
+        }
+    };
+    (@ $store:tt records) => {
+        fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Lookup>> {
+            Replica::records(self.$store, p, k)
+        }
+    };
+    (@ $store:tt apply) => {
+        fn apply(&self, p: u32, r: &[Repair]) -> merkle_index::Result<Applied> {
+            Replica::apply(self.$store, p, r)
+        }
+    };
+}
+
 /// A replica that writes a newer value to the real store between the diff and the
 /// repair, as a foreground write racing an exchange would.
 struct Racing<'a> {
@@ -191,21 +232,7 @@ struct Racing<'a> {
 }
 
 impl Replica for Racing<'_> {
-    fn shape(&self) -> merkle_index::Result<merkle_index::Shape> {
-        Replica::shape(self.store)
-    }
-    fn partitions(&self) -> merkle_index::Result<Vec<u32>> {
-        Replica::partitions(self.store)
-    }
-    fn roots(&self, p: &[u32]) -> merkle_index::Result<Vec<Hash>> {
-        self.store.roots(p)
-    }
-    fn children(&self, p: u32, l: u32, n: &[u64]) -> merkle_index::Result<Vec<Hash>> {
-        Replica::children(self.store, p, l, n)
-    }
-    fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<Entry>>> {
-        self.store.entries(p, s)
-    }
+    forward!(store; shape partitions roots children entries apply);
     fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Lookup>> {
         let before = self.store.records(p, k);
         self.store
@@ -213,9 +240,6 @@ impl Replica for Racing<'_> {
             .put_versioned(self.key, b"newest", 1_000_000)
             .unwrap();
         before
-    }
-    fn apply(&self, p: u32, r: &[Repair]) -> merkle_index::Result<Applied> {
-        self.store.apply(p, r)
     }
 }
 
@@ -303,32 +327,15 @@ fn different_shapes_are_refused() {
     assert!(err.to_string().contains("different trees"), "{err}");
 }
 
-/// A peer that answers entry and record requests with one item too few.
+/// A peer that answers entry requests with one list too few.
 struct Short<'a>(&'a Store);
 
 impl Replica for Short<'_> {
-    fn shape(&self) -> merkle_index::Result<merkle_index::Shape> {
-        Replica::shape(self.0)
-    }
-    fn partitions(&self) -> merkle_index::Result<Vec<u32>> {
-        Replica::partitions(self.0)
-    }
-    fn roots(&self, p: &[u32]) -> merkle_index::Result<Vec<Hash>> {
-        self.0.roots(p)
-    }
-    fn children(&self, p: u32, l: u32, n: &[u64]) -> merkle_index::Result<Vec<Hash>> {
-        Replica::children(self.0, p, l, n)
-    }
+    forward!(0; shape partitions roots children records apply);
     fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<Entry>>> {
         let mut all = self.0.entries(p, s)?;
         all.pop();
         Ok(all)
-    }
-    fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Lookup>> {
-        self.0.records(p, k)
-    }
-    fn apply(&self, p: u32, r: &[Repair]) -> merkle_index::Result<Applied> {
-        self.0.apply(p, r)
     }
 }
 
@@ -358,29 +365,9 @@ fn a_short_answer_is_a_protocol_error_not_fewer_differences() {
 struct Silent<'a>(&'a Store);
 
 impl Replica for Silent<'_> {
-    fn shape(&self) -> merkle_index::Result<merkle_index::Shape> {
-        Replica::shape(self.0)
-    }
-    fn partitions(&self) -> merkle_index::Result<Vec<u32>> {
-        Replica::partitions(self.0)
-    }
-    fn roots(&self, p: &[u32]) -> merkle_index::Result<Vec<Hash>> {
-        self.0.roots(p)
-    }
-    fn children(&self, p: u32, l: u32, n: &[u64]) -> merkle_index::Result<Vec<Hash>> {
-        Replica::children(self.0, p, l, n)
-    }
-    fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<Entry>>> {
-        self.0.entries(p, s)
-    }
+    forward!(0; shape partitions roots children entries records apply);
     fn segments(&self, _: u32, _: &[(u32, bool)]) -> merkle_index::Result<Vec<Vec<SegmentItem>>> {
         Ok(Vec::new())
-    }
-    fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Lookup>> {
-        self.0.records(p, k)
-    }
-    fn apply(&self, p: u32, r: &[Repair]) -> merkle_index::Result<Applied> {
-        self.0.apply(p, r)
     }
 }
 
@@ -389,27 +376,7 @@ impl Replica for Silent<'_> {
 struct Plain<'a>(&'a Store);
 
 impl Replica for Plain<'_> {
-    fn shape(&self) -> merkle_index::Result<merkle_index::Shape> {
-        Replica::shape(self.0)
-    }
-    fn partitions(&self) -> merkle_index::Result<Vec<u32>> {
-        Replica::partitions(self.0)
-    }
-    fn roots(&self, p: &[u32]) -> merkle_index::Result<Vec<Hash>> {
-        self.0.roots(p)
-    }
-    fn children(&self, p: u32, l: u32, n: &[u64]) -> merkle_index::Result<Vec<Hash>> {
-        Replica::children(self.0, p, l, n)
-    }
-    fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<Entry>>> {
-        self.0.entries(p, s)
-    }
-    fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Lookup>> {
-        self.0.records(p, k)
-    }
-    fn apply(&self, p: u32, r: &[Repair]) -> merkle_index::Result<Applied> {
-        self.0.apply(p, r)
-    }
+    forward!(0; shape partitions roots children entries records apply);
 }
 
 proptest! {
@@ -484,24 +451,7 @@ fn answers_stop_at_the_byte_budget_and_the_walk_asks_for_the_rest() {
 struct Failing<'a>(&'a Store);
 
 impl Replica for Failing<'_> {
-    fn shape(&self) -> merkle_index::Result<merkle_index::Shape> {
-        Replica::shape(self.0)
-    }
-    fn partitions(&self) -> merkle_index::Result<Vec<u32>> {
-        Replica::partitions(self.0)
-    }
-    fn roots(&self, p: &[u32]) -> merkle_index::Result<Vec<Hash>> {
-        self.0.roots(p)
-    }
-    fn children(&self, p: u32, l: u32, n: &[u64]) -> merkle_index::Result<Vec<Hash>> {
-        Replica::children(self.0, p, l, n)
-    }
-    fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<Entry>>> {
-        self.0.entries(p, s)
-    }
-    fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<Lookup>> {
-        self.0.records(p, k)
-    }
+    forward!(0; shape partitions roots children entries records);
     fn apply(&self, _: u32, _: &[Repair]) -> merkle_index::Result<Applied> {
         Err(merkle_index::Error::InvalidArgument("no space left".into()))
     }
