@@ -102,6 +102,34 @@ struct Workload<'a> {
     preload: u64,
 }
 
+impl<'a> Workload<'a> {
+    /// `threads` writers sharing a round of [`BATCH`] puts of `value`, after 30% of the
+    /// bench's key count is preloaded.
+    fn new(keys: Keys, value: &'a [u8], threads: u64, flush_every: u64) -> Workload<'a> {
+        Workload {
+            keys,
+            value,
+            threads,
+            per_thread: BATCH / threads,
+            flush_every,
+            preload: common::big_keys() * 3 / 10,
+        }
+    }
+}
+
+/// A group of 10 samples over `secs` seconds, counted in puts.
+fn bench_group<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+    secs: u64,
+) -> criterion::BenchmarkGroup<'c, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(secs))
+        .throughput(Throughput::Elements(BATCH));
+    g
+}
+
 /// Runs one round against `engine`; `next` numbers the writes. Returns the wall time.
 fn run(engine: &dyn Engine, w: &Workload<'_>, next: &AtomicU64) -> Duration {
     let start = Instant::now();
@@ -171,19 +199,10 @@ fn case(
     partitions: u32,
     baselines: &[(&str, bool, bool)],
 ) {
-    let mut g = c.benchmark_group(group);
-    g.sample_size(10).measurement_time(Duration::from_secs(6));
-    g.throughput(Throughput::Elements(BATCH));
+    let mut g = bench_group(c, group, 6);
     let value = vec![5u8; size];
-    let n = common::big_keys() * 3 / 10;
-    let w = Workload {
-        keys,
-        value: &value,
-        threads,
-        per_thread: BATCH / threads,
-        flush_every,
-        preload: n,
-    };
+    let w = Workload::new(keys, &value, threads, flush_every);
+    let n = w.preload;
     let dir = tempfile::tempdir().unwrap();
     let store = store_engine(dir.path(), partitions);
     preload(&store, n, &value);
@@ -291,19 +310,10 @@ fn interleaved(
     threads: u64,
     flush_every: u64,
 ) {
-    let mut g = c.benchmark_group("ratio");
-    g.sample_size(10).measurement_time(Duration::from_secs(8));
-    g.throughput(Throughput::Elements(BATCH));
+    let mut g = bench_group(c, "ratio", 8);
     let value = vec![5u8; size];
-    let n = common::big_keys() * 3 / 10;
-    let w = Workload {
-        keys,
-        value: &value,
-        threads,
-        per_thread: BATCH / threads,
-        flush_every,
-        preload: n,
-    };
+    let w = Workload::new(keys, &value, threads, flush_every);
+    let n = w.preload;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let store = store_engine(dirs[0].path(), 1);
     preload(&store, n, &value);
