@@ -374,19 +374,16 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
             if segments.len() > MAX_SEGMENTS {
                 return Err(too_many("segments", segments.len()));
             }
-            // Stop at the byte budget; the client asks again for the rest.
-            let mut out = Vec::new();
-            let mut bytes = 0;
-            for &segment in &segments {
-                let entries = store.segment_entries(partition, segment)?;
-                let size: usize = entries.iter().map(|e| e.key.len() + 40).sum();
-                if !out.is_empty() && bytes + size > ANSWER_BUDGET {
-                    break;
-                }
-                bytes += size;
-                out.push(entries.iter().map(Into::into).collect());
-            }
-            Response::Entries(out)
+            // The segment reader stops at the byte budget; the client asks again for
+            // the rest.
+            let asked: Vec<(u32, bool)> = segments.iter().map(|&s| (s, false)).collect();
+            let lists = store.segments(partition, &asked)?;
+            Response::Entries(
+                lists
+                    .iter()
+                    .map(|items| items.iter().map(|i| (&i.entry).into()).collect())
+                    .collect(),
+            )
         }
         Request::Segments {
             partition,
