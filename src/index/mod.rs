@@ -1,6 +1,7 @@
 //! The Merkle index shared by writers, readers and the hasher thread: the in-memory
 //! trees and their persisted form (packed buckets in the `index` sled tree).
 
+pub(crate) mod base;
 pub(crate) mod bucket;
 pub(crate) mod gate;
 pub(crate) mod hasher;
@@ -10,9 +11,10 @@ pub(crate) mod parallel;
 pub(crate) mod snapshot;
 pub(crate) mod tree;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::base::Base;
 use crate::bucket::BucketId;
 use crate::clock::{unix_ms, Clock};
 use crate::dropping;
@@ -35,6 +37,8 @@ pub(crate) struct Index {
     pub(crate) quarantine: sled::Tree,
     pub(crate) meta: Meta,
     pub(crate) marks: Marks,
+    /// The snapshot crash recovery starts from, and what changed since.
+    pub(crate) base: Base,
     pub(crate) gate: Gate,
     pub(crate) clock: Clock,
     /// Only the hasher thread takes this for writing, and only briefly.
@@ -52,6 +56,7 @@ impl Index {
         quarantine: sled::Tree,
         meta: Meta,
         marks: Marks,
+        base: Base,
         trees: Trees,
         epoch: u64,
         clock: Clock,
@@ -69,6 +74,7 @@ impl Index {
             quarantine,
             meta,
             marks,
+            base,
             gate: Gate::new(epoch),
             clock,
             trees: RwLock::new(trees),
@@ -91,7 +97,8 @@ impl Index {
     /// Work follows the change: only partitions with dirty pages are visited, and each
     /// is written in its own sled batch (its levels stay consistent with each other);
     /// the marks, deleted only after every batch is flushed, cover any partition whose
-    /// batch a crash cut off.
+    /// batch a crash cut off. Every batch is listed in the base's `changed` tree first,
+    /// and the base is renewed at the end when due (`base.rs`).
     pub(crate) fn persist(&self, epoch: u64, full: bool) -> Result<CheckpointInfo> {
         let dirty: Vec<u32> = {
             let trees = self.trees();
@@ -112,7 +119,8 @@ impl Index {
                 let span =
                     bucket::span_for(self.shape, tree.nonzero_segments(), tree.persisted_span);
                 let per_bucket = u64::from(self.shape.width).pow(u32::from(span));
-                let buckets: Vec<u32> = if full || tree.persisted_span != Some(span) {
+                let whole = full || tree.persisted_span != Some(span);
+                let buckets: Vec<u32> = if whole {
                     // A new span (or a rebuild): rewrite the partition's buckets whole.
                     for key in self.buckets.scan_prefix(partition.to_be_bytes()).keys() {
                         batch.remove(key?);
@@ -129,6 +137,8 @@ impl Index {
                     b
                 };
                 let page_len = self.shape.bucket_len(self.shape.levels) as usize;
+                let mut ids = Vec::with_capacity(buckets.len());
+                let mut bytes = 0u64;
                 for b in buckets {
                     let id = BucketId {
                         partition,
@@ -140,10 +150,16 @@ impl Index {
                         pages.push((p, v))
                     });
                     match bucket::encode(id, page_len, pages) {
-                        Some(bytes) => batch.insert(&id.key(), bytes),
+                        Some(encoded) => {
+                            bytes += encoded.len() as u64;
+                            batch.insert(&id.key(), encoded)
+                        }
                         None => batch.remove(&id.key()),
                     }
+                    ids.push(id);
                 }
+                // Listed before written: a bucket that differs from the base is listed.
+                self.base.record(partition, whole, &ids, bytes)?;
                 span
             };
             self.buckets.apply_batch(batch)?;
@@ -159,6 +175,7 @@ impl Index {
             let mut batch = sled::Batch::default();
             for partition in key_prefixes(&self.buckets)? {
                 if !live.contains(&partition) {
+                    self.base.record(partition, true, &[], 0)?;
                     for key in self.buckets.scan_prefix(partition.to_be_bytes()).keys() {
                         batch.remove(key?);
                     }
@@ -190,6 +207,9 @@ impl Index {
             .last_checkpoint
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(info);
+        if self.base.due() {
+            self.base.renew(self, epoch)?;
+        }
         Ok(info)
     }
 
@@ -198,6 +218,7 @@ impl Index {
     pub(crate) fn drop_partition(&self, partition: u32) -> Result<u64> {
         self.trees_mut().remove(&partition);
         self.marks.forget(partition);
+        self.base.record(partition, true, &[], 0)?;
         self.meta.set_dropping(partition, true)?;
         self.db.flush()?;
         let records = dropping::remove(
@@ -213,16 +234,25 @@ impl Index {
         Ok(records)
     }
 
-    /// Loads every partition's tree from the persisted buckets (crash recovery): the
-    /// segment hashes are read, every level above is recomputed. Partitions are read in
-    /// parallel, each checked: one span for all its buckets, every range valid.
-    pub(crate) fn load_buckets(shape: Shape, buckets: &sled::Tree) -> Result<Trees> {
+    /// Loads every partition's tree (or those in `only`) from the persisted buckets
+    /// (crash recovery): the segment hashes are read, every level above is recomputed.
+    /// Partitions are read in parallel, each checked: one span for all its buckets,
+    /// every range valid. A partition without buckets has no tree.
+    pub(crate) fn load_buckets(
+        shape: Shape,
+        buckets: &sled::Tree,
+        only: Option<&BTreeSet<u32>>,
+    ) -> Result<Trees> {
         // With few partitions, each one's buckets are cut in a few slices so every core
         // reads and decodes a share, and the trees are built after; with many, each
         // partition is one piece of work that reads its buckets and builds its tree.
         // All buckets of a partition share one span: its first and last key must agree.
         let mut spans = Vec::new();
-        for partition in key_prefixes(buckets)? {
+        let partitions = match only {
+            Some(set) => set.iter().copied().collect(),
+            None => key_prefixes(buckets)?,
+        };
+        for partition in partitions {
             let mut keys = buckets.scan_prefix(partition.to_be_bytes()).keys();
             let Some(first) = keys.next() else {
                 continue;

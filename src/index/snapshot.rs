@@ -14,13 +14,16 @@
 //!     40   32  checksum: blake3 derive_key("...snapshot checksum v1") of bytes 0..40
 //!              followed by the whole body
 //!     72       body: N times { partition u32 LE | page count P u32 LE | length L u64 LE |
+//!              bucket span u32 LE (0xFFFF_FFFF: none persisted yet) |
 //!              L bytes: P times { page u32 LE | encoded page (`page.rs`) } }
 //!              Only the segment level's pages with a non-zero node, in increasing
 //!              order; every level above is recomputed (XOR of children) on load.
 //!              (only pages with a non-zero node; the root is the XOR of level 1)
 //! ```
 //! Written as `index.snapshot.tmp`, fsynced, renamed over `index.snapshot`, and the
-//! directory fsynced, so a crash leaves either the old file or the new one.
+//! directory fsynced, so a crash leaves either the old file or the new one. The same file
+//! is the base of crash recovery while the store runs (see `base.rs`); the bucket span
+//! lets the buckets written after it continue the partition's runs.
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
@@ -36,12 +39,15 @@ use crate::page;
 use crate::parallel;
 use crate::tree::Tree;
 /// Version of the snapshot layout (independent of the store format version).
-const SNAPSHOT_VERSION: u32 = 2;
+const SNAPSHOT_VERSION: u32 = 3;
 
 pub(crate) const SNAPSHOT_FILE: &str = "index.snapshot";
 const MAGIC: &[u8; 8] = b"MRKLSNAP";
 const HEADER_LEN: usize = 72;
 const CHECKSUMMED_HEADER: usize = 40;
+/// Bytes before each partition's pages: partition, page count, length, bucket span.
+const PART_HEAD: usize = 20;
+const NO_SPAN: u32 = u32::MAX;
 
 fn header(shape: Shape, epoch: u64, partitions: u32) -> [u8; CHECKSUMMED_HEADER] {
     let mut h = [0u8; CHECKSUMMED_HEADER];
@@ -65,13 +71,13 @@ fn header(shape: Shape, epoch: u64, partitions: u32) -> [u8; CHECKSUMMED_HEADER]
     h
 }
 
-/// Writes the snapshot of `trees` atomically into `dir`.
+/// Writes the snapshot of `trees` atomically into `dir`; returns its size.
 pub(crate) fn write(
     dir: &Path,
     shape: Shape,
     epoch: u64,
     trees: &BTreeMap<u32, Tree>,
-) -> Result<()> {
+) -> Result<u64> {
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     let path = dir.join(SNAPSHOT_FILE);
     let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
@@ -94,10 +100,12 @@ pub(crate) fn write(
             buf.extend_from_slice(&page.to_le_bytes());
             view.encode(shape.bucket_len(shape.levels) as usize, &mut buf);
         });
-        let mut head = [0u8; 16];
+        let mut head = [0u8; PART_HEAD];
         head[..4].copy_from_slice(&id.to_le_bytes());
         head[4..8].copy_from_slice(&pages.to_le_bytes());
-        head[8..].copy_from_slice(&(buf.len() as u64).to_le_bytes());
+        head[8..16].copy_from_slice(&(buf.len() as u64).to_le_bytes());
+        let span = tree.persisted_span.map_or(NO_SPAN, u32::from);
+        head[16..].copy_from_slice(&span.to_le_bytes());
         for part in [&head[..], &buf] {
             sum.update(part);
             out.write_all(part).map_err(|e| io("write", e))?;
@@ -112,9 +120,11 @@ pub(crate) fn write(
     file.write_all(sum.finalize().as_bytes())
         .map_err(|e| io("write", e))?;
     file.sync_all().map_err(|e| io("fsync", e))?;
+    let bytes = file.metadata().map_err(|e| io("stat", e))?.len();
     drop(file);
     fs::rename(&tmp, &path).map_err(|e| io("rename", e))?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    Ok(bytes)
 }
 
 /// Removes the snapshot (and any half-written temp file), so it can never be trusted
@@ -158,7 +168,8 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 /// Decodes one partition's segment pages and derives the levels above them: densely if
 /// its bytes can only hold nearly half the segments or more (a non-zero segment takes at
 /// least 16 bytes, at most 18 plus page headers).
-fn decode_partition(shape: Shape, id: u32, pages: u32, part: &[u8]) -> Result<(u32, Tree)> {
+fn decode_partition(shape: Shape, head: PartHead, part: &[u8]) -> Result<(u32, Tree)> {
+    let PartHead { id, pages, span } = head;
     let page_len = shape.bucket_len(shape.levels);
     let page_count = shape.segments.div_ceil(page_len);
     let dense = part.len() as u64 > shape.segments * 8;
@@ -202,7 +213,22 @@ fn decode_partition(shape: Shape, id: u32, pages: u32, part: &[u8]) -> Result<(u
         Tree::from_segments(shape, listed)
     };
     tree.clear_dirty();
+    tree.persisted_span = match span {
+        NO_SPAN => None,
+        s => Some(
+            u8::try_from(s)
+                .map_err(|_| bad_header(format!("partition {id}: bucket span {s} out of range")))?,
+        ),
+    };
     Ok((id, tree))
+}
+
+/// What precedes one partition's pages.
+#[derive(Clone, Copy)]
+struct PartHead {
+    id: u32,
+    pages: u32,
+    span: u32,
 }
 
 /// Maps and validates the snapshot in `dir`; `Ok(None)` if there is none.
@@ -248,16 +274,19 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
     let mut parts = Vec::with_capacity(partitions as usize);
     let mut at = 0usize;
     for _ in 0..partitions {
-        let id = u32_at(body, at);
-        let pages = u32_at(body, at + 4);
+        let head = PartHead {
+            id: u32_at(body, at),
+            pages: u32_at(body, at + 4),
+            span: u32_at(body, at + 16),
+        };
         let len = u64::from(u32_at(body, at + 8)) | u64::from(u32_at(body, at + 12)) << 32;
-        let start = at.checked_add(16).ok_or_else(|| short(at))?;
+        let start = at.checked_add(PART_HEAD).ok_or_else(|| short(at))?;
         let end = usize::try_from(len)
             .ok()
             .and_then(|l| start.checked_add(l))
             .filter(|&e| e <= body.len())
             .ok_or_else(|| short(start.saturating_add(len as usize)))?;
-        parts.push((id, pages, body.get(start..end).unwrap_or_default()));
+        parts.push((head, body.get(start..end).unwrap_or_default()));
         at = end;
     }
     if at != body.len() {
@@ -277,7 +306,7 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
         });
         let decoded = parallel::map(
             &parts,
-            |&(id, pages, part)| decode_partition(shape, id, pages, part),
+            |&(head, part)| decode_partition(shape, head, part),
             &mut || {},
         );
         (checksum.join(), decoded)

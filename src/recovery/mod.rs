@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::base;
 use crate::error::{Error, Result};
 use crate::index::{Index, Trees};
 use crate::marks::{Marks, Region};
@@ -33,6 +34,11 @@ pub enum Recovery {
     Snapshot,
     /// The last checkpoint was loaded and the regions marked since were re-hashed.
     Regions {
+        /// The checkpoint came from the base snapshot plus the buckets rewritten since
+        /// it, not from reading every bucket.
+        from_base: bool,
+        /// Buckets (and partitions, whole) read because they changed since the base.
+        changed: u64,
         /// Marked regions re-hashed.
         regions: u64,
         /// Segments in those regions.
@@ -68,6 +74,8 @@ pub(crate) struct Recovered {
     pub clock: u64,
     /// The recovered trees must be persisted before writes start.
     pub needs_checkpoint: bool,
+    /// Epoch of the snapshot the trees started from (clean close or base), if any.
+    pub base: Option<u64>,
     pub full: bool,
 }
 
@@ -123,16 +131,29 @@ pub(crate) fn prepare_dir(path: &Path, options: &Options) -> Result<Vec<PathBuf>
     }
 }
 
+/// What recovery reads: the store's sled trees and its marks.
+pub(crate) struct Sources<'a> {
+    pub meta: &'a Meta,
+    pub data: &'a sled::Tree,
+    pub buckets: &'a sled::Tree,
+    pub changed: &'a sled::Tree,
+    pub marks: &'a Marks,
+}
+
 /// Chooses and runs the recovery path. Nothing is written here.
 pub(crate) fn recover(
     dir: &Path,
     shape: Shape,
-    meta: &Meta,
-    data: &sled::Tree,
-    buckets: &sled::Tree,
-    marks: &Marks,
+    sources: Sources<'_>,
     created: bool,
 ) -> Result<Recovered> {
+    let Sources {
+        meta,
+        data,
+        buckets,
+        changed,
+        marks,
+    } = sources;
     // A damaged checkpoint record or state flag costs a full scan, never the store.
     let (checkpoint, meta_problem) = match meta.checkpoint() {
         Ok(c) => (c.unwrap_or_default(), None),
@@ -150,6 +171,7 @@ pub(crate) fn recover(
         epoch: checkpoint.epoch + 1,
         clock: checkpoint.clock,
         needs_checkpoint: false,
+        base: None,
         full: false,
     };
     if created {
@@ -183,17 +205,37 @@ pub(crate) fn recover(
             Ok(Some(trees)) => {
                 out.trees = trees;
                 out.recovery = Recovery::Snapshot;
+                out.base = Some(epoch);
                 return Ok(out);
             }
             Ok(None) => snapshot_problem = Some("snapshot file missing".to_string()),
             Err(e) => snapshot_problem = Some(e.to_string()),
         }
     }
+    // The checkpoint's buckets: from the base and what changed since, or all of them.
+    let mut from_base = None;
+    if clean_epoch.is_none() {
+        match meta.base() {
+            Ok(Some(epoch)) => match base::load(dir, shape, epoch, buckets, changed) {
+                Ok(Some(loaded)) => from_base = Some((epoch, loaded)),
+                Ok(None) => snapshot_problem = Some("base snapshot missing".to_string()),
+                Err(e) => snapshot_problem = Some(format!("base unusable: {e}")),
+            },
+            Ok(None) => {}
+            Err(e) => snapshot_problem = Some(format!("base unusable: {e}")),
+        }
+    }
     let attempt = marks.all().and_then(|regions| {
-        let trees = Index::load_buckets(shape, buckets)?;
-        Ok((regions, trees))
+        let (trees, changed) = match from_base {
+            Some((epoch, loaded)) => {
+                out.base = Some(epoch);
+                (loaded.trees, Some(loaded.changed))
+            }
+            None => (Index::load_buckets(shape, buckets, None)?, None),
+        };
+        Ok((regions, trees, changed))
     });
-    let (regions, trees) = match attempt {
+    let (regions, trees, changed) = match attempt {
         Ok(found) => found,
         Err(e) => return full_rebuild(out, data, shape, format!("index unreadable: {e}")),
     };
@@ -221,8 +263,11 @@ pub(crate) fn recover(
     }
     out.trees = trees;
     let keys = rehash(&mut out, data, shape, &regions)?;
+
     out.needs_checkpoint = !regions.is_empty() || snapshot_problem.is_some();
     out.recovery = Recovery::Regions {
+        from_base: changed.is_some(),
+        changed: changed.unwrap_or(0),
         regions: regions.len() as u64,
         segments: marked,
         keys,
@@ -262,6 +307,7 @@ fn full_rebuild(
 ) -> Result<Recovered> {
     let scan = scan_all(data, shape, false, &mut |_| {})?;
     out.trees = scan.trees;
+    out.base = None;
     out.clock = out.clock.max(scan.max_version);
     out.needs_checkpoint = true;
     out.full = true;

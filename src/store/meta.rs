@@ -7,6 +7,7 @@
 //! "checkpoint" epoch u64 LE | unix ms u64 LE | clock u64 LE
 //! "rebuild"    reason (UTF-8), present until a full checkpoint persists a rebuilt index
 //! "dropping"   partition u32 LE, repeated: drops begun and not yet finished
+//! "base"       epoch u64 LE                             the snapshot crash recovery starts from
 //! ```
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
@@ -21,6 +22,7 @@ const STATE: &[u8] = b"state";
 const CHECKPOINT: &[u8] = b"checkpoint";
 const REBUILD: &[u8] = b"rebuild";
 const DROPPING: &[u8] = b"dropping";
+const BASE: &[u8] = b"base";
 
 /// Epochs grow by one per checkpoint; a stored epoch at or past this is corrupt (and
 /// would overflow when the next epoch is computed).
@@ -202,6 +204,30 @@ impl Meta {
         } else {
             self.tree.insert(DROPPING, bytes)?;
         }
+        Ok(())
+    }
+
+    /// The epoch of the snapshot file that is the base of crash recovery (`base.rs`).
+    pub(crate) fn base(&self) -> Result<Option<u64>> {
+        let Some(bytes) = self.tree.get(BASE)? else {
+            return Ok(None);
+        };
+        let epoch = u64::from_le_bytes(fixed::<8>("meta base", &bytes)?);
+        if epoch >= MAX_EPOCH {
+            return Err(out_of_range(
+                "meta base",
+                format!("epoch {epoch} (below 2^62)"),
+            ));
+        }
+        Ok(Some(epoch))
+    }
+
+    /// Records the base's epoch, or with `None` that there is no base.
+    pub(crate) fn set_base(&self, epoch: Option<u64>) -> Result<()> {
+        match epoch {
+            Some(e) => self.tree.insert(BASE, &e.to_le_bytes())?,
+            None => self.tree.remove(BASE)?,
+        };
         Ok(())
     }
 

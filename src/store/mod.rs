@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::base::{self, Base};
 use crate::clock::Clock;
 use crate::error::Corruption;
 use crate::error::{Error, Result};
@@ -27,9 +28,8 @@ use crate::meta::{CheckpointInfo, Meta};
 use crate::migrate;
 use crate::options::{Options, Shape};
 use crate::record::{data_key, split_data_key, Record, RecordHeader};
-use crate::recovery::{prepare_dir, recover, OpenReport, SLED_DIR};
+use crate::recovery::{prepare_dir, recover, OpenReport, Sources, SLED_DIR};
 use crate::scan::{scan_all, Progress};
-use crate::snapshot;
 use crate::verify::{verify, ProblemKind, VerifyReport};
 use crate::FORMAT_VERSION;
 
@@ -145,14 +145,27 @@ impl Store {
         if finished > 0 {
             // A snapshot would still hold the dropped trees: recover from the buckets.
             meta.set_state(false, 0)?;
-            snapshot::remove(dir)?;
+            base::forget(dir, &meta)?;
         }
         let marks = Marks::new(marks_tree, options.region_segments, shape.segments);
-        let found = recover(dir, shape, &meta, &data, &buckets, &marks, created)?;
-        // From here on the snapshot is stale: no later open may trust it.
+        let changed = db.open_tree("changed")?;
+        let sources = Sources {
+            meta: &meta,
+            data: &data,
+            buckets: &buckets,
+            changed: &changed,
+            marks: &marks,
+        };
+        let found = recover(dir, shape, sources, created)?;
+        // From here on the snapshot is no clean close's: it is at most the base of a
+        // recovery (`base.rs`), and only while `meta.base` names it.
         meta.set_state(false, 0)?;
-        snapshot::remove(dir)?;
+        match found.base {
+            Some(epoch) => meta.set_base(Some(epoch))?,
+            None => base::forget(dir, &meta)?,
+        }
         db.flush()?;
+        let base = Base::new(dir, changed, found.base, found.needs_checkpoint);
         let index = Arc::new(Index::new(
             shape,
             db,
@@ -161,6 +174,7 @@ impl Store {
             quarantine,
             meta,
             marks,
+            base,
             found.trees,
             found.epoch,
             Clock::new(found.clock, options.max_clock_drift),
@@ -448,8 +462,9 @@ impl Store {
         if std::mem::replace(&mut self.closed, true) {
             return Ok(());
         }
+        // The final checkpoint writes the snapshot, as a new base.
+        self.index.base.request_renewal();
         let info = self.hasher.shutdown()?;
-        snapshot::write(&self.dir, self.index.shape, info.epoch, &self.index.trees())?;
         self.index.meta.set_state(true, info.epoch)?;
         self.index.db.flush()?;
         Ok(())

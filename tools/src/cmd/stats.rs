@@ -13,13 +13,15 @@ pub fn run(a: super::StoreArgs) -> anyhow::Result<Outcome> {
         Recovery::Created => ("created", json!({})),
         Recovery::Snapshot => ("clean snapshot", json!({})),
         Recovery::Regions {
+            from_base,
+            changed,
             regions,
             segments,
             keys,
             snapshot_problem,
         } => (
             "crash recovery",
-            json!({ "regions": regions, "segments": segments, "keys": keys, "snapshot_problem": snapshot_problem }),
+            json!({ "from_base": from_base, "changed": changed, "regions": regions, "segments": segments, "keys": keys, "snapshot_problem": snapshot_problem }),
         ),
         Recovery::FullRebuild { keys, reason } => {
             ("full rebuild", json!({ "keys": keys, "reason": reason }))

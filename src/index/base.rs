@@ -1,0 +1,210 @@
+//! The base of crash recovery: the last snapshot file, kept while the store runs, and
+//! the `changed` tree, which lists what the checkpoints since have rewritten.
+//!
+//! ```text
+//! changed key: partition u32 BE                      (4 bytes): the partition's buckets
+//!                                                     were rewritten whole, or removed
+//!              index key (`bucket.rs`)               (9 bytes): that bucket was rewritten
+//! changed value: empty
+//! ```
+//! After a crash the index is the base, with every listed bucket (and every bucket of a
+//! listed partition) read from the `index` tree instead: exactly what reading every
+//! bucket would give, for a fraction of the reads. A checkpoint lists what it is about to
+//! write before writing it, so a bucket that differs from the base is always listed.
+//!
+//! The base is renewed (snapshot rewritten at the checkpoint's epoch, `changed` emptied,
+//! `meta.base` set) at a clean close, after a recovery, and when the buckets written
+//! since the base pass half its size: a renewal costs the base's size, at most twice
+//! the bytes written since, so checkpoints write at most about three times the bytes
+//! they change, amortized.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::bucket::{self, BucketId};
+use crate::error::{Corruption, Result};
+use crate::index::{Index, Trees};
+use crate::meta::Meta;
+use crate::options::Shape;
+use crate::parallel;
+use crate::snapshot;
+use crate::Hash;
+
+pub(crate) struct Base {
+    dir: PathBuf,
+    pub(crate) changed: sled::Tree,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Epoch of the snapshot file recovery starts from, if there is one.
+    epoch: Option<u64>,
+    /// Size of that file.
+    bytes: u64,
+    /// Bucket bytes written since it.
+    changed_bytes: u64,
+    /// Renew at the next checkpoint whatever the sizes (recovery, clean close).
+    renew: bool,
+}
+
+impl Base {
+    /// `epoch`: the base the index was opened from, if any; `renew`: write a new one at
+    /// the first checkpoint.
+    pub(crate) fn new(dir: &Path, changed: sled::Tree, epoch: Option<u64>, renew: bool) -> Base {
+        let bytes = epoch
+            .and_then(|_| std::fs::metadata(dir.join(snapshot::SNAPSHOT_FILE)).ok())
+            .map_or(0, |m| m.len());
+        Base {
+            dir: dir.to_path_buf(),
+            changed,
+            state: Mutex::new(State {
+                epoch,
+                bytes,
+                changed_bytes: 0,
+                renew,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lists buckets about to be written (or the whole partition), durably before them:
+    /// the caller writes them after this returns, in the same sled log.
+    pub(crate) fn record(
+        &self,
+        partition: u32,
+        whole: bool,
+        buckets: &[BucketId],
+        bytes: u64,
+    ) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        if whole {
+            batch.insert(&partition.to_be_bytes(), &[]);
+        } else {
+            for id in buckets {
+                batch.insert(&id.key(), &[]);
+            }
+        }
+        self.changed.apply_batch(batch)?;
+        self.state().changed_bytes += bytes;
+        Ok(())
+    }
+
+    /// Asks for a new base at the next checkpoint.
+    pub(crate) fn request_renewal(&self) {
+        self.state().renew = true;
+    }
+
+    /// Whether the checkpoint that just persisted should also write a new base.
+    pub(crate) fn due(&self) -> bool {
+        let s = self.state();
+        s.epoch.is_none() || s.renew || s.changed_bytes.saturating_mul(2) > s.bytes
+    }
+
+    /// Writes the snapshot of `index` at `epoch` (whose checkpoint has just been
+    /// persisted, so the snapshot equals the buckets) and makes it the base. A crash
+    /// part-way leaves `meta.base` naming the old epoch while the file holds the new
+    /// one, which recovery refuses and so reads every bucket: slower, never wrong.
+    pub(crate) fn renew(&self, index: &Index, epoch: u64) -> Result<()> {
+        let bytes = snapshot::write(&self.dir, index.shape, epoch, &index.trees())?;
+        self.changed.clear()?;
+        index.meta.set_base(Some(epoch))?;
+        index.db.flush()?;
+        *self.state() = State {
+            epoch: Some(epoch),
+            bytes,
+            changed_bytes: 0,
+            renew: false,
+        };
+        Ok(())
+    }
+}
+
+/// A recovery's starting index, from the base.
+pub(crate) struct Loaded {
+    pub trees: Trees,
+    /// Entries of `changed` applied: buckets, and partitions read whole.
+    pub changed: u64,
+}
+
+/// The index as the buckets hold it, from the base snapshot of `epoch` plus the buckets
+/// listed in `changed`; `Ok(None)` if the snapshot file is missing.
+pub(crate) fn load(
+    dir: &Path,
+    shape: Shape,
+    epoch: u64,
+    buckets: &sled::Tree,
+    changed: &sled::Tree,
+) -> Result<Option<Loaded>> {
+    let Some(mut trees) = snapshot::read(dir, shape, epoch)? else {
+        return Ok(None);
+    };
+    let mut whole = BTreeSet::new();
+    let mut listed = Vec::new();
+    for key in changed.iter().keys() {
+        let key = key?;
+        if let Ok(partition) = <[u8; 4]>::try_from(&key[..]) {
+            whole.insert(u32::from_be_bytes(partition));
+        } else {
+            listed.push(BucketId::from_key(&key)?);
+        }
+    }
+    // A bucket of another span than its partition's in the base, or too wide to replace
+    // in one call: read the partition whole.
+    let page_len = shape.bucket_len(shape.levels);
+    for id in &listed {
+        let same_span = trees.get(&id.partition).map(|t| t.persisted_span) == Some(Some(id.span));
+        let narrow = id
+            .pages(shape)
+            .is_some_and(|(_, count)| count * page_len <= u64::from(u32::MAX));
+        if !same_span || !narrow {
+            whole.insert(id.partition);
+        }
+    }
+    listed.retain(|id| !whole.contains(&id.partition));
+    let read = whole.len() as u64 + listed.len() as u64;
+    for partition in &whole {
+        trees.remove(partition);
+    }
+    trees.extend(Index::load_buckets(shape, buckets, Some(&whole))?);
+    let fetched = parallel::map(
+        &listed,
+        |&id| {
+            let (first, count) = id.pages(shape).ok_or_else(|| Corruption::OutOfRange {
+                what: "changed bucket",
+                location: id.describe(),
+                detail: "past the tree".into(),
+            })?;
+            let mut segments: Vec<(u32, Hash)> = Vec::new();
+            if let Some(bytes) = buckets.get(id.key())? {
+                bucket::decode(id, shape, &bytes, &mut |s, h| segments.push((s, h)))?;
+            }
+            Ok((first * page_len, count * page_len, segments))
+        },
+        &mut || {},
+    )?;
+    for (id, (first, count, segments)) in listed.iter().zip(fetched) {
+        if let Some(tree) = trees.get_mut(&id.partition) {
+            // In range: `pages` put the bucket inside the tree, and it is narrow.
+            tree.replace_segments(first as u32, count as u32, &segments);
+        }
+    }
+    // As read from the buckets: nothing to persist, and no tree without a bucket.
+    trees.retain(|_, tree| !tree.is_empty());
+    for tree in trees.values_mut() {
+        tree.clear_dirty();
+    }
+    Ok(Some(Loaded {
+        trees,
+        changed: read,
+    }))
+}
+
+/// Forgets the base: no later recovery may start from the file.
+pub(crate) fn forget(dir: &Path, meta: &Meta) -> Result<()> {
+    meta.set_base(None)?;
+    snapshot::remove(dir)
+}

@@ -1,0 +1,184 @@
+//! Crash recovery from the base: the last snapshot, plus the buckets the checkpoints since
+//! have rewritten, plus the regions marked since the last checkpoint.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{reference_root, Model};
+use merkle_index::{Options, Recovery, Store};
+
+/// 4,096 segments in pages of 256: a partition of a few thousand keys is dense, one of
+/// a few dozen is sparse with buckets spanning many pages.
+fn options() -> Options {
+    let mut o = Options::default().checkpoint_interval(std::time::Duration::from_secs(3600));
+    o.width = 16;
+    o.levels = 3;
+    o.region_segments = 16;
+    o.cache_bytes = 16 << 20;
+    o
+}
+
+struct Writer {
+    models: BTreeMap<u32, Model>,
+    version: u64,
+}
+
+impl Writer {
+    fn new() -> Writer {
+        Writer {
+            models: BTreeMap::new(),
+            version: 0,
+        }
+    }
+
+    fn put(&mut self, store: &Store, partition: u32, key: u64) {
+        self.version += 1;
+        let key = format!("key-{key}").into_bytes();
+        let value = format!("value-{}", self.version).into_bytes();
+        store
+            .partition(partition)
+            .put_versioned(&key, &value, self.version)
+            .unwrap();
+        self.models
+            .entry(partition)
+            .or_default()
+            .insert(key, (self.version, false, value));
+    }
+
+    fn check(&self, store: &Store) {
+        for (&p, model) in &self.models {
+            assert_eq!(store.root(p).to_bytes(), reference_root(p, model), "{p}");
+        }
+        assert!(store.verify(&mut |_| {}).unwrap().is_ok());
+    }
+}
+
+fn recovery(store: &Store) -> (bool, u64, u64) {
+    match store.open_report().recovery {
+        Recovery::Regions {
+            from_base,
+            changed,
+            regions,
+            ..
+        } => (from_base, changed, regions),
+        ref other => panic!("expected region recovery, got {other:?}"),
+    }
+}
+
+/// A store with a dense partition 0 (10,000 keys) and sparse partitions 1..=3, closed.
+fn based(dir: &std::path::Path) -> Writer {
+    let store = Store::open(dir, options()).unwrap();
+    let mut w = Writer::new();
+    for k in 0..10_000 {
+        w.put(&store, 0, k);
+    }
+    for p in 1..=3 {
+        for k in 0..5 {
+            w.put(&store, p, k);
+        }
+    }
+    store.close().unwrap();
+    w
+}
+
+#[test]
+fn recovery_reads_the_base_and_only_the_buckets_changed_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = based(dir.path());
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
+    // Checkpointed after the base: three buckets of partition 0, one of partition 2.
+    for k in [1, 2, 3] {
+        w.put(&store, 0, k);
+    }
+    w.put(&store, 2, 100);
+    store.checkpoint().unwrap();
+    // After the checkpoint: marked regions only.
+    w.put(&store, 0, 19_000);
+    w.put(&store, 3, 100);
+    store.flush().unwrap();
+    store.sync_index().unwrap();
+    store.simulate_crash();
+
+    let store = Store::open(dir.path(), options()).unwrap();
+    let (from_base, changed, regions) = recovery(&store);
+    assert!(from_base);
+    assert!((2..=4).contains(&changed), "{changed} buckets changed");
+    assert_eq!(regions, 2);
+    w.check(&store);
+    // The recovery renewed the base: a second crash reads nothing changed.
+    store.checkpoint().unwrap();
+    store.simulate_crash();
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(recovery(&store), (true, 0, 0));
+    w.check(&store);
+}
+
+#[test]
+fn a_partition_that_changes_span_after_the_base_is_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = based(dir.path());
+    let store = Store::open(dir.path(), options()).unwrap();
+    // Partition 1 grows from 5 keys to 1,605: its buckets get a narrower span.
+    for k in 1_000..2_600 {
+        w.put(&store, 1, k);
+    }
+    store.checkpoint().unwrap();
+    store.flush().unwrap();
+    store.simulate_crash();
+
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(recovery(&store), (true, 1, 0));
+    w.check(&store);
+}
+
+#[test]
+fn a_partition_dropped_after_the_base_stays_dropped_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = based(dir.path());
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(store.drop_partition(2).unwrap(), 5);
+    w.models.remove(&2);
+    w.put(&store, 1, 100);
+    store.flush().unwrap();
+    store.sync_index().unwrap();
+    store.simulate_crash();
+
+    let store = Store::open(dir.path(), options()).unwrap();
+    let (from_base, changed, _) = recovery(&store);
+    assert!(from_base);
+    assert_eq!(changed, 1);
+    assert!(!store.partitions().contains(&2));
+    assert!(store.root(2).is_zero());
+    w.check(&store);
+}
+
+#[test]
+fn a_base_of_another_epoch_is_refused_and_every_bucket_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = based(dir.path());
+    let old = std::fs::read(dir.path().join("index.snapshot")).unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    w.put(&store, 0, 19_000);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    w.put(&store, 1, 9_000);
+    store.flush().unwrap();
+    store.sync_index().unwrap();
+    store.simulate_crash();
+    // As if a crash had cut a renewal short, or the file were swapped: a stale base.
+    std::fs::write(dir.path().join("index.snapshot"), old).unwrap();
+
+    let store = Store::open(dir.path(), options()).unwrap();
+    let Recovery::Regions {
+        from_base: false,
+        snapshot_problem: Some(problem),
+        ..
+    } = &store.open_report().recovery
+    else {
+        panic!("{:?}", store.open_report().recovery);
+    };
+    assert!(problem.contains("base unusable"), "{problem}");
+    w.check(&store);
+}
