@@ -14,13 +14,16 @@
 //!
 //! The base is renewed (snapshot rewritten at the checkpoint's epoch, `changed` emptied,
 //! `meta.base` set) at a clean close, after a recovery, and when the buckets written
-//! since the base pass half its size: a renewal costs the base's size, at most twice
-//! the bytes written since, so checkpoints write at most about three times the bytes
-//! they change, amortized.
+//! since the base pass half its size, but then at most once a minute: a renewal costs
+//! the base's size and three fsyncs, which a checkpoint every few seconds must not pay
+//! each time. Where most of a partition's buckets changed, the checkpoint lists the
+//! partition and recovery reads it whole, in one pass, so a base left old by busy
+//! checkpoints costs a recovery about what reading every bucket costs, no more.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::bucket::{self, BucketId};
 use crate::error::{Corruption, Result};
@@ -30,6 +33,9 @@ use crate::options::Shape;
 use crate::parallel;
 use crate::snapshot;
 use crate::Hash;
+
+/// Least time between two renewals that are not asked for (recovery, clean close).
+const RENEWAL_INTERVAL: Duration = Duration::from_secs(60);
 
 pub(crate) struct Base {
     dir: PathBuf,
@@ -46,6 +52,8 @@ struct State {
     changed_bytes: u64,
     /// Renew at the next checkpoint whatever the sizes (recovery, clean close).
     renew: bool,
+    /// When this process last renewed it.
+    renewed: Option<Instant>,
 }
 
 impl Base {
@@ -63,6 +71,7 @@ impl Base {
                 bytes,
                 changed_bytes: 0,
                 renew,
+                renewed: None,
             }),
         }
     }
@@ -71,26 +80,30 @@ impl Base {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Lists buckets about to be written (or the whole partition), durably before them:
-    /// the caller writes them after this returns, in the same sled log.
-    pub(crate) fn record(
+    /// Lists what a checkpoint is about to write, `(partition, whole, buckets)` each,
+    /// in one batch that is durable before them (the caller writes them after this
+    /// returns, in the same sled log).
+    pub(crate) fn record<'a>(
         &self,
-        partition: u32,
-        whole: bool,
-        buckets: &[BucketId],
-        bytes: u64,
+        changes: impl Iterator<Item = (u32, bool, &'a [BucketId])>,
     ) -> Result<()> {
         let mut batch = sled::Batch::default();
-        if whole {
-            batch.insert(&partition.to_be_bytes(), &[]);
-        } else {
-            for id in buckets {
-                batch.insert(&id.key(), &[]);
+        for (partition, whole, buckets) in changes {
+            if whole {
+                batch.insert(&partition.to_be_bytes(), &[]);
+            } else {
+                for id in buckets {
+                    batch.insert(&id.key(), &[]);
+                }
             }
         }
         self.changed.apply_batch(batch)?;
-        self.state().changed_bytes += bytes;
         Ok(())
+    }
+
+    /// Counts bucket bytes a checkpoint wrote, towards the next renewal.
+    pub(crate) fn written(&self, bytes: u64) {
+        self.state().changed_bytes += bytes;
     }
 
     /// Asks for a new base at the next checkpoint.
@@ -101,7 +114,9 @@ impl Base {
     /// Whether the checkpoint that just persisted should also write a new base.
     pub(crate) fn due(&self) -> bool {
         let s = self.state();
-        s.epoch.is_none() || s.renew || s.changed_bytes.saturating_mul(2) > s.bytes
+        let grown = s.changed_bytes.saturating_mul(2) > s.bytes;
+        let rested = s.renewed.map_or(true, |at| at.elapsed() >= RENEWAL_INTERVAL);
+        s.epoch.is_none() || s.renew || (grown && rested)
     }
 
     /// Writes the snapshot of `index` at `epoch` (whose checkpoint has just been
@@ -118,6 +133,7 @@ impl Base {
             bytes,
             changed_bytes: 0,
             renew: false,
+            renewed: Some(Instant::now()),
         };
         Ok(())
     }
@@ -153,8 +169,10 @@ pub(crate) fn load(
         }
     }
     // A bucket of another span than its partition's in the base, or too wide to replace
-    // in one call: read the partition whole.
+    // in one call: read the partition whole; likewise where most of its buckets are
+    // listed (one pass over them beats a look-up each).
     let page_len = shape.bucket_len(shape.levels);
+    let mut per_partition = BTreeMap::<u32, (u64, u8)>::new();
     for id in &listed {
         let same_span = trees.get(&id.partition).map(|t| t.persisted_span) == Some(Some(id.span));
         let narrow = id
@@ -162,6 +180,12 @@ pub(crate) fn load(
             .is_some_and(|(_, count)| count * page_len <= u64::from(u32::MAX));
         if !same_span || !narrow {
             whole.insert(id.partition);
+        }
+        per_partition.entry(id.partition).or_insert((0, id.span)).0 += 1;
+    }
+    for (partition, (count, span)) in per_partition {
+        if count.saturating_mul(2) > bucket::buckets_per_partition(shape, span) {
+            whole.insert(partition);
         }
     }
     listed.retain(|id| !whole.contains(&id.partition));

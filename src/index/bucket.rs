@@ -74,6 +74,14 @@ impl BucketId {
     }
 }
 
+/// Buckets a partition of `shape` has room for at span `span`.
+pub(crate) fn buckets_per_partition(shape: Shape, span: u8) -> u64 {
+    let per_bucket = u64::from(shape.width)
+        .saturating_pow(u32::from(span))
+        .max(1);
+    segment_pages(shape).div_ceil(per_bucket)
+}
+
 /// Segment pages in a tree of `shape`.
 pub(crate) fn segment_pages(shape: Shape) -> u64 {
     shape.segments / shape.bucket_len(shape.levels)

@@ -100,71 +100,51 @@ impl Index {
     /// batch a crash cut off. Every batch is listed in the base's `changed` tree first,
     /// and the base is renewed at the end when due (`base.rs`).
     pub(crate) fn persist(&self, epoch: u64, full: bool) -> Result<CheckpointInfo> {
-        let dirty: Vec<u32> = {
-            let trees = self.trees();
-            trees
+        let plans = self.plan(full);
+        // Listed before written: a bucket that differs from the base is listed.
+        self.base.record(
+            plans
                 .iter()
-                .filter(|(_, t)| full || t.has_dirty())
-                .map(|(&p, _)| p)
-                .collect()
-        };
-        let mut spans = Vec::with_capacity(dirty.len());
-        for &partition in &dirty {
+                .map(|p| (p.partition, p.listed_whole, &p.ids[..])),
+        )?;
+        let page_len = self.shape.bucket_len(self.shape.levels) as usize;
+        let mut spans = Vec::with_capacity(plans.len());
+        let mut written = 0u64;
+        for plan in plans {
             let mut batch = sled::Batch::default();
-            let span = {
+            {
                 let trees = self.trees();
-                let Some(tree) = trees.get(&partition) else {
+                let Some(tree) = trees.get(&plan.partition) else {
                     continue;
                 };
-                let span =
-                    bucket::span_for(self.shape, tree.nonzero_segments(), tree.persisted_span);
-                let per_bucket = u64::from(self.shape.width).pow(u32::from(span));
-                let whole = full || tree.persisted_span != Some(span);
-                let buckets: Vec<u32> = if whole {
+                if plan.rewrite {
                     // A new span (or a rebuild): rewrite the partition's buckets whole.
-                    for key in self.buckets.scan_prefix(partition.to_be_bytes()).keys() {
+                    for key in self
+                        .buckets
+                        .scan_prefix(plan.partition.to_be_bytes())
+                        .keys()
+                    {
                         batch.remove(key?);
                     }
-                    let pages = bucket::segment_pages(self.shape);
-                    (0..pages.div_ceil(per_bucket) as u32).collect()
-                } else {
-                    let mut b: Vec<u32> = tree
-                        .dirty_segment_pages()
-                        .into_iter()
-                        .map(|p| (u64::from(p) / per_bucket) as u32)
-                        .collect();
-                    b.dedup();
-                    b
-                };
-                let page_len = self.shape.bucket_len(self.shape.levels) as usize;
-                let mut ids = Vec::with_capacity(buckets.len());
-                let mut bytes = 0u64;
-                for b in buckets {
-                    let id = BucketId {
-                        partition,
-                        span,
-                        bucket: b,
-                    };
+                }
+                let per_bucket = u64::from(self.shape.width).pow(u32::from(plan.span));
+                for id in &plan.ids {
                     let mut pages = Vec::new();
-                    tree.for_each_segment_page_in(u64::from(b) * per_bucket, per_bucket, |p, v| {
-                        pages.push((p, v))
-                    });
-                    match bucket::encode(id, page_len, pages) {
+                    let first = u64::from(id.bucket) * per_bucket;
+                    tree.for_each_segment_page_in(first, per_bucket, |p, v| pages.push((p, v)));
+                    match bucket::encode(*id, page_len, pages) {
                         Some(encoded) => {
-                            bytes += encoded.len() as u64;
+                            written += encoded.len() as u64;
                             batch.insert(&id.key(), encoded)
                         }
                         None => batch.remove(&id.key()),
                     }
-                    ids.push(id);
                 }
-                // Listed before written: a bucket that differs from the base is listed.
-                self.base.record(partition, whole, &ids, bytes)?;
-                span
-            };
+            }
             self.buckets.apply_batch(batch)?;
-            spans.push((partition, span));
+            spans.push((plan.partition, plan.span));
         }
+        self.base.written(written);
         if full {
             // Partitions with buckets but no tree any more.
             let live = self
@@ -175,7 +155,7 @@ impl Index {
             let mut batch = sled::Batch::default();
             for partition in key_prefixes(&self.buckets)? {
                 if !live.contains(&partition) {
-                    self.base.record(partition, true, &[], 0)?;
+                    self.base.record([(partition, true, &[][..])].into_iter())?;
                     for key in self.buckets.scan_prefix(partition.to_be_bytes()).keys() {
                         batch.remove(key?);
                     }
@@ -213,12 +193,53 @@ impl Index {
         Ok(info)
     }
 
+    /// What a checkpoint writes: for each partition with changes (every partition, with
+    /// `full`), its span and the buckets to rewrite.
+    fn plan(&self, full: bool) -> Vec<Plan> {
+        let trees = self.trees();
+        let mut plans = Vec::new();
+        for (&partition, tree) in trees.iter().filter(|(_, t)| full || t.has_dirty()) {
+            let span = bucket::span_for(self.shape, tree.nonzero_segments(), tree.persisted_span);
+            let per_bucket = u64::from(self.shape.width).pow(u32::from(span));
+            let total = bucket::buckets_per_partition(self.shape, span);
+            let rewrite = full || tree.persisted_span != Some(span);
+            let buckets: Vec<u32> = if rewrite {
+                (0..total as u32).collect()
+            } else {
+                let mut b: Vec<u32> = tree
+                    .dirty_segment_pages()
+                    .into_iter()
+                    .map(|p| (u64::from(p) / per_bucket) as u32)
+                    .collect();
+                b.dedup();
+                b
+            };
+            let ids: Vec<BucketId> = buckets
+                .into_iter()
+                .map(|bucket| BucketId {
+                    partition,
+                    span,
+                    bucket,
+                })
+                .collect();
+            plans.push(Plan {
+                partition,
+                span,
+                rewrite,
+                // Where most of its buckets are written, recovery reads it whole anyway.
+                listed_whole: rewrite || ids.len() as u64 * 2 > total,
+                ids,
+            });
+        }
+        plans
+    }
+
     /// Removes `partition` from memory and disk (see `dropping.rs`). Called by the hasher
     /// thread, so no checkpoint runs meanwhile.
     pub(crate) fn drop_partition(&self, partition: u32) -> Result<u64> {
         self.trees_mut().remove(&partition);
         self.marks.forget(partition);
-        self.base.record(partition, true, &[], 0)?;
+        self.base.record([(partition, true, &[][..])].into_iter())?;
         self.meta.set_dropping(partition, true)?;
         self.db.flush()?;
         let records = dropping::remove(
@@ -357,6 +378,17 @@ impl Index {
         trees.extend(built);
         Ok(trees)
     }
+}
+
+/// One partition's part of a checkpoint.
+struct Plan {
+    partition: u32,
+    span: u8,
+    /// Every bucket is rewritten and stale ones removed (a new span, or a rebuild).
+    rewrite: bool,
+    /// Listed in `changed` as a whole partition rather than bucket by bucket.
+    listed_whole: bool,
+    ids: Vec<BucketId>,
 }
 
 /// What one piece of the bucket load yields: a partition's whole tree, or one slice of
