@@ -115,7 +115,9 @@ impl Base {
     pub(crate) fn due(&self) -> bool {
         let s = self.state();
         let grown = s.changed_bytes.saturating_mul(2) > s.bytes;
-        let rested = s.renewed.map_or(true, |at| at.elapsed() >= RENEWAL_INTERVAL);
+        let rested = s
+            .renewed
+            .map_or(true, |at| at.elapsed() >= RENEWAL_INTERVAL);
         s.epoch.is_none() || s.renew || (grown && rested)
     }
 
