@@ -438,3 +438,34 @@ mod decoded_but_out_of_range {
         }
     }
 }
+
+#[test]
+fn a_bad_base_listing_or_record_makes_recovery_read_every_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = filled(dir.path());
+    for (tree, key, value, expected) in [
+        ("changed", &b"xyz"[..], &b""[..], "changed key"),
+        ("meta", &b"base"[..], &b"short"[..], "meta base"),
+    ] {
+        Store::open(dir.path(), small_options())
+            .unwrap()
+            .simulate_crash();
+        with_sled(dir.path(), |db| {
+            db.open_tree(tree).unwrap().insert(key, value).unwrap();
+        });
+        let store = Store::open(dir.path(), small_options()).unwrap();
+        let problem = snapshot_problem(&store);
+        assert!(problem.contains(expected), "{problem}");
+        assert!(matches!(
+            store.open_report().recovery,
+            Recovery::Regions {
+                from_base: false,
+                ..
+            }
+        ));
+        assert_eq!(store.root(0), root);
+        assert!(store.verify(&mut |_| {}).unwrap().is_ok());
+        // The recovery's checkpoint writes a new base and clears the listing.
+        store.close().unwrap();
+    }
+}

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::bucket::{self, BucketId};
+use crate::bucket::{self, BucketId, INDEX_KEY_LEN};
 use crate::error::{Corruption, Result};
 use crate::index::{Index, Trees};
 use crate::meta::Meta;
@@ -164,11 +164,22 @@ pub(crate) fn load(
     let mut listed = Vec::new();
     for key in changed.iter().keys() {
         let key = key?;
-        if let Ok(partition) = <[u8; 4]>::try_from(&key[..]) {
-            whole.insert(u32::from_be_bytes(partition));
-        } else {
-            listed.push(BucketId::from_key(&key)?);
-        }
+        match key.len() {
+            4 => whole.insert(u32::from_be_bytes([key[0], key[1], key[2], key[3]])),
+            INDEX_KEY_LEN => {
+                listed.push(BucketId::from_key(&key)?);
+                continue;
+            }
+            found => {
+                return Err(Corruption::BadLength {
+                    what: "changed key",
+                    location: format!("{:02x?}", &key[..]),
+                    expected: INDEX_KEY_LEN,
+                    found,
+                }
+                .into())
+            }
+        };
     }
     // A bucket of another span than its partition's in the base, or too wide to replace
     // in one call: read the partition whole; likewise where most of its buckets are
