@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! changed key: partition u32 BE                      (4 bytes): the partition's buckets
-//!                                                     were rewritten whole, or removed
+//!                                                     were rewritten whole or removed,
+//!                                                     or most of them written
 //!              index key (`bucket.rs`)               (9 bytes): that bucket was rewritten
 //! changed value: empty
 //! ```
@@ -39,7 +40,7 @@ const RENEWAL_INTERVAL: Duration = Duration::from_secs(60);
 
 pub(crate) struct Base {
     dir: PathBuf,
-    pub(crate) changed: sled::Tree,
+    changed: sled::Tree,
     state: Mutex<State>,
 }
 

@@ -213,13 +213,19 @@ fn decode_partition(shape: Shape, head: PartHead, part: &[u8]) -> Result<(u32, T
         Tree::from_segments(shape, listed)
     };
     tree.clear_dirty();
-    tree.persisted_span = match span {
-        NO_SPAN => None,
-        s => Some(
-            u8::try_from(s)
-                .map_err(|_| bad_header(format!("partition {id}: bucket span {s} out of range")))?,
-        ),
+    // A span whose buckets would be wider than the tree is out of range.
+    let fits = |s: u8| {
+        u64::from(shape.width)
+            .checked_pow(u32::from(s))
+            .is_some_and(|covered| covered <= crate::bucket::segment_pages(shape))
     };
+    tree.persisted_span =
+        match span {
+            NO_SPAN => None,
+            s => Some(u8::try_from(s).ok().filter(|&s| fits(s)).ok_or_else(|| {
+                bad_header(format!("partition {id}: bucket span {s} out of range"))
+            })?),
+        };
     Ok((id, tree))
 }
 

@@ -263,7 +263,6 @@ pub(crate) fn recover(
     }
     out.trees = trees;
     let keys = rehash(&mut out, data, shape, &regions)?;
-
     out.needs_checkpoint = !regions.is_empty() || snapshot_problem.is_some();
     out.recovery = Recovery::Regions {
         from_base: changed.is_some(),
