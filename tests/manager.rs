@@ -235,3 +235,25 @@ fn repairs_yield_to_busy_foreground_writes_and_still_finish() {
     assert!(converged, "{:?}", manager.status());
     manager.stop();
 }
+
+#[test]
+fn the_status_measures_foreground_writes_with_no_repair_running() {
+    let (_d, a) = store();
+    let manager = Manager::start(Arc::clone(&a), fast());
+    manager.status(); // starts a window
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(manager.status().foreground_writes_per_sec, 0);
+    let start = Instant::now();
+    let mut writes = 0u64;
+    while start.elapsed() < Duration::from_millis(300) {
+        a.put(&writes.to_le_bytes(), b"v").unwrap();
+        writes += 1;
+    }
+    let rate = manager.status().foreground_writes_per_sec;
+    // The window began at the previous status read, at most a little before the writes.
+    let lowest = writes as f64 / (start.elapsed().as_secs_f64() + 0.1);
+    assert!(rate as f64 >= lowest * 0.9, "{rate}/s for {writes} writes");
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(manager.status().foreground_writes_per_sec, 0, "quiet again");
+    manager.stop();
+}

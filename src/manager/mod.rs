@@ -285,8 +285,13 @@ impl Manager {
 
     /// The manager's state now.
     pub fn status(&self) -> Status {
-        let state = lock(&self.inner);
+        let mut state = lock(&self.inner);
         let now = Instant::now();
+        // Between repairs nothing else samples the foreground: a status read does, so
+        // its rate is the average since the previous sample, never a stale figure.
+        if now.duration_since(state.foreground_sampled) >= SAMPLE {
+            sample_foreground(&mut state, &self.inner.store, now);
+        }
         Status {
             peers: state
                 .peers
@@ -572,11 +577,7 @@ fn take_tokens(inner: &Inner, keys: u64, bytes: u64) {
             continue;
         }
         if sampled >= SAMPLE {
-            let seen = inner.store.foreground_writes();
-            let writes = seen.saturating_sub(state.foreground_seen);
-            state.foreground_rate = (writes as f64 / sampled.as_secs_f64()) as u64;
-            state.foreground_seen = seen;
-            state.foreground_sampled = now;
+            sample_foreground(&mut state, &inner.store, now);
         }
         let (key_rate, byte_rate) = (key_rate_now(&state), state.options.max_repair_bytes_per_sec);
         if key_rate.is_none() && byte_rate.is_none() {
@@ -616,6 +617,16 @@ fn take_tokens(inner: &Inner, keys: u64, bytes: u64) {
             .unwrap_or_else(|p| p.into_inner())
             .0;
     }
+}
+
+/// Measures the foreground write rate since the last sample.
+fn sample_foreground(state: &mut State, store: &Store, now: Instant) {
+    let sampled = now.duration_since(state.foreground_sampled);
+    let seen = store.foreground_writes();
+    let writes = seen.saturating_sub(state.foreground_seen);
+    state.foreground_rate = (writes as f64 / sampled.as_secs_f64().max(1e-9)) as u64;
+    state.foreground_seen = seen;
+    state.foreground_sampled = now;
 }
 
 /// The shortest window over which the foreground write rate is measured.
