@@ -152,13 +152,15 @@ impl Index {
                 .keys()
                 .copied()
                 .collect::<std::collections::HashSet<_>>();
+            let gone: Vec<u32> = key_prefixes(&self.buckets)?
+                .into_iter()
+                .filter(|p| !live.contains(p))
+                .collect();
+            self.base.record(gone.iter().map(|&p| (p, true, &[][..])))?;
             let mut batch = sled::Batch::default();
-            for partition in key_prefixes(&self.buckets)? {
-                if !live.contains(&partition) {
-                    self.base.record([(partition, true, &[][..])].into_iter())?;
-                    for key in self.buckets.scan_prefix(partition.to_be_bytes()).keys() {
-                        batch.remove(key?);
-                    }
+            for partition in gone {
+                for key in self.buckets.scan_prefix(partition.to_be_bytes()).keys() {
+                    batch.remove(key?);
                 }
             }
             self.buckets.apply_batch(batch)?;

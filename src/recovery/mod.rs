@@ -225,12 +225,10 @@ pub(crate) fn recover(
             Err(e) => snapshot_problem = Some(format!("base unusable: {e}")),
         }
     }
+    out.base = from_base.as_ref().map(|(epoch, _)| *epoch);
     let attempt = marks.all().and_then(|regions| {
         let (trees, changed) = match from_base {
-            Some((epoch, loaded)) => {
-                out.base = Some(epoch);
-                (loaded.trees, Some(loaded.changed))
-            }
+            Some((_, loaded)) => (loaded.trees, Some(loaded.changed)),
             None => (Index::load_buckets(shape, buckets, None)?, None),
         };
         Ok((regions, trees, changed))
