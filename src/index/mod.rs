@@ -304,8 +304,7 @@ impl Index {
             .flat_map(|&(p, span)| (0..slices_each).map(move |slice| (p, span, slice)))
             .collect();
         let build = |partition: u32, span: u8, segments: Vec<(u32, Hash)>| {
-            let mut tree = Tree::from_segments(shape, segments);
-            tree.clear_dirty();
+            let mut tree = Tree::from_persisted_segments(shape, segments);
             tree.persisted_span = Some(span);
             (partition, tree)
         };

@@ -17,23 +17,19 @@ use crate::hash::{Hash, HASH_BYTES};
 const DENSE: u8 = 0;
 const SPARSE: u8 = 1;
 
-/// The in-memory page. Sparse pages keep offsets and hashes in two sorted vectors (18
-/// bytes a node, no padding); a page turns dense past half full and sparse again below
-/// an eighth, so neither form is ever far from the smaller one and a change that flips
-/// one node back and forth cannot make it convert each time.
+/// The in-memory page. A sparse page is one byte vector laid out as its encoding after
+/// the header: `n` offsets (u16 LE, strictly increasing) then `n` hashes (16 bytes LE,
+/// none zero), 18 bytes a node in a single allocation. A page turns dense past half full
+/// and sparse again below an eighth, so neither form is ever far from the smaller one
+/// and a change that flips one node back and forth cannot make it convert each time.
 ///
-/// Both forms are boxed so that a page is two words wherever it is kept (most pages of
-/// a store with many small partitions hold one or two nodes).
+/// Most pages of a store with many small partitions hold one or two nodes; the sparse
+/// form costs them one small allocation, and the dense form is boxed so that a page is
+/// three words wherever it is kept.
 #[derive(Clone, Debug)]
 pub(crate) enum Page {
-    Sparse(Box<Sparse>),
+    Sparse(Vec<u8>),
     Dense(Box<Dense>),
-}
-
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Sparse {
-    offsets: Vec<u16>,
-    hashes: Vec<Hash>,
 }
 
 #[derive(Clone, Debug)]
@@ -42,16 +38,56 @@ pub(crate) struct Dense {
     nonzero: u32,
 }
 
+/// Bytes a node takes in a sparse page: its offset and its hash.
+const NODE_BYTES: usize = 2 + HASH_BYTES;
+
 /// A read-only view of a page's nodes, in whichever form they are held.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum PageRef<'a> {
-    Sparse(&'a [u16], &'a [Hash]),
+    /// Sparse nodes, laid out as in [`Page::Sparse`].
+    Sparse(&'a [u8]),
     Dense(&'a [Hash]),
+}
+
+/// Offset of the `i`th node of a sparse page (zero past the end, never reached).
+fn offset_at(nodes: &[u8], i: usize) -> u16 {
+    u16_at(nodes, 2 * i).unwrap_or_default()
+}
+
+/// Hash of the `i`th of the `n` nodes of a sparse page.
+fn hash_at(nodes: &[u8], n: usize, i: usize) -> Hash {
+    let at = 2 * n + HASH_BYTES * i;
+    nodes
+        .get(at..at + HASH_BYTES)
+        .and_then(|b| b.try_into().ok())
+        .map_or(Hash::ZERO, Hash::from_bytes)
+}
+
+/// Where `offset` is (`Ok`) or would go (`Err`) among a sparse page's nodes.
+fn search(nodes: &[u8], offset: u16) -> Result<usize, usize> {
+    let (mut lo, mut hi) = (0, nodes.len() / NODE_BYTES);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match offset_at(nodes, mid).cmp(&offset) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Ok(mid),
+        }
+    }
+    Err(lo)
+}
+
+/// A sparse page of `n` nodes, from `(offset, hash)` in offset order.
+fn sparse(n: usize, each: impl Fn(&mut dyn FnMut(usize, Hash))) -> Page {
+    let mut nodes = Vec::with_capacity(n * NODE_BYTES);
+    each(&mut |o, _| nodes.extend_from_slice(&(o as u16).to_le_bytes()));
+    each(&mut |_, h| nodes.extend_from_slice(&h.to_bytes()));
+    Page::Sparse(nodes)
 }
 
 impl Page {
     pub(crate) fn empty() -> Page {
-        Page::Sparse(Box::default())
+        Page::Sparse(Vec::new())
     }
 
     /// A page of `len` nodes holding `nodes` (non-zero, in offset order).
@@ -68,10 +104,11 @@ impl Page {
                 nonzero: nodes.len() as u32,
             }))
         } else {
-            Page::Sparse(Box::new(Sparse {
-                offsets: nodes.iter().map(|&(i, _)| (i - base) as u16).collect(),
-                hashes: nodes.iter().map(|&(_, h)| h).collect(),
-            }))
+            sparse(nodes.len(), |f| {
+                for &(i, h) in nodes {
+                    f((i - base) as usize, h);
+                }
+            })
         }
     }
 
@@ -90,40 +127,30 @@ impl Page {
                 nonzero: nonzero as u32,
             }))
         } else {
-            let (mut offsets, mut out) = (Vec::with_capacity(nonzero), Vec::with_capacity(nonzero));
-            view.for_each(|i, h| {
-                offsets.push(i as u16);
-                out.push(h);
-            });
-            Page::Sparse(Box::new(Sparse {
-                offsets,
-                hashes: out,
-            }))
+            sparse(nonzero, |f| view.for_each(f))
         }
     }
 
     pub(crate) fn view(&self) -> PageRef<'_> {
         match self {
-            Page::Sparse(s) => PageRef::Sparse(&s.offsets, &s.hashes),
+            Page::Sparse(nodes) => PageRef::Sparse(nodes),
             Page::Dense(d) => PageRef::Dense(&d.hashes),
         }
     }
 
     pub(crate) fn get(&self, offset: usize) -> Hash {
         match self {
-            Page::Sparse(s) => s
-                .offsets
-                .binary_search(&(offset as u16))
-                .ok()
-                .and_then(|i| s.hashes.get(i).copied())
-                .unwrap_or_default(),
+            Page::Sparse(nodes) => match search(nodes, offset as u16) {
+                Ok(i) => hash_at(nodes, nodes.len() / NODE_BYTES, i),
+                Err(_) => Hash::ZERO,
+            },
             Page::Dense(d) => d.hashes.get(offset).copied().unwrap_or_default(),
         }
     }
 
     pub(crate) fn nonzero(&self) -> usize {
         match self {
-            Page::Sparse(s) => s.offsets.len(),
+            Page::Sparse(nodes) => nodes.len() / NODE_BYTES,
             Page::Dense(d) => d.nonzero as usize,
         }
     }
@@ -135,26 +162,32 @@ impl Page {
             return 0;
         }
         let change = match self {
-            Page::Sparse(s) => match s.offsets.binary_search(&(offset as u16)) {
-                Ok(i) => match s.hashes.get_mut(i) {
-                    Some(h) => {
-                        *h ^= delta;
+            Page::Sparse(nodes) => {
+                let n = nodes.len() / NODE_BYTES;
+                match search(nodes, offset as u16) {
+                    Ok(i) => {
+                        let at = 2 * n + HASH_BYTES * i;
+                        let h = hash_at(nodes, n, i) ^ delta;
                         if h.is_zero() {
-                            s.offsets.remove(i);
-                            s.hashes.remove(i);
+                            // Hash first: removing the offset moves every hash.
+                            nodes.drain(at..at + HASH_BYTES);
+                            nodes.drain(2 * i..2 * i + 2);
                             -1
                         } else {
+                            if let Some(slot) = nodes.get_mut(at..at + HASH_BYTES) {
+                                slot.copy_from_slice(&h.to_bytes());
+                            }
                             0
                         }
                     }
-                    None => 0,
-                },
-                Err(i) => {
-                    s.offsets.insert(i, offset as u16);
-                    s.hashes.insert(i, delta);
-                    1
+                    Err(i) => {
+                        let at = 2 * n + HASH_BYTES * i;
+                        nodes.splice(at..at, delta.to_bytes());
+                        nodes.splice(2 * i..2 * i, (offset as u16).to_le_bytes());
+                        1
+                    }
                 }
-            },
+            }
             Page::Dense(d) => match d.hashes.get_mut(offset) {
                 Some(h) => {
                     let was = !h.is_zero();
@@ -173,24 +206,19 @@ impl Page {
         };
         if convert {
             *self = Page::from_view(self.view(), len);
-        } else if let Page::Sparse(s) = self {
-            // Deletes can leave a sparse page's vectors far larger than its nodes.
-            if s.offsets.capacity() > 2 * s.offsets.len() + 8 {
-                s.offsets.shrink_to_fit();
-                s.hashes.shrink_to_fit();
+        } else if let Page::Sparse(nodes) = self {
+            // Deletes can leave a sparse page's vector far larger than its nodes.
+            if nodes.capacity() > 2 * nodes.len() + 8 * NODE_BYTES {
+                nodes.shrink_to_fit();
             }
         }
         change
     }
 
-    /// Heap bytes held by the page (its box and vectors).
+    /// Heap bytes held by the page (its vector or box).
     pub(crate) fn heap_bytes(&self) -> usize {
         match self {
-            Page::Sparse(s) => {
-                std::mem::size_of::<Sparse>()
-                    + s.offsets.capacity() * 2
-                    + s.hashes.capacity() * HASH_BYTES
-            }
+            Page::Sparse(nodes) => nodes.capacity(),
             Page::Dense(d) => std::mem::size_of::<Dense>() + d.hashes.len() * HASH_BYTES,
         }
     }
@@ -200,9 +228,10 @@ impl<'a> PageRef<'a> {
     /// Calls `f(offset, hash)` for every non-zero node, in offset order.
     pub(crate) fn for_each(&self, mut f: impl FnMut(usize, Hash)) {
         match self {
-            PageRef::Sparse(offsets, hashes) => {
-                for (&o, &h) in offsets.iter().zip(hashes.iter()) {
-                    f(usize::from(o), h);
+            PageRef::Sparse(nodes) => {
+                let n = nodes.len() / NODE_BYTES;
+                for i in 0..n {
+                    f(usize::from(offset_at(nodes, i)), hash_at(nodes, n, i));
                 }
             }
             PageRef::Dense(hashes) => {
@@ -217,7 +246,7 @@ impl<'a> PageRef<'a> {
 
     pub(crate) fn nonzero(&self) -> usize {
         match self {
-            PageRef::Sparse(offsets, _) => offsets.len(),
+            PageRef::Sparse(nodes) => nodes.len() / NODE_BYTES,
             PageRef::Dense(hashes) => hashes.iter().filter(|h| !h.is_zero()).count(),
         }
     }
@@ -228,11 +257,17 @@ impl<'a> PageRef<'a> {
         if nonzero == 0 {
             return;
         }
-        if 2 + nonzero * (2 + HASH_BYTES) < len * HASH_BYTES {
+        if 2 + nonzero * NODE_BYTES < len * HASH_BYTES {
             out.push(SPARSE);
             out.extend_from_slice(&(nonzero as u16).to_le_bytes());
-            self.for_each(|i, _| out.extend_from_slice(&(i as u16).to_le_bytes()));
-            self.for_each(|_, h| out.extend_from_slice(&h.to_bytes()));
+            match self {
+                // Held as encoded.
+                PageRef::Sparse(nodes) => out.extend_from_slice(nodes),
+                PageRef::Dense(_) => {
+                    self.for_each(|i, _| out.extend_from_slice(&(i as u16).to_le_bytes()));
+                    self.for_each(|_, h| out.extend_from_slice(&h.to_bytes()));
+                }
+            }
         } else {
             out.push(DENSE);
             let mut next = 0;
@@ -382,6 +417,32 @@ mod tests {
             let mut expected = Vec::new();
             page.view().for_each(|o, h| expected.push((o, h)));
             prop_assert_eq!(back, expected);
+        }
+
+        /// XORs in any order (inserts, changes, removals, both conversions) leave the
+        /// page holding exactly what a map of the same XORs holds.
+        #[test]
+        fn xors_match_a_model(ops in proptest::collection::vec((0u16..64, 0u32..4), 0..400)) {
+            let len = 64;
+            let mut page = Page::empty();
+            let mut model = std::collections::BTreeMap::new();
+            for (o, v) in ops {
+                let o = usize::from(o);
+                let before = model.len() as i64;
+                let slot = model.entry(o).or_insert(Hash::ZERO);
+                *slot ^= h(v);
+                if slot.is_zero() {
+                    model.remove(&o);
+                }
+                prop_assert_eq!(page.xor(o, h(v), len), model.len() as i64 - before);
+                prop_assert_eq!(page.nonzero(), model.len());
+            }
+            let mut held = Vec::new();
+            page.view().for_each(|o, h| held.push((o, h)));
+            prop_assert_eq!(held, model.iter().map(|(&o, &h)| (o, h)).collect::<Vec<_>>());
+            for o in 0..len {
+                prop_assert_eq!(page.get(o), model.get(&o).copied().unwrap_or_default());
+            }
         }
 
         #[test]

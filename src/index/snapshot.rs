@@ -178,7 +178,8 @@ fn decode_partition(shape: Shape, head: PartHead, part: &[u8]) -> Result<(u32, T
     } else {
         Vec::new()
     };
-    let mut listed = Vec::new();
+    // A non-zero segment takes at least 18 bytes in a sparse page.
+    let mut listed = Vec::with_capacity(if dense { 0 } else { part.len() / 18 });
     let mut at = 0usize;
     let mut last = None;
     for _ in 0..pages {
@@ -210,7 +211,7 @@ fn decode_partition(shape: Shape, head: PartHead, part: &[u8]) -> Result<(u32, T
     let mut tree = if dense {
         Tree::from_all_segments(shape, all)
     } else {
-        Tree::from_segments(shape, listed)
+        Tree::from_persisted_segments(shape, listed)
     };
     tree.clear_dirty();
     // A span whose buckets would be wider than the tree is out of range.

@@ -282,6 +282,26 @@ impl Tree {
         shape: Shape,
         segments: impl IntoIterator<Item = (u32, Hash)>,
     ) -> Tree {
+        let mut tree = Tree::build(shape, segments);
+        let mut pages = Vec::new();
+        tree.for_each_segment_page(|page, _| pages.push(page));
+        for page in pages {
+            tree.mark_dirty(page);
+        }
+        tree
+    }
+
+    /// As [`Tree::from_segments`], with nothing dirty: the tree as persisted.
+    pub(crate) fn from_persisted_segments(
+        shape: Shape,
+        segments: impl IntoIterator<Item = (u32, Hash)>,
+    ) -> Tree {
+        let mut tree = Tree::build(shape, segments);
+        tree.clear_dirty();
+        tree
+    }
+
+    fn build(shape: Shape, segments: impl IntoIterator<Item = (u32, Hash)>) -> Tree {
         let width = u64::from(shape.width);
         let mut nodes: Vec<(u64, Hash)> = segments
             .into_iter()
@@ -303,26 +323,31 @@ impl Tree {
         }
         let mut tree = Tree::new(shape);
         for d in (1..=shape.levels).rev() {
-            // XOR runs of equal indexes: siblings' parents (or a segment listed twice).
-            let mut merged: Vec<(u64, Hash)> = Vec::with_capacity(nodes.len());
-            for &(i, h) in &nodes {
-                match merged.last_mut() {
+            // XOR runs of equal indexes in place (siblings' parents, or a segment listed
+            // twice), dropping sums that cancel: one buffer serves every level.
+            let mut kept: usize = 0;
+            for read in 0..nodes.len() {
+                let Some(&(i, h)) = nodes.get(read) else {
+                    break;
+                };
+                match kept.checked_sub(1).and_then(|last| nodes.get_mut(last)) {
                     Some((p, sum)) if *p == i => *sum ^= h,
-                    _ => merged.push((i, h)),
+                    _ => {
+                        if let Some(slot) = nodes.get_mut(kept) {
+                            *slot = (i, h);
+                        }
+                        kept += 1;
+                    }
                 }
             }
-            merged.retain(|(_, h)| !h.is_zero());
+            nodes.truncate(kept);
+            nodes.retain(|(_, h)| !h.is_zero());
             if let Some(level) = tree.levels.get_mut(d as usize - 1) {
-                *level =
-                    Level::from_nodes(shape.nodes_at(d), shape.bucket_len(d) as usize, &merged);
+                *level = Level::from_nodes(shape.nodes_at(d), shape.bucket_len(d) as usize, &nodes);
             }
-            if d == shape.levels {
-                let page_len = shape.bucket_len(d);
-                for &(s, _) in &merged {
-                    tree.mark_dirty((s / page_len) as u32);
-                }
+            for node in &mut nodes {
+                node.0 /= width;
             }
-            nodes = merged.into_iter().map(|(i, h)| (i / width, h)).collect();
         }
         tree.root = nodes.iter().fold(Hash::ZERO, |acc, &(_, h)| acc ^ h);
         tree
