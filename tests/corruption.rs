@@ -335,7 +335,9 @@ fn an_undecodable_record_does_not_stop_its_partition_and_is_repaired() {
 
 #[test]
 fn marks_outside_the_tree_mean_a_full_scan_not_a_panic() {
-    for (first, count) in [(60u32, 16u32), (64, 4), (0, 0), (u32::MAX, 1)] {
+    let cases = [(60u32, 16u32), (64, 4), (0, 0), (u32::MAX, 1)];
+    // Both layouts: the count in the key (current) or in the value (before 2026-11-25).
+    for ((first, count), legacy) in cases.iter().flat_map(|&c| [(c, false), (c, true)]) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), small_options()).unwrap();
         store.put(b"k", b"v").unwrap();
@@ -347,10 +349,13 @@ fn marks_outside_the_tree_mean_a_full_scan_not_a_panic() {
             let mut key = 5u64.to_be_bytes().to_vec();
             key.extend_from_slice(&0u32.to_be_bytes());
             key.extend_from_slice(&first.to_be_bytes());
-            db.open_tree("marks")
-                .unwrap()
-                .insert(key, &count.to_le_bytes())
-                .unwrap();
+            let value = if legacy {
+                count.to_le_bytes().to_vec()
+            } else {
+                key.extend_from_slice(&count.to_be_bytes());
+                Vec::new()
+            };
+            db.open_tree("marks").unwrap().insert(key, value).unwrap();
         });
         let store = Store::open(dir.path(), small_options()).unwrap();
         let Recovery::FullRebuild { reason, .. } = &store.open_report().recovery else {

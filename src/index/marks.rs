@@ -23,6 +23,9 @@ use std::sync::Mutex;
 use crate::error::{Corruption, Result};
 use crate::meta::MAX_EPOCH;
 
+/// Bytes in a mark's key: epoch, partition, first segment, count.
+const MARK_KEY: usize = 20;
+
 /// A run of segments of one partition that must be re-hashed after a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Region {
@@ -55,6 +58,19 @@ fn key(epoch: u64, partition: u32, first: u32) -> [u8; 16] {
             .into_iter()
             .chain(partition.to_be_bytes())
             .chain(first.to_be_bytes()),
+    ) {
+        *dst = src;
+    }
+    k
+}
+
+/// A mark's key: the region's start key, then its count (u32 BE).
+fn mark_key(epoch: u64, partition: u32, first: u32, count: u32) -> [u8; MARK_KEY] {
+    let mut k = [0u8; MARK_KEY];
+    for (dst, src) in k.iter_mut().zip(
+        key(epoch, partition, first)
+            .into_iter()
+            .chain(count.to_be_bytes()),
     ) {
         *dst = src;
     }
@@ -120,15 +136,11 @@ impl Marks {
             return Ok(());
         }
         // Inserted while holding the lock: a concurrent writer of the same region must not
-        // skip the mark before it is in sled. A mark of the same start made with another
-        // region size this epoch keeps the larger extent.
+        // skip the mark before it is in sled. The count is part of the key, so a mark of
+        // the same start made with another region size this epoch is a mark of its own
+        // (one blind insert, no read of the old value).
         self.tree
-            .fetch_and_update(key(epoch, partition, first), |old| {
-                let old = old
-                    .and_then(|o| <[u8; 4]>::try_from(o).ok())
-                    .map_or(0, u32::from_le_bytes);
-                Some(old.max(count).to_le_bytes().to_vec())
-            })?;
+            .insert(mark_key(epoch, partition, first, count), &[])?;
         if cached {
             state.seen.insert((partition, first, count));
         }
@@ -143,17 +155,28 @@ impl Marks {
             let bad = || Corruption::BadLength {
                 what: "dirty mark",
                 location: format!("{:02x?}", &*k),
-                expected: 16,
+                expected: MARK_KEY,
                 found: k.len(),
             };
-            let k: [u8; 16] = (*k).try_into().map_err(|_| bad())?;
-            let v: [u8; 4] = (*v).try_into().map_err(|_| bad())?;
-            let [e0, e1, e2, e3, e4, e5, e6, e7, p0, p1, p2, p3, f0, f1, f2, f3] = k;
+            // The current layout carries the count in the key; marks written before it
+            // (a crash across an upgrade) carry it in the value.
+            let (head, count) = match (k.len(), v.len()) {
+                (MARK_KEY, 0) => k.split_at(16),
+                (16, 4) => (&*k, &*v),
+                _ => return Err(bad().into()),
+            };
+            let head: [u8; 16] = head.try_into().map_err(|_| bad())?;
+            let count: [u8; 4] = count.try_into().map_err(|_| bad())?;
+            let [e0, e1, e2, e3, e4, e5, e6, e7, p0, p1, p2, p3, f0, f1, f2, f3] = head;
             let region = Region {
                 epoch: u64::from_be_bytes([e0, e1, e2, e3, e4, e5, e6, e7]),
                 partition: u32::from_be_bytes([p0, p1, p2, p3]),
                 first: u32::from_be_bytes([f0, f1, f2, f3]),
-                count: u32::from_le_bytes(v),
+                count: if k.len() == MARK_KEY {
+                    u32::from_be_bytes(count)
+                } else {
+                    u32::from_le_bytes(count)
+                },
             };
             // The region may be any size (the option can change between opens), but it
             // must lie inside the tree, and its epoch must leave room to count on.
@@ -161,7 +184,7 @@ impl Marks {
             if region.count == 0 || end > self.segments || region.epoch >= MAX_EPOCH {
                 return Err(Corruption::OutOfRange {
                     what: "dirty mark",
-                    location: format!("{:02x?}", &k),
+                    location: format!("{:02x?}", &*k),
                     detail: format!(
                         "epoch {} segments {}..{end} (a tree has {} segments)",
                         region.epoch, region.first, self.segments
@@ -184,5 +207,49 @@ impl Marks {
         }
         self.tree.apply_batch(batch)?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn marks() -> (tempfile::TempDir, Marks) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let marks = Marks::new(db.open_tree("marks").unwrap(), 16, 1 << 20);
+        (dir, marks)
+    }
+
+    #[test]
+    fn marks_of_either_layout_and_both_sizes_of_one_start_are_read_back() {
+        let (_dir, marks) = marks();
+        // Partition 7 has no size yet: one region of the whole tree. Sized within the
+        // epoch, its next mark has the same start and a smaller count: a mark of its own.
+        marks.mark(3, 7, 100).unwrap();
+        marks.size_for(7, 1 << 10);
+        marks.mark(3, 7, 100).unwrap();
+        // Written by the layout before 2026-11-25: the count in the value.
+        marks
+            .tree
+            .insert(key(2, 9, 64), &32u32.to_le_bytes())
+            .unwrap();
+        let region = |epoch, partition, first, count| Region {
+            epoch,
+            partition,
+            first,
+            count,
+        };
+        assert_eq!(
+            marks.all().unwrap(),
+            vec![
+                region(2, 9, 64, 32),
+                region(3, 7, 0, 16384),
+                region(3, 7, 0, 1 << 20),
+            ]
+        );
+        assert_eq!(marks.clear_through(2).unwrap(), 1);
+        assert_eq!(marks.all().unwrap().len(), 2);
     }
 }
