@@ -209,11 +209,10 @@ fn decode_partition(shape: Shape, head: PartHead, part: &[u8]) -> Result<(u32, T
         )));
     }
     let mut tree = if dense {
-        Tree::from_all_segments(shape, all)
+        Tree::from_all_persisted_segments(shape, all)
     } else {
         Tree::from_persisted_segments(shape, listed)
     };
-    tree.clear_dirty();
     // A span whose buckets would be wider than the tree is out of range.
     let fits = |s: u8| {
         u64::from(shape.width)

@@ -91,10 +91,10 @@ impl Level {
         }
     }
 
-    /// A level from all its nodes, kept flat if more than half are non-zero.
-    fn from_flat(page_len: usize, nodes: Vec<Hash>) -> Level {
+    /// A level from all its nodes, `nonzero` of them non-zero, kept flat if more than
+    /// half are.
+    fn from_flat(page_len: usize, nodes: Vec<Hash>, nonzero: u64) -> Level {
         let len = nodes.len() as u64;
-        let nonzero = nodes.iter().filter(|h| !h.is_zero()).count() as u64;
         if len > page_len as u64 && nonzero * 2 > len {
             return Level {
                 len,
@@ -296,9 +296,7 @@ impl Tree {
         shape: Shape,
         segments: impl IntoIterator<Item = (u32, Hash)>,
     ) -> Tree {
-        let mut tree = Tree::build(shape, segments);
-        tree.clear_dirty();
-        tree
+        Tree::build(shape, segments)
     }
 
     fn build(shape: Shape, segments: impl IntoIterator<Item = (u32, Hash)>) -> Tree {
@@ -316,7 +314,7 @@ impl Tree {
                     *slot ^= h;
                 }
             }
-            return Tree::from_all_segments(shape, all);
+            return Tree::fold_all(shape, all);
         }
         if !nodes.windows(2).all(|w| w[0].0 < w[1].0) {
             nodes.sort_by_key(|&(s, _)| s);
@@ -353,36 +351,38 @@ impl Tree {
         tree
     }
 
-    /// Builds a tree from every segment hash (`segments.len()` must be the segment
-    /// count), folding each level into the one above; every page with content is dirty.
-    /// The fast path for dense partitions.
-    pub(crate) fn from_all_segments(shape: Shape, segments: Vec<Hash>) -> Tree {
+    /// A tree as persisted (nothing dirty) from every segment hash (`segments.len()`
+    /// must be the segment count): the fast path for dense partitions.
+    pub(crate) fn from_all_persisted_segments(shape: Shape, segments: Vec<Hash>) -> Tree {
+        Tree::fold_all(shape, segments)
+    }
+
+    /// Folds every level into the one above, counting each level's non-zero nodes in
+    /// the same pass (one read of the segments in all).
+    fn fold_all(shape: Shape, segments: Vec<Hash>) -> Tree {
         let mut tree = Tree::new(shape);
         if segments.len() as u64 != shape.segments {
             return tree;
         }
         let width = shape.width as usize;
-        let page_len = shape.bucket_len(shape.levels) as usize;
-        let dirty: Vec<u32> = (0u32..)
-            .zip(segments.chunks(page_len))
-            .filter(|(_, c)| c.iter().any(|h| !h.is_zero()))
-            .map(|(p, _)| p)
-            .collect();
         let mut nodes = segments;
         for d in (1..=shape.levels).rev() {
+            let mut nonzero = 0u64;
             let parents: Vec<Hash> = nodes
                 .chunks(width)
-                .map(|c| c.iter().fold(Hash::ZERO, |acc, &h| acc ^ h))
+                .map(|c| {
+                    c.iter().fold(Hash::ZERO, |acc, &h| {
+                        nonzero += u64::from(!h.is_zero());
+                        acc ^ h
+                    })
+                })
                 .collect();
             if let Some(level) = tree.levels.get_mut(d as usize - 1) {
-                *level = Level::from_flat(shape.bucket_len(d) as usize, nodes);
+                *level = Level::from_flat(shape.bucket_len(d) as usize, nodes, nonzero);
             }
             nodes = parents;
         }
         tree.root = nodes.first().copied().unwrap_or_default();
-        for page in dirty {
-            tree.mark_dirty(page);
-        }
         tree
     }
 
@@ -615,9 +615,13 @@ mod tests {
                 applied.apply(s, x);
                 all[s as usize] ^= x;
             }
-            for built in [
-                Tree::from_segments(shape, segments.clone()),
-                Tree::from_all_segments(shape, all.clone()),
+            for (built, dirty) in [
+                (Tree::from_segments(shape, segments.clone()), true),
+                (
+                    Tree::from_persisted_segments(shape, segments.clone()),
+                    false,
+                ),
+                (Tree::from_all_persisted_segments(shape, all.clone()), false),
             ] {
                 assert_eq!(built.root(), applied.root());
                 assert_eq!(built.first_inconsistency(), None);
@@ -626,7 +630,11 @@ mod tests {
                         assert_eq!(built.node(level, i), applied.node(level, i));
                     }
                 }
-                assert_eq!(built.dirty_segment_pages(), applied.dirty_segment_pages());
+                if dirty {
+                    assert_eq!(built.dirty_segment_pages(), applied.dirty_segment_pages());
+                } else {
+                    assert!(!built.has_dirty());
+                }
             }
         }
     }
