@@ -167,8 +167,9 @@ impl Store {
         // No flush needed for these: sled recovers a gap-free prefix of its log, so they
         // are durable before any later write is, and until one is, the snapshot they
         // retire still matches the data. After a finished drop the snapshot no longer
-        // does (it holds the dropped partition): that path waits for them.
-        if finished > 0 {
+        // does (it holds the dropped partition), and a new store's metadata should not
+        // wait for its first write: those paths flush.
+        if finished > 0 || created {
             db.flush()?;
         }
         let base = Base::new(dir, changed, found.base, found.needs_checkpoint);
