@@ -161,22 +161,21 @@ impl Marks {
             // The current layout carries the count in the key; marks written before it
             // (a crash across an upgrade) carry it in the value.
             let (head, count) = match (k.len(), v.len()) {
-                (MARK_KEY, 0) => k.split_at(16),
-                (16, 4) => (&*k, &*v),
+                (MARK_KEY, 0) => {
+                    let (head, count) = k.split_at(16);
+                    (head, count.try_into().map(u32::from_be_bytes))
+                }
+                (16, 4) => (&*k, (*v).try_into().map(u32::from_le_bytes)),
                 _ => return Err(bad().into()),
             };
             let head: [u8; 16] = head.try_into().map_err(|_| bad())?;
-            let count: [u8; 4] = count.try_into().map_err(|_| bad())?;
+            let count = count.map_err(|_| bad())?;
             let [e0, e1, e2, e3, e4, e5, e6, e7, p0, p1, p2, p3, f0, f1, f2, f3] = head;
             let region = Region {
                 epoch: u64::from_be_bytes([e0, e1, e2, e3, e4, e5, e6, e7]),
                 partition: u32::from_be_bytes([p0, p1, p2, p3]),
                 first: u32::from_be_bytes([f0, f1, f2, f3]),
-                count: if k.len() == MARK_KEY {
-                    u32::from_be_bytes(count)
-                } else {
-                    u32::from_le_bytes(count)
-                },
+                count,
             };
             // The region may be any size (the option can change between opens), but it
             // must lie inside the tree, and its epoch must leave room to count on.

@@ -127,11 +127,12 @@ impl Index {
                         batch.remove(key?);
                     }
                 }
-                let per_bucket = u64::from(self.shape.width).pow(u32::from(plan.span));
                 for id in &plan.ids {
                     let mut pages = Vec::new();
-                    let first = u64::from(id.bucket) * per_bucket;
-                    tree.for_each_segment_page_in(first, per_bucket, |p, v| pages.push((p, v)));
+                    let first = u64::from(id.bucket) * plan.per_bucket;
+                    tree.for_each_segment_page_in(first, plan.per_bucket, |p, v| {
+                        pages.push((p, v))
+                    });
                     match bucket::encode(*id, page_len, pages) {
                         Some(encoded) => {
                             written += encoded.len() as u64;
@@ -227,6 +228,7 @@ impl Index {
             plans.push(Plan {
                 partition,
                 span,
+                per_bucket,
                 rewrite,
                 // Where most of its buckets are written, recovery reads it whole anyway.
                 listed_whole: rewrite || ids.len() as u64 * 2 > total,
@@ -385,6 +387,8 @@ impl Index {
 struct Plan {
     partition: u32,
     span: u8,
+    /// Segment pages per bucket at `span`.
+    per_bucket: u64,
     /// Every bucket is rewritten and stale ones removed (a new span, or a rebuild).
     rewrite: bool,
     /// Listed in `changed` as a whole partition rather than bucket by bucket.
