@@ -360,6 +360,30 @@ pub(crate) fn decode_nodes(
     }
 }
 
+/// Decodes one encoded page of `len` nodes from the front of `bytes` into the page it
+/// encodes (checked as [`decode_nodes`] checks it); returns the page and the bytes used.
+/// A sparse encoding that the in-memory page keeps sparse is copied as it is: it is
+/// the in-memory layout after its kind and count.
+pub(crate) fn decode_page(
+    bytes: &[u8],
+    len: usize,
+    location: &dyn Fn() -> String,
+) -> Result<(Page, usize), Corruption> {
+    let mut nodes = Vec::new();
+    let copy = bytes.first() == Some(&SPARSE)
+        && u16_at(bytes, 1).is_some_and(|count| usize::from(count) * 2 <= len);
+    let used = decode_nodes(bytes, len, location, &mut |o, h| {
+        if !copy {
+            nodes.push((o as u64, h));
+        }
+    })?;
+    let page = match bytes.get(3..used) {
+        Some(held) if copy => Page::Sparse(held.to_vec()),
+        _ => Page::from_nodes(&nodes, 0, len),
+    };
+    Ok((page, used))
+}
+
 fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
     let b: [u8; 2] = bytes.get(at..at + 2)?.try_into().ok()?;
     Some(u16::from_le_bytes(b))
@@ -416,7 +440,14 @@ mod tests {
             prop_assert_eq!(used, bytes.len());
             let mut expected = Vec::new();
             page.view().for_each(|o, h| expected.push((o, h)));
-            prop_assert_eq!(back, expected);
+            prop_assert_eq!(&back, &expected);
+            let (decoded, used) = decode_page(&bytes, len, &String::new).unwrap();
+            prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(decoded.nonzero(), page.nonzero());
+            prop_assert_eq!(matches!(decoded, Page::Sparse(_)), matches!(page, Page::Sparse(_)));
+            let mut held = Vec::new();
+            decoded.view().for_each(|o, h| held.push((o, h)));
+            prop_assert_eq!(held, expected);
         }
 
         /// XORs in any order (inserts, changes, removals, both conversions) leave the
@@ -448,6 +479,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), len in 1usize..300) {
             let _ = decode_nodes(&bytes, len, &String::new, &mut |_, _| {});
+            let _ = decode_page(&bytes, len, &String::new);
         }
     }
 }

@@ -173,13 +173,14 @@ fn decode_partition(shape: Shape, head: PartHead, part: &[u8]) -> Result<(u32, T
     let page_len = shape.bucket_len(shape.levels);
     let page_count = shape.segments.div_ceil(page_len);
     let dense = part.len() as u64 > shape.segments * 8;
+    // Dense partitions are decoded into one array of every segment; sparse ones keep
+    // their pages as decoded.
     let mut all = if dense {
         vec![Hash::ZERO; shape.segments as usize]
     } else {
         Vec::new()
     };
-    // A non-zero segment takes at least 18 bytes in a sparse page.
-    let mut listed = Vec::with_capacity(if dense { 0 } else { part.len() / 18 });
+    let mut kept = Vec::with_capacity(if dense { 0 } else { pages as usize });
     let mut at = 0usize;
     let mut last = None;
     for _ in 0..pages {
@@ -191,16 +192,20 @@ fn decode_partition(shape: Shape, head: PartHead, part: &[u8]) -> Result<(u32, T
             )));
         }
         last = Some(page);
-        let base = u64::from(page) * page_len;
         let rest = part.get(at..).ok_or_else(|| short(at))?;
         let location = || format!("{SNAPSHOT_FILE} partition {id} page {page}");
-        at += page::decode_nodes(rest, page_len as usize, &location, &mut |o, h| {
-            let segment = base + o as u64;
-            match all.get_mut(segment as usize) {
-                Some(slot) => *slot = h,
-                None => listed.push((segment as u32, h)),
-            }
-        })?;
+        if dense {
+            let base = u64::from(page) * page_len;
+            at += page::decode_nodes(rest, page_len as usize, &location, &mut |o, h| {
+                if let Some(slot) = all.get_mut((base + o as u64) as usize) {
+                    *slot = h;
+                }
+            })?;
+        } else {
+            let (nodes, used) = page::decode_page(rest, page_len as usize, &location)?;
+            kept.push((page, nodes));
+            at += used;
+        }
     }
     if at != part.len() {
         return Err(bad_header(format!(
@@ -211,7 +216,7 @@ fn decode_partition(shape: Shape, head: PartHead, part: &[u8]) -> Result<(u32, T
     let mut tree = if dense {
         Tree::from_all_persisted_segments(shape, all)
     } else {
-        Tree::from_persisted_segments(shape, listed)
+        Tree::from_persisted_pages(shape, kept)
     };
     // A span whose buckets would be wider than the tree is out of range.
     let fits = |s: u8| {

@@ -107,6 +107,19 @@ impl Level {
         Level::from_nodes(len, page_len, &listed)
     }
 
+    /// A level from its non-empty pages, in page order; flat if more than half full.
+    fn from_pages(len: u64, page_len: usize, pages: Vec<(u32, Page)>) -> Level {
+        let nonzero = pages.iter().map(|(_, p)| p.nonzero() as u64).sum();
+        let mut level = Level {
+            len,
+            page_len,
+            nonzero,
+            repr: Repr::Paged(pages.into_iter().collect()),
+        };
+        level.reshape();
+        level
+    }
+
     fn pages(&self) -> u64 {
         self.len.div_ceil(self.page_len as u64)
     }
@@ -299,8 +312,32 @@ impl Tree {
         Tree::build(shape, segments)
     }
 
-    fn build(shape: Shape, segments: impl IntoIterator<Item = (u32, Hash)>) -> Tree {
+    /// A tree as persisted (nothing dirty) from its segment level's pages: non-empty,
+    /// in increasing page order, as the snapshot holds them. The pages are kept as they
+    /// are, so a sparse partition is loaded without building its segment level again.
+    pub(crate) fn from_persisted_pages(shape: Shape, pages: Vec<(u32, Page)>) -> Tree {
         let width = u64::from(shape.width);
+        let page_len = shape.bucket_len(shape.levels);
+        let mut parents: Vec<(u64, Hash)> = Vec::new();
+        for (page, nodes) in &pages {
+            let base = u64::from(*page) * page_len;
+            nodes.view().for_each(|o, h| {
+                let parent = (base + o as u64) / width;
+                match parents.last_mut() {
+                    Some((p, sum)) if *p == parent => *sum ^= h,
+                    _ => parents.push((parent, h)),
+                }
+            });
+        }
+        let mut tree = Tree::new(shape);
+        if let Some(level) = tree.levels.last_mut() {
+            *level = Level::from_pages(shape.segments, page_len as usize, pages);
+        }
+        tree.fill_levels(shape.levels - 1, parents);
+        tree
+    }
+
+    fn build(shape: Shape, segments: impl IntoIterator<Item = (u32, Hash)>) -> Tree {
         let mut nodes: Vec<(u64, Hash)> = segments
             .into_iter()
             .filter(|&(s, h)| !h.is_zero() && u64::from(s) < shape.segments)
@@ -320,7 +357,16 @@ impl Tree {
             nodes.sort_by_key(|&(s, _)| s);
         }
         let mut tree = Tree::new(shape);
-        for d in (1..=shape.levels).rev() {
+        tree.fill_levels(shape.levels, nodes);
+        tree
+    }
+
+    /// Sets level `top` from `nodes` (its nodes in index order, an index listed twice is
+    /// XORed), every level above it from the one below, and the root.
+    fn fill_levels(&mut self, top: u32, mut nodes: Vec<(u64, Hash)>) {
+        let shape = self.shape;
+        let width = u64::from(shape.width);
+        for d in (1..=top).rev() {
             // XOR runs of equal indexes in place (siblings' parents, or a segment listed
             // twice), dropping sums that cancel: one buffer serves every level.
             let mut kept: usize = 0;
@@ -340,15 +386,14 @@ impl Tree {
             }
             nodes.truncate(kept);
             nodes.retain(|(_, h)| !h.is_zero());
-            if let Some(level) = tree.levels.get_mut(d as usize - 1) {
+            if let Some(level) = self.levels.get_mut(d as usize - 1) {
                 *level = Level::from_nodes(shape.nodes_at(d), shape.bucket_len(d) as usize, &nodes);
             }
             for node in &mut nodes {
                 node.0 /= width;
             }
         }
-        tree.root = nodes.iter().fold(Hash::ZERO, |acc, &(_, h)| acc ^ h);
-        tree
+        self.root = nodes.iter().fold(Hash::ZERO, |acc, &(_, h)| acc ^ h);
     }
 
     /// A tree as persisted (nothing dirty) from every segment hash (`segments.len()`
@@ -615,7 +660,13 @@ mod tests {
                 applied.apply(s, x);
                 all[s as usize] ^= x;
             }
+            let page_len = shape.bucket_len(shape.levels) as usize;
+            let mut pages = Vec::new();
+            applied.for_each_segment_page(|page, view| {
+                pages.push((page, Page::from_view(view, page_len)));
+            });
             for (built, dirty) in [
+                (Tree::from_persisted_pages(shape, pages), false),
                 (Tree::from_segments(shape, segments.clone()), true),
                 (
                     Tree::from_persisted_segments(shape, segments.clone()),
