@@ -229,9 +229,12 @@ impl<'a> PageRef<'a> {
     pub(crate) fn for_each(&self, mut f: impl FnMut(usize, Hash)) {
         match self {
             PageRef::Sparse(nodes) => {
-                let n = nodes.len() / NODE_BYTES;
-                for i in 0..n {
-                    f(usize::from(offset_at(nodes, i)), hash_at(nodes, n, i));
+                let (offsets, hashes) = nodes.split_at(2 * (nodes.len() / NODE_BYTES));
+                for (o, h) in offsets.chunks_exact(2).zip(hashes.chunks_exact(HASH_BYTES)) {
+                    // `chunks_exact` makes both conversions infallible.
+                    let o = o.try_into().map_or(0, u16::from_le_bytes);
+                    let h = h.try_into().map_or(Hash::ZERO, Hash::from_bytes);
+                    f(usize::from(o), h);
                 }
             }
             PageRef::Dense(hashes) => {

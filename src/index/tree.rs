@@ -318,7 +318,8 @@ impl Tree {
     pub(crate) fn from_persisted_pages(shape: Shape, pages: Vec<(u32, Page)>) -> Tree {
         let width = u64::from(shape.width);
         let page_len = shape.bucket_len(shape.levels);
-        let mut parents: Vec<(u64, Hash)> = Vec::new();
+        let segments = pages.iter().map(|(_, p)| p.nonzero()).sum();
+        let mut parents: Vec<(u64, Hash)> = Vec::with_capacity(segments);
         for (page, nodes) in &pages {
             let base = u64::from(*page) * page_len;
             nodes.view().for_each(|o, h| {
