@@ -49,8 +49,9 @@ pub(crate) struct Hasher {
 }
 
 const BATCH: usize = 4096;
-/// Pause after draining the channel; bounds the extra latency of `sync_index`.
-const IDLE_PAUSE: Duration = Duration::from_micros(300);
+/// Pause after draining the channel, so updates arrive in batches without the senders
+/// waking this thread; a sender that waits for an answer (barrier, request) cuts it short.
+const IDLE_PAUSE: Duration = Duration::from_millis(2);
 
 impl Hasher {
     pub(crate) fn spawn(index: Arc<Index>, capacity: usize, interval: Duration) -> Result<Hasher> {
@@ -76,15 +77,24 @@ impl Hasher {
         self.tx.send(msg).map_err(|_| Error::Closed)
     }
 
+    /// Sends a message that someone waits on, cutting the thread's idle pause short.
+    fn send_awaited(&self, msg: Msg) -> Result<()> {
+        self.send(msg)?;
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+        Ok(())
+    }
+
     fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
         let (reply, answer) = bounded(1);
-        self.send(Msg::Request(make(reply)))?;
+        self.send_awaited(Msg::Request(make(reply)))?;
         answer.recv().map_err(|_| Error::Closed)?
     }
 
     pub(crate) fn barrier(&self) -> Result<()> {
         let (reply, answer) = bounded(1);
-        self.send(Msg::Barrier(reply))?;
+        self.send_awaited(Msg::Barrier(reply))?;
         answer.recv().map_err(|_| Error::Closed)
     }
 
@@ -137,9 +147,9 @@ impl Worker {
                     Ok(msg) => {
                         self.apply_batch(msg, &mut pending);
                         if pending.is_empty() && self.rx.is_empty() {
-                            // Let updates accumulate: while this thread sleeps instead of
-                            // blocking in recv, senders need no wake-up system call.
-                            std::thread::sleep(IDLE_PAUSE);
+                            // Let updates accumulate: while this thread is parked instead
+                            // of blocking in recv, senders need no wake-up system call.
+                            std::thread::park_timeout(IDLE_PAUSE);
                         }
                     }
                     Err(_) => return, // dropped without close: a simulated crash
