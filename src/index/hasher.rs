@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, select, tick, Receiver, Sender};
+use crossbeam_channel::{bounded, select, tick, Receiver, Sender, TrySendError};
 
 use crate::error::{Error, Result};
 use crate::index::{Index, Trees};
@@ -50,7 +50,8 @@ pub(crate) struct Hasher {
 
 const BATCH: usize = 4096;
 /// Pause after draining the channel, so updates arrive in batches without the senders
-/// waking this thread; a sender that waits for an answer (barrier, request) cuts it short.
+/// waking this thread; a sender that waits for an answer (barrier, request) or finds the
+/// channel full cuts it short.
 const IDLE_PAUSE: Duration = Duration::from_millis(2);
 
 impl Hasher {
@@ -74,15 +75,28 @@ impl Hasher {
     }
 
     pub(crate) fn send(&self, msg: Msg) -> Result<()> {
-        self.tx.send(msg).map_err(|_| Error::Closed)
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(msg)) => {
+                // The thread may be pausing: wake it rather than wait out the pause.
+                self.unpark();
+                self.tx.send(msg).map_err(|_| Error::Closed)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Error::Closed),
+        }
     }
 
-    /// Sends a message that someone waits on, cutting the thread's idle pause short.
-    fn send_awaited(&self, msg: Msg) -> Result<()> {
-        self.send(msg)?;
+    /// Cuts the thread's idle pause short.
+    fn unpark(&self) {
         if let Some(thread) = &self.thread {
             thread.thread().unpark();
         }
+    }
+
+    /// Sends a message that someone waits on, without waiting out the idle pause.
+    fn send_awaited(&self, msg: Msg) -> Result<()> {
+        self.send(msg)?;
+        self.unpark();
         Ok(())
     }
 
