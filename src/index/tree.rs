@@ -320,15 +320,12 @@ impl Tree {
         let page_len = shape.bucket_len(shape.levels);
         let segments = pages.iter().map(|(_, p)| p.nonzero()).sum();
         let mut parents: Vec<(u64, Hash)> = Vec::with_capacity(segments);
+        // Siblings list their parent once each; `fill_levels` XORs the runs.
         for (page, nodes) in &pages {
             let base = u64::from(*page) * page_len;
-            nodes.view().for_each(|o, h| {
-                let parent = (base + o as u64) / width;
-                match parents.last_mut() {
-                    Some((p, sum)) if *p == parent => *sum ^= h,
-                    _ => parents.push((parent, h)),
-                }
-            });
+            nodes
+                .view()
+                .for_each(|o, h| parents.push(((base + o as u64) / width, h)));
         }
         let mut tree = Tree::new(shape);
         if let Some(level) = tree.levels.last_mut() {
