@@ -1,4 +1,6 @@
-//! The index alone: updates/s applied to a 1M-segment tree (entry hash + XOR up 6 levels).
+//! The index alone: updates/s applied to a 1M-segment tree (entry hash + XOR up 6 levels),
+//! and the hashing one store write does on the writer's thread (what the write path
+//! costs beyond sled's insert, before the hasher thread's share).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use merkle_index::bench_support::MemoryTree;
@@ -36,5 +38,29 @@ fn updates(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, updates);
+/// The hashes a put computes before its sled insert: the key's segment, the value's hash,
+/// the new entry hash, and for an overwrite the old record's entry hash (from its stored
+/// header, so without re-hashing the old value).
+fn writer_hashes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("writer_hashes");
+    group.throughput(Throughput::Elements(1));
+    for size in [100usize, 1024] {
+        let mut value = vec![7u8; size];
+        let mut version = 0u64;
+        group.bench_with_input(BenchmarkId::new("overwrite", size), &size, |b, _| {
+            b.iter(|| {
+                version += 1;
+                value[..8].copy_from_slice(&version.to_le_bytes());
+                let key = (version % 100_000).to_le_bytes();
+                let segment = segment_of(&key, 1 << 20);
+                let hash = value_hash(&value);
+                let old = entry_hash(0, &key, version - 1, false, hash);
+                (segment, entry_hash(0, &key, version, false, hash) ^ old)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, updates, writer_hashes);
 criterion_main!(benches);
