@@ -51,7 +51,9 @@ fn writer_hashes(c: &mut Criterion) {
             b.iter(|| {
                 version += 1;
                 value[..8].copy_from_slice(&version.to_le_bytes());
-                let key = (version % 100_000).to_le_bytes();
+                // A 16-byte key, as in the write bench.
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&(version % 100_000).to_le_bytes());
                 let segment = segment_of(&key, 1 << 20);
                 let hash = value_hash(&value);
                 let old = entry_hash(0, &key, version - 1, false, hash);
