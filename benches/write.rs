@@ -2,7 +2,9 @@
 //! same keys, same sled config. Workloads: new keys (100 B and 1 KiB), overwrites of
 //! existing keys, 2 and 4 writer threads, a flush every 100 puts (against bare sled with
 //! the same durability, and with sled's own flush), 4 threads each flushing every 10
-//! puts, and a partitioned store (64 partitions).
+//! puts, and a partitioned store (64 partitions). Keys are random (see `common::key`);
+//! `ratio/new_ordered` also writes keys in key order, where bare sled appends to its
+//! last leaf and the store, which places every key by a hash, cannot.
 //!
 //! The `ratio` group runs the main workloads again with the store and bare sled in
 //! alternating rounds (`cargo bench --bench write -- ratio`), the steadier comparison
@@ -30,11 +32,28 @@ const BATCH: u64 = 2_000;
 enum Keys {
     New,
     Overwrite,
+    /// New keys that arrive in key order (a big-endian counter), the preload too.
+    NewOrdered,
+}
+
+impl Keys {
+    /// The user key numbered `i`.
+    fn key(self, i: u64) -> [u8; 16] {
+        match self {
+            Keys::NewOrdered => {
+                let mut k = [0u8; 16];
+                k[8..].copy_from_slice(&i.to_be_bytes());
+                k
+            }
+            Keys::New | Keys::Overwrite => common::key(i),
+        }
+    }
 }
 
 /// The engine under test: the store, or bare sled holding the same keys.
 trait Engine: Sync {
-    fn put(&self, i: u64, value: &[u8]);
+    /// Writes `value` under `key`, the user key numbered `i`.
+    fn put(&self, i: u64, key: &[u8], value: &[u8]);
     /// Makes writes durable as `Store::flush` does (bare sled: its flush plus an fsync of
     /// its files, or only its own flush when `fsync` is false).
     fn flush(&self);
@@ -46,9 +65,9 @@ struct StoreEngine {
 }
 
 impl Engine for StoreEngine {
-    fn put(&self, i: u64, value: &[u8]) {
+    fn put(&self, i: u64, key: &[u8], value: &[u8]) {
         let p = (i % u64::from(self.partitions)) as u32;
-        self.store.partition(p).put(&common::key(i), value).unwrap();
+        self.store.partition(p).put(key, value).unwrap();
     }
     fn flush(&self) {
         self.store.flush().unwrap();
@@ -66,14 +85,13 @@ struct SledEngine {
 }
 
 impl Engine for SledEngine {
-    fn put(&self, i: u64, value: &[u8]) {
-        let key = common::key(i);
+    fn put(&self, _: u64, key: &[u8], value: &[u8]) {
         if self.layout {
-            let segment = merkle_index::segment_of(&key, 1 << 20);
+            let segment = merkle_index::segment_of(key, 1 << 20);
             let mut k = Vec::with_capacity(8 + key.len());
             k.extend_from_slice(&0u32.to_be_bytes());
             k.extend_from_slice(&segment.to_be_bytes());
-            k.extend_from_slice(&key);
+            k.extend_from_slice(key);
             let mut v = Vec::with_capacity(26 + value.len());
             v.extend_from_slice(&[1u8; 26]);
             v.extend_from_slice(value);
@@ -141,7 +159,7 @@ fn run(engine: &dyn Engine, w: &Workload<'_>, next: &AtomicU64) -> Duration {
                 let mut value = w.value.to_vec();
                 for n in 0..w.per_thread {
                     let i = match w.keys {
-                        Keys::New => next.fetch_add(1, Relaxed),
+                        Keys::New | Keys::NewOrdered => next.fetch_add(1, Relaxed),
                         // Spread over the preloaded keys, differently per thread.
                         Keys::Overwrite => {
                             (next.fetch_add(1, Relaxed).wrapping_mul(7919) + t) % w.preload
@@ -151,7 +169,7 @@ fn run(engine: &dyn Engine, w: &Workload<'_>, next: &AtomicU64) -> Duration {
                     for (b, s) in value.iter_mut().zip(stamp.to_le_bytes()) {
                         *b = s;
                     }
-                    engine.put(i, &value);
+                    engine.put(i, &w.keys.key(i), &value);
                     if w.flush_every > 0 && (n + 1) % w.flush_every == 0 {
                         engine.flush();
                     }
@@ -162,9 +180,9 @@ fn run(engine: &dyn Engine, w: &Workload<'_>, next: &AtomicU64) -> Duration {
     start.elapsed()
 }
 
-fn preload(engine: &dyn Engine, n: u64, value: &[u8]) {
+fn preload(engine: &dyn Engine, keys: Keys, n: u64, value: &[u8]) {
     for i in 0..n {
-        engine.put(i, value);
+        engine.put(i, &keys.key(i), value);
     }
 }
 
@@ -205,7 +223,7 @@ fn case(
     let n = w.preload;
     let dir = tempfile::tempdir().unwrap();
     let store = store_engine(dir.path(), partitions);
-    preload(&store, n, &value);
+    preload(&store, keys, n, &value);
     store.store.sync_index().unwrap();
     let next = AtomicU64::new(n);
     g.bench_function(BenchmarkId::new("store", size), |b| {
@@ -224,7 +242,7 @@ fn case(
     for &(name, fsync, layout) in baselines {
         let dir = tempfile::tempdir().unwrap();
         let sled = sled_engine(dir.path(), fsync, layout);
-        preload(&sled, n, &value);
+        preload(&sled, keys, n, &value);
         let next = AtomicU64::new(n);
         g.bench_function(BenchmarkId::new(name, size), |b| {
             b.iter_custom(|iters| (0..iters).map(|_| run(&sled, &w, &next)).sum())
@@ -316,13 +334,13 @@ fn interleaved(
     let n = w.preload;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let store = store_engine(dirs[0].path(), 1);
-    preload(&store, n, &value);
+    preload(&store, keys, n, &value);
     store.store.sync_index().unwrap();
     // With flushes, the baselines give the same durability (a flush and an fsync).
     let plain = sled_engine(dirs[1].path(), flush_every > 0, false);
     let layout = sled_engine(dirs[2].path(), flush_every > 0, true);
-    preload(&plain, n, &value);
-    preload(&layout, n, &value);
+    preload(&plain, keys, n, &value);
+    preload(&layout, keys, n, &value);
     let next: Vec<AtomicU64> = (0..3).map(|_| AtomicU64::new(n)).collect();
     let mut totals = [Duration::ZERO; 3];
     g.bench_function(BenchmarkId::new(name, size), |b| {
@@ -359,6 +377,8 @@ fn ratios(c: &mut Criterion) {
     interleaved(c, "overwrite_2_threads", Keys::Overwrite, 100, 2, 0);
     interleaved(c, "overwrite_4_threads", Keys::Overwrite, 100, 4, 0);
     interleaved(c, "flush_every_100", Keys::New, 100, 1, 100);
+    // Not a target: what hashed placement costs a writer whose keys come in key order.
+    interleaved(c, "new_ordered", Keys::NewOrdered, 100, 1, 0);
 }
 
 /// The first write to every region after a checkpoint: each put also inserts a mark.

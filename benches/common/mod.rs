@@ -14,9 +14,18 @@ pub fn big_keys() -> u64 {
     }
 }
 
-/// Random-looking 16-byte key `i` (a scrambled counter).
+/// Random 16-byte key `i`: the splitmix64 finalizer of `i`, then `i` (so keys are
+/// distinct).
+///
+/// Not a multiplicative scramble: `i * C` is a Weyl sequence, whose keys arrive in an
+/// order sled 0.34 writes 12-19% faster than random keys (measured 2026-11-30; the
+/// store places keys by a hash, so no such order reaches its sled tree, and bare sled
+/// given those keys was not doing the same work).
 pub fn key(i: u64) -> [u8; 16] {
-    let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) ^ i;
+    let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&x.to_be_bytes());
     k[8..].copy_from_slice(&i.to_be_bytes());
