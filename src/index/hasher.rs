@@ -201,6 +201,11 @@ impl Worker {
                 false
             }
             Request::Shutdown(reply) => {
+                // The final checkpoint writes the snapshot that the next open maps. Asked
+                // for here, after every earlier request: a renewal still queued (after a
+                // recovery, say) would otherwise take the request and leave the snapshot
+                // an epoch behind the clean close.
+                self.index.base.request_renewal();
                 let _ = reply.send(self.checkpoint(false, pending));
                 true
             }

@@ -469,8 +469,7 @@ impl Store {
         if std::mem::replace(&mut self.closed, true) {
             return Ok(());
         }
-        // The final checkpoint writes the snapshot, as a new base.
-        self.index.base.request_renewal();
+        // The final checkpoint writes the snapshot, as a new base (the hasher asks for it).
         let info = self.hasher.shutdown()?;
         self.index.meta.set_state(true, info.epoch)?;
         self.index.db.flush()?;
