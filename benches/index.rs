@@ -38,6 +38,35 @@ fn updates(c: &mut Criterion) {
     group.finish();
 }
 
+/// The hasher thread's share of an overwrite: one update XORed into a tree that already
+/// holds 300k keys (as the write bench's overwrites find it), at a random segment.
+fn apply_overwrites(c: &mut Criterion) {
+    let mut group = c.benchmark_group("index_apply");
+    let defaults = Options::default();
+    let shape = Shape::new(defaults.width, defaults.levels).unwrap();
+    let segment = |i: u64| segment_of(&i.to_le_bytes(), shape.segments);
+    let delta = |i: u64| value_hash(&i.to_le_bytes());
+    let keys = 300_000u64;
+    let mut tree = MemoryTree::new(shape);
+    for i in 0..keys {
+        tree.apply(segment(i), delta(i));
+    }
+    // Precomputed, so only the XORs are timed.
+    let updates: Vec<(u32, merkle_index::Hash)> = (0..1u64 << 16)
+        .map(|i| (segment(i.wrapping_mul(7919) % keys), delta(i + keys)))
+        .collect();
+    group.throughput(Throughput::Elements(updates.len() as u64));
+    group.bench_function("overwrite_300k", |b| {
+        b.iter(|| {
+            for &(s, d) in &updates {
+                tree.apply(s, d);
+            }
+            tree.root()
+        })
+    });
+    group.finish();
+}
+
 /// The hashes a put computes before its sled insert: the key's segment, the value's hash,
 /// the new entry hash, and for an overwrite the old record's entry hash (from its stored
 /// header, so without re-hashing the old value).
@@ -64,5 +93,5 @@ fn writer_hashes(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, updates, writer_hashes);
+criterion_group!(benches, updates, apply_overwrites, writer_hashes);
 criterion_main!(benches);
