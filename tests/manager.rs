@@ -137,9 +137,10 @@ fn the_repair_rate_cap_holds_and_the_exchange_continues() {
         .count_keys(0)
         .unwrap()
         == 300));
-    // 300 repairs at 100/s (the bucket starts empty) cannot take under 2.5 s.
+    // 300 repairs at 100/s, each batch paid for before it passes and the bucket empty
+    // at the start, cannot take under 3 s, however the exchanges split them.
     assert!(
-        started.elapsed() >= Duration::from_millis(2500),
+        started.elapsed() >= Duration::from_millis(2950),
         "{:?}",
         started.elapsed()
     );

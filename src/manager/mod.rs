@@ -544,9 +544,12 @@ fn sync_one(
         });
     }
     inner.store.sync_index()?;
+    // Small batches keep the throttle smooth and the status fresh. Under a key cap, a
+    // batch is half a second's worth: each is paid for before it is sent, and a wait
+    // much longer than that would outlast a network peer's idle timeout.
+    let batch = key_rate_now(&lock(inner)).map_or(256, |rate| (rate / 2).clamp(1, 256));
     let options = SyncOptions {
-        // Small batches keep the throttle smooth and the status fresh.
-        batch: 256,
+        batch: batch as usize,
         throttle: Some(&throttle),
         progress: Some(&progress),
         ..SyncOptions::default()
@@ -554,8 +557,7 @@ fn sync_one(
     sync(inner.store.as_ref(), remote, partition, &options)
 }
 
-/// Waits until the bucket holds `keys` and `bytes` (at most one second's worth of
-/// each), then charges the whole batch.
+/// Waits until the bucket holds `keys` and `bytes`, then takes them.
 fn take_tokens(inner: &Inner, keys: u64, bytes: u64) {
     let mut state = lock(inner);
     loop {
@@ -585,23 +587,23 @@ fn take_tokens(inner: &Inner, keys: u64, bytes: u64) {
         }
         let elapsed = now.duration_since(state.refilled).as_secs_f64();
         state.refilled = now;
-        let refill = |have: f64, rate: Option<u64>| {
+        // The bucket holds one second's worth, or the batch waiting if that is more: a
+        // batch is paid for before it passes, so no run, however short, beats the rate.
+        let refill = |have: f64, rate: Option<u64>, want: u64| {
             rate.map_or(f64::INFINITY, |r| {
-                (have + elapsed * r as f64).min(r.max(1) as f64)
+                (have + elapsed * r as f64).min(r.max(1).max(want) as f64)
             })
         };
-        state.keys = refill(state.keys, key_rate);
-        state.bytes = refill(state.bytes, byte_rate);
-        let want_keys = key_rate.map_or(0.0, |r| (keys as f64).min(r.max(1) as f64));
-        let want_bytes = byte_rate.map_or(0.0, |r| (bytes as f64).min(r.max(1) as f64));
+        state.keys = refill(state.keys, key_rate, keys);
+        state.bytes = refill(state.bytes, byte_rate, bytes);
+        let want_keys = key_rate.map_or(0.0, |_| keys as f64);
+        let want_bytes = byte_rate.map_or(0.0, |_| bytes as f64);
         if state.keys >= want_keys && state.bytes >= want_bytes {
-            // Charge the whole batch: a batch above one second's worth passes, and the
-            // debt holds back the next ones, so the average stays at the rate.
             if key_rate.is_some() {
-                state.keys -= keys as f64;
+                state.keys -= want_keys;
             }
             if byte_rate.is_some() {
-                state.bytes -= bytes as f64;
+                state.bytes -= want_bytes;
             }
             return;
         }
