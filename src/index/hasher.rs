@@ -13,6 +13,7 @@ use crossbeam_channel::{bounded, select, tick, Receiver, Sender, TrySendError};
 use crate::error::{Error, Result};
 use crate::index::{Index, Trees};
 use crate::meta::CheckpointInfo;
+use crate::options::Shape;
 use crate::tree::Tree;
 use crate::Hash;
 
@@ -64,6 +65,7 @@ impl Hasher {
                     index,
                     rx,
                     dirty: false,
+                    updates: Vec::with_capacity(BATCH),
                 }
                 .run(interval)
             })
@@ -149,6 +151,31 @@ struct Worker {
     rx: Receiver<Msg>,
     /// Anything applied since the last checkpoint.
     dirty: bool,
+    /// Updates taken off the channel, not yet applied (kept for its allocation).
+    updates: Vec<(u32, u32, Hash)>,
+}
+
+/// Updates ahead whose tree nodes are fetched while the current one is applied.
+const AHEAD: usize = 4;
+
+/// Applies `updates` in order and empties it. Each update waits on a few cache misses
+/// (its segment page, the level above); asking for those of an update a few places
+/// ahead lets them overlap.
+fn apply_all(trees: &mut Trees, shape: Shape, updates: &mut Vec<(u32, u32, Hash)>) {
+    for i in 0..updates.len() {
+        if let Some(&(partition, segment, _)) = updates.get(i + AHEAD) {
+            if let Some(tree) = trees.get(&partition) {
+                tree.prefetch(segment);
+            }
+        }
+        if let Some(&(partition, segment, delta)) = updates.get(i) {
+            trees
+                .entry(partition)
+                .or_insert_with(|| Tree::new(shape))
+                .apply(segment, delta);
+        }
+    }
+    updates.clear();
 }
 
 impl Worker {
@@ -217,6 +244,7 @@ impl Worker {
     fn apply_batch(&mut self, first: Msg, pending: &mut VecDeque<Request>) -> usize {
         let mut trees = self.index.trees_mut();
         let shape = self.index.shape;
+        let mut updates = std::mem::take(&mut self.updates);
         let mut applied = 0usize;
         let mut taken = 0usize;
         let mut next = Some(first);
@@ -228,13 +256,12 @@ impl Worker {
                     segment,
                     delta,
                 } => {
-                    trees
-                        .entry(partition)
-                        .or_insert_with(|| Tree::new(shape))
-                        .apply(segment, delta);
+                    updates.push((partition, segment, delta));
                     applied += 1;
                 }
                 Msg::Barrier(reply) => {
+                    // Everything sent before the barrier is applied before it is answered.
+                    apply_all(&mut trees, shape, &mut updates);
                     let _ = reply.send(());
                 }
                 Msg::Request(request) => pending.push_back(request),
@@ -244,6 +271,8 @@ impl Worker {
             }
             next = self.rx.try_recv().ok();
         }
+        apply_all(&mut trees, shape, &mut updates);
+        self.updates = updates;
         drop(trees);
         self.dirty |= applied > 0;
         taken

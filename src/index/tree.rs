@@ -17,6 +17,20 @@ use crate::options::Shape;
 use crate::page::{Page, PageRef};
 use crate::Hash;
 
+/// A hint that `at` will be read soon; it never faults and changes nothing.
+#[inline]
+fn prefetch(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it reads nothing into the program, and the
+    // CPU ignores it for an address it cannot load (x86 `prefetcht0` never faults);
+    // SSE, which it needs, is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
 /// All levels of one partition's tree, plus which segment pages changed since the last
 /// checkpoint.
 #[derive(Clone)]
@@ -255,6 +269,35 @@ impl Level {
         });
     }
 
+    /// Starts loading node `index` (its page's nodes, where paged) into the cache.
+    fn prefetch(&self, index: u64) {
+        match &self.repr {
+            Repr::Flat(nodes) => {
+                if let Some(node) = nodes.get(index as usize) {
+                    prefetch(std::ptr::from_ref(node).cast());
+                }
+            }
+            Repr::Paged(pages) => {
+                if let Some(page) = pages.get(&self.split(index).0) {
+                    match page.view() {
+                        PageRef::Sparse(nodes) => {
+                            // The offsets the search reads first, and the hashes after.
+                            prefetch(nodes.as_ptr());
+                            if let Some(mid) = nodes.get(nodes.len() / 9..) {
+                                prefetch(mid.as_ptr());
+                            }
+                        }
+                        PageRef::Dense(hashes) => {
+                            if let Some(node) = hashes.get(self.split(index).1) {
+                                prefetch(std::ptr::from_ref(node).cast());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn memory_bytes(&self) -> usize {
         match &self.repr {
             Repr::Flat(nodes) => nodes.capacity() * std::mem::size_of::<Hash>(),
@@ -481,6 +524,16 @@ impl Tree {
             index /= width;
         }
         self.root ^= delta;
+    }
+
+    /// Asks the CPU to start loading the nodes `apply(segment, _)` will change.
+    pub(crate) fn prefetch(&self, segment: u32) {
+        let width = u64::from(self.shape.width);
+        let mut index = u64::from(segment);
+        for level in self.levels.iter().rev() {
+            level.prefetch(index);
+            index /= width;
+        }
     }
 
     fn mark_dirty(&mut self, page: u32) {
