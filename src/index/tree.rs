@@ -281,7 +281,8 @@ impl Level {
                 if let Some(page) = pages.get(&self.split(index).0) {
                     match page.view() {
                         PageRef::Sparse(nodes) => {
-                            // The offsets the search reads first, and the hashes after.
+                            // The offsets, where the search starts, and the first
+                            // hash (offsets take 2 of every 18 bytes).
                             prefetch(nodes.as_ptr());
                             if let Some(mid) = nodes.get(nodes.len() / 9..) {
                                 prefetch(mid.as_ptr());
