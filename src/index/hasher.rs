@@ -162,18 +162,16 @@ const AHEAD: usize = 4;
 /// (its segment page, the level above); asking for those of an update a few places
 /// ahead lets them overlap.
 fn apply_all(trees: &mut Trees, shape: Shape, updates: &mut Vec<(u32, u32, Hash)>) {
-    for i in 0..updates.len() {
-        if let Some(&(partition, segment, _)) = updates.get(i + AHEAD) {
-            if let Some(tree) = trees.get(&partition) {
-                tree.prefetch(segment);
+    for (i, &(partition, segment, delta)) in updates.iter().enumerate() {
+        if let Some(&(ahead, ahead_segment, _)) = updates.get(i + AHEAD) {
+            if let Some(tree) = trees.get(&ahead) {
+                tree.prefetch(ahead_segment);
             }
         }
-        if let Some(&(partition, segment, delta)) = updates.get(i) {
-            trees
-                .entry(partition)
-                .or_insert_with(|| Tree::new(shape))
-                .apply(segment, delta);
-        }
+        trees
+            .entry(partition)
+            .or_insert_with(|| Tree::new(shape))
+            .apply(segment, delta);
     }
     updates.clear();
 }
