@@ -28,3 +28,27 @@ impl MemoryTree {
         self.0.memory_bytes()
     }
 }
+
+/// Maps, checks and decodes the snapshot file in `dir` as a clean open does, at whatever
+/// epoch its header names; the trees are returned so that dropping them is not timed.
+pub fn load_snapshot(dir: &std::path::Path, shape: Shape) -> crate::Result<LoadedTrees> {
+    let path = dir.join(crate::snapshot::SNAPSHOT_FILE);
+    let io = |e| crate::Error::io(format!("read {}", path.display()), e);
+    let mut head = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open(&path).map_err(io)?, &mut head)
+        .map_err(io)?;
+    let mut epoch = [0u8; 8];
+    epoch.copy_from_slice(&head[24..32]);
+    let trees = crate::snapshot::read(dir, shape, u64::from_le_bytes(epoch))?;
+    Ok(LoadedTrees(trees.unwrap_or_default()))
+}
+
+/// Every partition's tree, as a snapshot load left them.
+pub struct LoadedTrees(std::collections::BTreeMap<u32, Tree>);
+
+impl LoadedTrees {
+    /// Partitions loaded.
+    pub fn partitions(&self) -> usize {
+        self.0.len()
+    }
+}
