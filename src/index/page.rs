@@ -77,12 +77,19 @@ fn search(nodes: &[u8], offset: u16) -> Result<usize, usize> {
     Err(lo)
 }
 
-/// A sparse page of `n` nodes, from `(offset, hash)` in offset order.
-fn sparse(n: usize, each: impl Fn(&mut dyn FnMut(usize, Hash))) -> Page {
-    let mut nodes = Vec::with_capacity(n * NODE_BYTES);
-    each(&mut |o, _| nodes.extend_from_slice(&(o as u16).to_le_bytes()));
-    each(&mut |_, h| nodes.extend_from_slice(&h.to_bytes()));
-    Page::Sparse(nodes)
+/// A sparse page of the `n` nodes `(offset, hash)` of `nodes`, in offset order (any past
+/// the `n`th are left out), written in place in one pass.
+fn sparse(n: usize, nodes: impl IntoIterator<Item = (usize, Hash)>) -> Page {
+    let mut bytes = vec![0u8; n * NODE_BYTES];
+    let (offsets, hashes) = bytes.split_at_mut(2 * n);
+    let slots = offsets
+        .chunks_exact_mut(2)
+        .zip(hashes.chunks_exact_mut(HASH_BYTES));
+    for ((offset, hash), (o, h)) in slots.zip(nodes) {
+        offset.copy_from_slice(&(o as u16).to_le_bytes());
+        hash.copy_from_slice(&h.to_bytes());
+    }
+    Page::Sparse(bytes)
 }
 
 impl Page {
@@ -104,11 +111,10 @@ impl Page {
                 nonzero: nodes.len() as u32,
             }))
         } else {
-            sparse(nodes.len(), |f| {
-                for &(i, h) in nodes {
-                    f((i - base) as usize, h);
-                }
-            })
+            sparse(
+                nodes.len(),
+                nodes.iter().map(|&(i, h)| ((i - base) as usize, h)),
+            )
         }
     }
 
@@ -127,7 +133,9 @@ impl Page {
                 nonzero: nonzero as u32,
             }))
         } else {
-            sparse(nonzero, |f| view.for_each(f))
+            let mut nodes = Vec::with_capacity(nonzero);
+            view.for_each(|o, h| nodes.push((o, h)));
+            sparse(nonzero, nodes)
         }
     }
 
