@@ -150,6 +150,36 @@ fn the_repair_rate_cap_holds_and_the_exchange_continues() {
 }
 
 #[test]
+fn a_record_worth_more_than_one_wait_under_the_byte_cap_is_repaired_and_paid_for() {
+    let ((_da, a), (_db, b)) = (store(), store());
+    let big = vec![7u8; 100_000];
+    b.put(b"big 1", &big).unwrap();
+    let options = ManagerOptions {
+        max_repair_bytes_per_sec: Some(20_000),
+        ..fast()
+    };
+    let started = Instant::now();
+    let manager = Manager::start(Arc::clone(&a), options);
+    manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0]));
+    let has = |key: &[u8]| a.partition(0).get(key).unwrap().is_some();
+    assert!(wait_until(Duration::from_secs(30), || has(b"big 1")));
+    // Five seconds' worth passes after the longest wait a batch may take (2 s), not
+    // after five: a wait that long between two requests would outlast a network peer's
+    // idle timeout (10 s) at a slightly larger size.
+    let first = started.elapsed();
+    assert!(
+        first >= Duration::from_millis(1900) && first < Duration::from_secs(4),
+        "{first:?}"
+    );
+    // It still counts: the next exchange first pays the 3 s it owes.
+    b.put(b"big 2", &big).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || has(b"big 2")));
+    let second = started.elapsed() - first;
+    assert!(second >= Duration::from_millis(2900), "{second:?}");
+    manager.stop();
+}
+
+#[test]
 fn a_peer_without_a_partition_list_shares_every_partition_either_side_holds() {
     let ((_da, a), (_db, b)) = (store(), store());
     a.partition(3).put(b"only on a", b"v").unwrap();

@@ -55,7 +55,8 @@ pub struct ManagerOptions {
     pub backoff_max: Duration,
     /// Repairs per second over all exchanges (default unlimited).
     pub max_repair_keys_per_sec: Option<u64>,
-    /// Repair key and value bytes per second over all exchanges (default unlimited).
+    /// Repair key and value bytes per second over all exchanges (default unlimited). A
+    /// batch larger than 2 s allows passes after 2 s, owing the rest (see the README).
     pub max_repair_bytes_per_sec: Option<u64>,
     /// While the store takes more than [`BUSY_WRITES_PER_SEC`] foreground writes per
     /// second, repairs run at most at this fraction of that rate (default 0.1; `None`,
@@ -168,10 +169,14 @@ struct State {
     exchanges: u64,
     stopping: bool,
     options: ManagerOptions,
-    /// Token bucket: allowance of keys and bytes, and when it was last refilled.
+    /// Token bucket: allowance of keys and bytes (below zero: owed), and when it was
+    /// last refilled.
     keys: f64,
     bytes: f64,
     refilled: Instant,
+    /// Repairs and their bytes paid for so far, for the size of a repair.
+    paid_keys: u64,
+    paid_bytes: u64,
     /// The foreground write rate: the store's count when last sampled, when, and the
     /// rate measured then.
     foreground_seen: u64,
@@ -211,6 +216,8 @@ impl Manager {
                 keys: 0.0,
                 bytes: 0.0,
                 refilled: Instant::now(),
+                paid_keys: 0,
+                paid_bytes: 0,
                 foreground_seen: 0,
                 foreground_sampled: Instant::now(),
                 foreground_rate: 0,
@@ -424,6 +431,15 @@ fn schedule(inner: &Arc<Inner>) {
 /// One exchange with one peer: every shared partition in turn.
 fn exchange(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32]) {
     let mut failed = None;
+    // What earlier exchanges owe is paid before this one connects, not while a
+    // connection waits.
+    let owes = {
+        let state = lock(inner);
+        state.keys < 0.0 || state.bytes < 0.0
+    };
+    if owes {
+        take_tokens(inner, 0, 0, None);
+    }
     match peer.open() {
         Err(e) => failed = Some(e.to_string()),
         Ok(remote) => {
@@ -524,7 +540,7 @@ fn sync_one(
     partition: u32,
     left: usize,
 ) -> Result<SyncReport> {
-    let throttle = |keys: u64, bytes: u64| take_tokens(inner, keys, bytes);
+    let throttle = |keys: u64, bytes: u64| take_tokens(inner, keys, bytes, Some(MAX_BATCH_WAIT));
     let progress = |report: &SyncReport| {
         if let Some(p) = lock(inner).peers.get_mut(name) {
             p.running = Some(Running {
@@ -544,10 +560,26 @@ fn sync_one(
         });
     }
     inner.store.sync_index()?;
-    // Small batches keep the throttle smooth and the status fresh. Under a key cap, a
-    // batch is half a second's worth: each is paid for before it is sent, and a wait
-    // much longer than that would outlast a network peer's idle timeout.
-    let batch = key_rate_now(&lock(inner)).map_or(256, |rate| (rate / 2).clamp(1, 256));
+    // Small batches keep the throttle smooth and the status fresh. Under a cap, a batch
+    // is about half a second's worth (of keys, and of bytes at the size of the repairs
+    // so far; 16 keys before any): each waits until it is paid for, and a wait much
+    // longer than that would outlast a network peer's idle timeout.
+    let batch = {
+        let state = lock(inner);
+        let by_keys = key_rate_now(&state).map(|rate| rate / 2);
+        let by_bytes = state.options.max_repair_bytes_per_sec.map(|rate| {
+            match state.paid_bytes.checked_div(state.paid_keys) {
+                Some(size) => rate / 2 / size.max(1),
+                None => 16,
+            }
+        });
+        by_keys
+            .into_iter()
+            .chain(by_bytes)
+            .min()
+            .unwrap_or(256)
+            .clamp(1, 256)
+    };
     let options = SyncOptions {
         batch: batch as usize,
         throttle: Some(&throttle),
@@ -557,8 +589,17 @@ fn sync_one(
     sync(inner.store.as_ref(), remote, partition, &options)
 }
 
-/// Waits until the bucket holds `keys` and `bytes`, then takes them.
-fn take_tokens(inner: &Inner, keys: u64, bytes: u64) {
+/// Longest a batch of repairs waits for its tokens. The wait comes between two requests
+/// of one exchange, and a network peer drops a connection idle for 10 s (its default).
+/// A batch worth more (a large record under a low byte cap) passes owing the rest: the
+/// debt slows the batches after it and is paid in full before the next exchange
+/// connects, so the cap holds over any run of exchanges.
+const MAX_BATCH_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until the bucket holds `keys` and `bytes`, or `patience` has passed, then takes
+/// them (leaving a debt if they were not all there).
+fn take_tokens(inner: &Inner, keys: u64, bytes: u64, patience: Option<Duration>) {
+    let started = Instant::now();
     let mut state = lock(inner);
     loop {
         if state.stopping {
@@ -588,7 +629,8 @@ fn take_tokens(inner: &Inner, keys: u64, bytes: u64) {
         let elapsed = now.duration_since(state.refilled).as_secs_f64();
         state.refilled = now;
         // The bucket holds one second's worth, or the batch waiting if that is more: a
-        // batch is paid for before it passes, so no run, however short, beats the rate.
+        // batch is paid for before it passes (or, past its patience, owes the rest to
+        // the next ones), so no run, however short, beats the rate.
         let refill = |have: f64, rate: Option<u64>, want: u64| {
             rate.map_or(f64::INFINITY, |r| {
                 (have + elapsed * r as f64).min(r.max(1).max(want) as f64)
@@ -598,13 +640,16 @@ fn take_tokens(inner: &Inner, keys: u64, bytes: u64) {
         state.bytes = refill(state.bytes, byte_rate, bytes);
         let want_keys = key_rate.map_or(0.0, |_| keys as f64);
         let want_bytes = byte_rate.map_or(0.0, |_| bytes as f64);
-        if state.keys >= want_keys && state.bytes >= want_bytes {
+        let patient = patience.map_or(true, |p| started.elapsed() < p);
+        if (state.keys >= want_keys && state.bytes >= want_bytes) || !patient {
             if key_rate.is_some() {
                 state.keys -= want_keys;
             }
             if byte_rate.is_some() {
                 state.bytes -= want_bytes;
             }
+            state.paid_keys = state.paid_keys.saturating_add(keys);
+            state.paid_bytes = state.paid_bytes.saturating_add(bytes);
             return;
         }
         let wait_for = |have: f64, want: f64, rate: Option<u64>| {
@@ -612,6 +657,7 @@ fn take_tokens(inner: &Inner, keys: u64, bytes: u64) {
         };
         let wait = wait_for(state.keys, want_keys, key_rate)
             .max(wait_for(state.bytes, want_bytes, byte_rate))
+            .min(patience.map_or(1.0, |p| p.saturating_sub(started.elapsed()).as_secs_f64()))
             .clamp(0.001, 1.0);
         state = inner
             .wake
