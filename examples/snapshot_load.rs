@@ -22,7 +22,10 @@ fn main() {
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
         let start = std::time::Instant::now();
-        let trees = load_snapshot(&dir, shape).unwrap();
+        let trees = load_snapshot(&dir, shape).unwrap_or_else(|e| {
+            eprintln!("cannot load the snapshot in {}: {e}", dir.display());
+            std::process::exit(1)
+        });
         times.push(start.elapsed().as_secs_f64() * 1e3);
         if iters == 1 {
             println!("{} partitions", trees.partitions());
