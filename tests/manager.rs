@@ -288,3 +288,45 @@ fn the_status_measures_foreground_writes_with_no_repair_running() {
     assert_eq!(manager.status().foreground_writes_per_sec, 0, "quiet again");
     manager.stop();
 }
+
+/// The same over TCP, where the wait matters: a server closes a connection whose peer
+/// has not sent its next request within its timeout (here 3 s). The batch also carries a
+/// record for the server, so a request follows the wait on the same connection.
+#[cfg(feature = "net")]
+#[test]
+fn a_slow_batch_under_the_byte_cap_does_not_outlast_a_network_peers_idle_timeout() {
+    use merkle_index::net::{self, Key, NetPeer, ServeOptions, Stop};
+    let ((_da, a), (_db, b)) = (store(), store());
+    b.put(b"big", &vec![7u8; 100_000]).unwrap();
+    a.put(b"small", b"for the server").unwrap();
+    let key = Key::from_secret(b"a long shared secret, 16+ bytes").unwrap();
+    let (listener, addr) = net::bind("127.0.0.1:0").unwrap();
+    let stop = Stop::new(addr);
+    let server = std::thread::spawn({
+        let (served, key, stop) = (Arc::clone(&b), key.clone(), stop.clone());
+        let options = ServeOptions {
+            timeout: Duration::from_secs(3),
+            ..ServeOptions::default()
+        };
+        move || net::serve(served, listener, key, options, &stop, Arc::new(|_| {}))
+    });
+    // About 5 s of tokens at 20 KB/s: more than the server waits between requests.
+    let options = ManagerOptions {
+        max_repair_bytes_per_sec: Some(20_000),
+        ..fast()
+    };
+    let manager = Manager::start(Arc::clone(&a), options);
+    let peer = NetPeer {
+        addr: addr.to_string(),
+        key,
+        timeout: Duration::from_secs(3),
+    };
+    manager.set_peer("b", Arc::new(peer), BTreeSet::from([0]));
+    assert!(wait_until(Duration::from_secs(20), || {
+        a.partition(0).get(b"big").unwrap().is_some()
+            && b.partition(0).get(b"small").unwrap().is_some()
+    }));
+    manager.stop();
+    stop.trigger();
+    server.join().unwrap().unwrap();
+}
