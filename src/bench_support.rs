@@ -37,9 +37,8 @@ pub fn load_snapshot(dir: &std::path::Path, shape: Shape) -> crate::Result<Loade
     let mut head = [0u8; 32];
     std::io::Read::read_exact(&mut std::fs::File::open(&path).map_err(io)?, &mut head)
         .map_err(io)?;
-    let mut epoch = [0u8; 8];
-    epoch.copy_from_slice(&head[24..32]);
-    let trees = crate::snapshot::read(dir, shape, u64::from_le_bytes(epoch))?;
+    let epoch = crate::snapshot::header_epoch(&head);
+    let trees = crate::snapshot::read(dir, shape, epoch)?;
     Ok(LoadedTrees(trees.unwrap_or_default()))
 }
 

@@ -234,6 +234,11 @@ fn decode_partition(shape: Shape, head: PartHead, part: &[u8]) -> Result<(u32, T
     Ok((id, tree))
 }
 
+/// The checkpoint epoch a snapshot header names (zero if `head` is too short).
+pub(crate) fn header_epoch(head: &[u8]) -> u64 {
+    u64::from(u32_at(head, 24)) | u64::from(u32_at(head, 28)) << 32
+}
+
 /// What precedes one partition's pages.
 #[derive(Clone, Copy)]
 struct PartHead {
@@ -267,7 +272,7 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
     if head.get(..8) != Some(MAGIC.as_slice()) {
         return Err(bad_header("bad magic, not a merkle-index snapshot".into()));
     }
-    let found_epoch = u64::from(u32_at(head, 24)) | u64::from(u32_at(head, 28)) << 32;
+    let found_epoch = header_epoch(head);
     let partitions = u32_at(head, 32);
     let expected = header(shape, epoch, partitions);
     if head != expected {
