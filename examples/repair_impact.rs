@@ -62,7 +62,8 @@ fn main() {
             repair_share: share,
             ..ManagerOptions::default()
         },
-    );
+    )
+    .unwrap();
     manager.set_peer("peer", Arc::new(Arc::clone(&peer)), BTreeSet::from([0]));
     // Alternate phases with the repair held (1 key/s) and running, on the same store,
     // so the machine's drift and the store's growth weigh on both alike.

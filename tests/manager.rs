@@ -51,7 +51,7 @@ fn scheduled_exchanges_converge_every_shared_partition() {
         };
         side.partition(p).put(&i.to_le_bytes(), b"v").unwrap();
     }
-    let manager = Manager::start(Arc::clone(&a), fast());
+    let manager = Manager::start(Arc::clone(&a), fast()).unwrap();
     manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0, 1]));
     manager.set_peer("c", Arc::new(Arc::clone(&c)), BTreeSet::from([0]));
     let converged = wait_until(Duration::from_secs(20), || {
@@ -90,11 +90,87 @@ impl Peer for Unreachable {
     }
 }
 
+/// Options the manager cannot honour are refused at start. Before, an interval past what
+/// `Instant` holds (or a NaN jitter) panicked in the exchange thread when it scheduled
+/// the next exchange, and the peer was not exchanged with again for an hour.
+#[test]
+fn options_out_of_range_are_refused_at_start_and_the_longest_interval_runs() {
+    let ((_da, a), (_db, b)) = (store(), store());
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let refused = [
+        ManagerOptions {
+            interval: Duration::MAX,
+            ..fast()
+        },
+        ManagerOptions {
+            interval: year + Duration::from_secs(1),
+            ..fast()
+        },
+        ManagerOptions {
+            interval: Duration::ZERO,
+            ..fast()
+        },
+        ManagerOptions {
+            backoff: Duration::ZERO,
+            ..fast()
+        },
+        ManagerOptions {
+            backoff_max: Duration::MAX,
+            ..fast()
+        },
+        ManagerOptions {
+            jitter: f64::NAN,
+            ..fast()
+        },
+        ManagerOptions {
+            jitter: 1.5,
+            ..fast()
+        },
+        ManagerOptions {
+            jitter: -0.1,
+            ..fast()
+        },
+    ];
+    for options in refused {
+        let shown = format!("{options:?}");
+        match Manager::start(Arc::clone(&a), options) {
+            Err(Error::InvalidOptions(why)) => assert!(!why.is_empty()),
+            Err(e) => panic!("{shown}: {e}"),
+            Ok(_) => panic!("{shown} was accepted"),
+        }
+    }
+    // The longest interval, with full jitter: one exchange, then the next is due in
+    // about a year.
+    b.put(b"k", b"v").unwrap();
+    let manager = Manager::start(
+        Arc::clone(&a),
+        ManagerOptions {
+            interval: year,
+            jitter: 1.0,
+            ..fast()
+        },
+    )
+    .unwrap();
+    manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0]));
+    assert!(wait_until(Duration::from_secs(20), || manager
+        .status()
+        .exchanges
+        == 1));
+    let status = manager.status();
+    let peer = &status.peers[0];
+    assert_eq!(peer.failures, 0, "{status:?}");
+    assert!(
+        peer.next_in <= year * 2 && peer.next_in > Duration::from_secs(3600),
+        "{status:?}"
+    );
+    assert_eq!(a.get(b"k").unwrap(), Some(b"v".to_vec()));
+}
+
 #[test]
 fn a_failing_peer_backs_off_and_others_keep_going() {
     let ((_da, a), (_db, b)) = (store(), store());
     b.put(b"k", b"v").unwrap();
-    let manager = Manager::start(Arc::clone(&a), fast());
+    let manager = Manager::start(Arc::clone(&a), fast()).unwrap();
     manager.set_peer("down", Arc::new(Unreachable), BTreeSet::from([0]));
     manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0]));
     assert!(wait_until(Duration::from_secs(10), || a
@@ -131,7 +207,7 @@ fn the_repair_rate_cap_holds_and_the_exchange_continues() {
         ..fast()
     };
     let started = Instant::now();
-    let manager = Manager::start(Arc::clone(&a), options);
+    let manager = Manager::start(Arc::clone(&a), options).unwrap();
     manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0]));
     assert!(wait_until(Duration::from_secs(30), || a
         .count_keys(0)
@@ -159,7 +235,7 @@ fn a_record_worth_more_than_one_wait_under_the_byte_cap_is_repaired_and_paid_for
         ..fast()
     };
     let started = Instant::now();
-    let manager = Manager::start(Arc::clone(&a), options);
+    let manager = Manager::start(Arc::clone(&a), options).unwrap();
     manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0]));
     let has = |key: &[u8]| a.partition(0).get(key).unwrap().is_some();
     assert!(wait_until(Duration::from_secs(30), || has(b"big 1")));
@@ -184,7 +260,7 @@ fn a_peer_without_a_partition_list_shares_every_partition_either_side_holds() {
     let ((_da, a), (_db, b)) = (store(), store());
     a.partition(3).put(b"only on a", b"v").unwrap();
     b.partition(5).put(b"only on b", b"v").unwrap();
-    let manager = Manager::start(Arc::clone(&a), fast());
+    let manager = Manager::start(Arc::clone(&a), fast()).unwrap();
     manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::new());
     assert!(wait_until(Duration::from_secs(10), || {
         a.partition(5).get(b"only on b").unwrap().is_some()
@@ -235,7 +311,8 @@ fn repairs_yield_to_busy_foreground_writes_and_still_finish() {
             repair_share: Some(0.1),
             ..fast()
         },
-    );
+    )
+    .unwrap();
     // Foreground writes on another partition, as fast as this machine goes.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = std::thread::spawn({
@@ -270,7 +347,7 @@ fn repairs_yield_to_busy_foreground_writes_and_still_finish() {
 #[test]
 fn the_status_measures_foreground_writes_with_no_repair_running() {
     let (_d, a) = store();
-    let manager = Manager::start(Arc::clone(&a), fast());
+    let manager = Manager::start(Arc::clone(&a), fast()).unwrap();
     manager.status(); // starts a window
     std::thread::sleep(Duration::from_millis(150));
     assert_eq!(manager.status().foreground_writes_per_sec, 0);
@@ -315,7 +392,7 @@ fn a_slow_batch_under_the_byte_cap_does_not_outlast_a_network_peers_idle_timeout
         max_repair_bytes_per_sec: Some(20_000),
         ..fast()
     };
-    let manager = Manager::start(Arc::clone(&a), options);
+    let manager = Manager::start(Arc::clone(&a), options).unwrap();
     let peer = NetPeer {
         addr: addr.to_string(),
         key,

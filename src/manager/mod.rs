@@ -14,6 +14,7 @@
 //! partitions may change at any time (ring changes).
 
 mod metrics;
+mod throttle;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -21,10 +22,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::clock::unix_ms;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exchange::Replica;
 use crate::store::Store;
 use crate::sync::{sync, SyncOptions, SyncReport};
+use throttle::{Take, Throttle, SAMPLE};
 
 /// Something the manager can exchange with: it opens a fresh [`Replica`] per exchange (a
 /// network connection, or a local store).
@@ -40,12 +42,13 @@ impl Peer for Arc<Store> {
     }
 }
 
-/// How the manager schedules and throttles.
+/// How the manager schedules and throttles. [`Manager::start`] refuses an interval or a
+/// backoff of zero or longer than 365 days, and a jitter outside 0 to 1.
 #[derive(Debug, Clone)]
 pub struct ManagerOptions {
     /// Time between exchanges with one peer (default 60 s).
     pub interval: Duration,
-    /// Random spread added to each interval, as a fraction of it (default 0.1).
+    /// Random spread added to each interval, as a fraction of it (0 to 1, default 0.1).
     pub jitter: f64,
     /// Exchanges running at once, over all peers (default 2).
     pub max_concurrent: usize,
@@ -68,6 +71,34 @@ pub struct ManagerOptions {
 /// Foreground writes per second above which repairs yield ([`ManagerOptions::repair_share`]);
 /// below it the writes leave the cores nearly idle and repairs run at their caps.
 pub const BUSY_WRITES_PER_SEC: u64 = 1_000;
+
+/// The longest interval or backoff [`ManagerOptions`] takes: a peer due later than that
+/// is better removed, and a due time must stay a time the clock can hold.
+const MAX_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl ManagerOptions {
+    fn validate(&self) -> Result<()> {
+        let waits = [
+            ("interval", self.interval),
+            ("backoff", self.backoff),
+            ("backoff_max", self.backoff_max),
+        ];
+        for (name, wait) in waits {
+            if wait.is_zero() || wait > MAX_INTERVAL {
+                return Err(Error::InvalidOptions(format!(
+                    "{name} ({wait:?}) must be positive and at most 365 days"
+                )));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(Error::InvalidOptions(format!(
+                "jitter ({}) must be between 0 and 1",
+                self.jitter
+            )));
+        }
+        Ok(())
+    }
+}
 
 impl Default for ManagerOptions {
     fn default() -> Self {
@@ -169,19 +200,8 @@ struct State {
     exchanges: u64,
     stopping: bool,
     options: ManagerOptions,
-    /// Token bucket: allowance of keys and bytes (below zero: owed), and when it was
-    /// last refilled.
-    keys: f64,
-    bytes: f64,
-    refilled: Instant,
-    /// Repairs and their bytes paid for so far, for the size of a repair.
-    paid_keys: u64,
-    paid_bytes: u64,
-    /// The foreground write rate: the store's count when last sampled, when, and the
-    /// rate measured then.
-    foreground_seen: u64,
-    foreground_sampled: Instant,
-    foreground_rate: u64,
+    /// The repair token bucket and the foreground rate it yields to.
+    throttle: Throttle,
     /// Draws for the jitter (a small xorshift; no need for a random crate).
     seed: u64,
 }
@@ -203,8 +223,10 @@ fn lock(inner: &Inner) -> MutexGuard<'_, State> {
 }
 
 impl Manager {
-    /// Starts the manager for `store` (no peers yet).
-    pub fn start(store: Arc<Store>, options: ManagerOptions) -> Manager {
+    /// Starts the manager for `store` (no peers yet); fails on options out of range (see
+    /// [`ManagerOptions`]) or if its thread cannot start.
+    pub fn start(store: Arc<Store>, options: ManagerOptions) -> Result<Manager> {
+        options.validate()?;
         let inner = Arc::new(Inner {
             store,
             state: Mutex::new(State {
@@ -213,14 +235,7 @@ impl Manager {
                 exchanges: 0,
                 stopping: false,
                 options,
-                keys: 0.0,
-                bytes: 0.0,
-                refilled: Instant::now(),
-                paid_keys: 0,
-                paid_bytes: 0,
-                foreground_seen: 0,
-                foreground_sampled: Instant::now(),
-                foreground_rate: 0,
+                throttle: Throttle::new(Instant::now()),
                 seed: unix_ms() | 1,
             }),
             wake: Condvar::new(),
@@ -230,9 +245,12 @@ impl Manager {
             std::thread::Builder::new()
                 .name("anti-entropy manager".into())
                 .spawn(move || schedule(&inner))
-                .ok()
+                .map_err(|e| Error::io("spawn anti-entropy manager thread", e))?
         };
-        Manager { inner, scheduler }
+        Ok(Manager {
+            inner,
+            scheduler: Some(scheduler),
+        })
     }
 
     /// Adds a peer, or changes its partitions (its next exchange stays scheduled). A new
@@ -296,8 +314,9 @@ impl Manager {
         let now = Instant::now();
         // Between repairs nothing else samples the foreground: a status read does, so
         // its rate is the average since the previous sample, never a stale figure.
-        if now.duration_since(state.foreground_sampled) >= SAMPLE {
-            sample_foreground(&mut state, &self.inner.store, now);
+        if state.throttle.sample_due(now) {
+            let seen = self.inner.store.foreground_writes();
+            state.throttle.sample(now, seen);
         }
         Status {
             peers: state
@@ -327,8 +346,8 @@ impl Manager {
             exchanges: state.exchanges,
             max_repair_keys_per_sec: state.options.max_repair_keys_per_sec,
             max_repair_bytes_per_sec: state.options.max_repair_bytes_per_sec,
-            foreground_writes_per_sec: state.foreground_rate,
-            repair_keys_per_sec_now: key_rate_now(&state),
+            foreground_writes_per_sec: state.throttle.foreground_rate(),
+            repair_keys_per_sec_now: state.throttle.key_rate_now(&state.options),
         }
     }
 
@@ -433,10 +452,7 @@ fn exchange(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32]) {
     let mut failed = None;
     // What earlier exchanges owe is paid before this one connects, not while a
     // connection waits.
-    let owes = {
-        let state = lock(inner);
-        state.keys < 0.0 || state.bytes < 0.0
-    };
+    let owes = lock(inner).throttle.owes();
     if owes {
         take_tokens(inner, 0, 0, None);
     }
@@ -561,24 +577,11 @@ fn sync_one(
     }
     inner.store.sync_index()?;
     // Small batches keep the throttle smooth and the status fresh. Under a cap, a batch
-    // is about half a second's worth (of keys, and of bytes at the size of the repairs
-    // so far; 16 keys before any): each waits until it is paid for, and a wait much
-    // longer than that would outlast a network peer's idle timeout.
+    // waits until it is paid for, and a wait much longer than half a second's worth
+    // would outlast a network peer's idle timeout.
     let batch = {
         let state = lock(inner);
-        let by_keys = key_rate_now(&state).map(|rate| rate / 2);
-        let by_bytes = state.options.max_repair_bytes_per_sec.map(|rate| {
-            match state.paid_bytes.checked_div(state.paid_keys) {
-                Some(size) => rate / 2 / size.max(1),
-                None => 16,
-            }
-        });
-        by_keys
-            .into_iter()
-            .chain(by_bytes)
-            .min()
-            .unwrap_or(256)
-            .clamp(1, 256)
+        state.throttle.batch(&state.options)
     };
     let options = SyncOptions {
         batch: batch as usize,
@@ -606,91 +609,30 @@ fn take_tokens(inner: &Inner, keys: u64, bytes: u64, patience: Option<Duration>)
             return;
         }
         let now = Instant::now();
-        let sampled = now.duration_since(state.foreground_sampled);
-        if sampled > Duration::from_secs(1) && state.options.repair_share.is_some() {
-            // The last sample is stale (the first repair, or the first after a quiet
-            // spell): measure the foreground afresh before repairing.
-            state.foreground_seen = inner.store.foreground_writes();
-            state.foreground_sampled = now;
-            state = inner
-                .wake
-                .wait_timeout(state, SAMPLE)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-            continue;
-        }
-        if sampled >= SAMPLE {
-            sample_foreground(&mut state, &inner.store, now);
-        }
-        let (key_rate, byte_rate) = (key_rate_now(&state), state.options.max_repair_bytes_per_sec);
-        if key_rate.is_none() && byte_rate.is_none() {
-            return;
-        }
-        let elapsed = now.duration_since(state.refilled).as_secs_f64();
-        state.refilled = now;
-        // The bucket holds one second's worth, or the batch waiting if that is more: a
-        // batch is paid for before it passes (or, past its patience, owes the rest to
-        // the next ones), so no run, however short, beats the rate.
-        let refill = |have: f64, rate: Option<u64>, want: u64| {
-            rate.map_or(f64::INFINITY, |r| {
-                (have + elapsed * r as f64).min(r.max(1).max(want) as f64)
-            })
-        };
-        state.keys = refill(state.keys, key_rate, keys);
-        state.bytes = refill(state.bytes, byte_rate, bytes);
-        let want_keys = key_rate.map_or(0.0, |_| keys as f64);
-        let want_bytes = byte_rate.map_or(0.0, |_| bytes as f64);
-        let patient = patience.map_or(true, |p| started.elapsed() < p);
-        if (state.keys >= want_keys && state.bytes >= want_bytes) || !patient {
-            if key_rate.is_some() {
-                state.keys -= want_keys;
+        let wait = if state.throttle.sample_stale(now) && state.options.repair_share.is_some() {
+            // Measure the foreground afresh before repairing.
+            let seen = inner.store.foreground_writes();
+            state.throttle.restart_window(now, seen);
+            SAMPLE
+        } else {
+            if state.throttle.sample_due(now) {
+                let seen = inner.store.foreground_writes();
+                state.throttle.sample(now, seen);
             }
-            if byte_rate.is_some() {
-                state.bytes -= want_bytes;
+            let left = patience.map(|p| p.saturating_sub(started.elapsed()));
+            let State {
+                throttle, options, ..
+            } = &mut *state;
+            match throttle.take(now, options, keys, bytes, left) {
+                Take::Passed => return,
+                Take::Wait(wait) => wait,
             }
-            state.paid_keys = state.paid_keys.saturating_add(keys);
-            state.paid_bytes = state.paid_bytes.saturating_add(bytes);
-            return;
-        }
-        let wait_for = |have: f64, want: f64, rate: Option<u64>| {
-            rate.map_or(0.0, |r| ((want - have) / r.max(1) as f64).max(0.0))
         };
-        let wait = wait_for(state.keys, want_keys, key_rate)
-            .max(wait_for(state.bytes, want_bytes, byte_rate))
-            .min(patience.map_or(1.0, |p| p.saturating_sub(started.elapsed()).as_secs_f64()))
-            .clamp(0.001, 1.0);
         state = inner
             .wake
-            .wait_timeout(state, Duration::from_secs_f64(wait))
+            .wait_timeout(state, wait)
             .unwrap_or_else(|p| p.into_inner())
             .0;
-    }
-}
-
-/// Measures the foreground write rate since the last sample.
-fn sample_foreground(state: &mut State, store: &Store, now: Instant) {
-    let sampled = now.duration_since(state.foreground_sampled);
-    let seen = store.foreground_writes();
-    let writes = seen.saturating_sub(state.foreground_seen);
-    state.foreground_rate = (writes as f64 / sampled.as_secs_f64().max(1e-9)) as u64;
-    state.foreground_seen = seen;
-    state.foreground_sampled = now;
-}
-
-/// The shortest window over which the foreground write rate is measured.
-const SAMPLE: Duration = Duration::from_millis(100);
-
-/// The key cap, lowered to `repair_share` of the foreground rate while that is busy.
-fn key_rate_now(state: &State) -> Option<u64> {
-    let cap = state.options.max_repair_keys_per_sec;
-    let share = state
-        .options
-        .repair_share
-        .filter(|s| *s > 0.0 && state.foreground_rate > BUSY_WRITES_PER_SEC)
-        .map(|s| ((state.foreground_rate as f64 * s.clamp(0.0, 1.0)).round() as u64).max(1));
-    match (cap, share) {
-        (Some(c), Some(s)) => Some(c.min(s)),
-        (c, s) => c.or(s),
     }
 }
 

@@ -44,6 +44,20 @@ pub struct Channel {
     pub received: u64,
 }
 
+/// The longest handshake or frame deadline taken (one day): any longer is a mistake, and
+/// a deadline must stay a time the clock can hold.
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Refuses a deadline of zero or past [`MAX_TIMEOUT`], as an option error.
+pub(crate) fn check_timeout(timeout: Duration) -> Result<()> {
+    if timeout.is_zero() || timeout > MAX_TIMEOUT {
+        return Err(Error::InvalidOptions(format!(
+            "timeout ({timeout:?}) must be positive and at most one day"
+        )));
+    }
+    Ok(())
+}
+
 fn protocol(what: impl Into<String>) -> Error {
     Error::Protocol(what.into())
 }

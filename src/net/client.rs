@@ -12,7 +12,7 @@ use crate::record::Record;
 use crate::store::Entry;
 use crate::Hash;
 
-use super::channel::{Channel, MAX_FRAME};
+use super::channel::{check_timeout, Channel, MAX_FRAME};
 use super::key::Key;
 use super::proto::{
     Hello, Request, Response, Welcome, WireRepair, WireWrite, MAX_DESCEND_NODES, MAX_ITEMS,
@@ -34,8 +34,10 @@ pub struct Client {
 
 impl Client {
     /// Connects to `addr`, runs the handshake with `key`, and learns the peer's shape.
-    /// `timeout` bounds the connect, the handshake and each whole frame.
+    /// `timeout` bounds the connect, the handshake and each whole frame (positive, at
+    /// most one day).
     pub fn connect(addr: &str, key: &Key, timeout: Duration) -> Result<Client> {
+        check_timeout(timeout)?;
         let target = addr
             .to_socket_addrs()
             .map_err(|e| Error::io(format!("resolve {addr}"), e))?

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::exchange::Replica;
 use crate::store::Store;
 
-use super::channel::Channel;
+use super::channel::{check_timeout, Channel};
 use super::key::Key;
 use super::proto::{
     self, Hello, Request, Response, Welcome, ANSWER_BUDGET, MAX_DESCEND_HASHES, MAX_DESCEND_NODES,
@@ -35,11 +35,11 @@ pub enum Accept {
 #[derive(Clone)]
 pub struct ServeOptions {
     /// Deadline for the whole handshake, for each whole frame, and for a peer to start
-    /// its next request (default 10 s).
+    /// its next request (default 10 s; positive, at most one day).
     pub timeout: Duration,
-    /// Connections served at once (default 64); more are refused.
+    /// Connections served at once (default 64, at least 1); more are refused.
     pub max_connections: usize,
-    /// Connections from one peer address at once (default 8).
+    /// Connections from one peer address at once (default 8, at least 1).
     pub max_per_address: usize,
     /// Partitions peers may write to (default: those the store holds).
     pub accept: Accept,
@@ -136,6 +136,12 @@ pub fn serve(
     stop: &Stop,
     log: Log,
 ) -> Result<()> {
+    check_timeout(options.timeout)?;
+    if options.max_connections == 0 || options.max_per_address == 0 {
+        return Err(Error::InvalidOptions(
+            "max_connections and max_per_address must be at least 1".into(),
+        ));
+    }
     let open: Arc<Mutex<Open>> = Arc::default();
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for (id, stream) in (0u64..).zip(listener.incoming()) {

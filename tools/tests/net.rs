@@ -515,7 +515,7 @@ fn wait_for(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         }
         if std::time::Instant::now() > deadline {
             child.kill().unwrap();
-            panic!("the server did not stop within {limit:?}");
+            panic!("the process did not exit within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -567,4 +567,68 @@ fn rot_is_quarantined_and_restored_over_tcp_never_copied() {
             String::from_utf8_lossy(&v.stdout)
         );
     }
+}
+
+/// Values that parse but cannot be honoured (a deadline or an interval past what a clock
+/// holds, a zero deadline) are refused with a clear error before anything runs. A client
+/// given such a deadline used to panic in its handshake, and a node's exchange thread
+/// when it scheduled the next exchange.
+#[test]
+fn out_of_range_timeouts_and_intervals_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    load(&a, "10", "1");
+    load(&b, "10", "2");
+    let key = key_file(dir.path(), "key", "correct horse battery staple");
+    let refused = |o: &Output, what: &str| {
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(what), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    };
+    let (db, key_path) = (a.to_str().unwrap(), key.to_str().unwrap());
+    let huge = u64::MAX.to_string();
+    let listen = ["--listen", "127.0.0.1:0", "--key-file", key_path];
+    // Bounded: a server that accepted the option would run until stopped.
+    let exits = |cmd: &mut Command| {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(&mut child, Duration::from_secs(20));
+        child.wait_with_output().unwrap()
+    };
+    let serve = exits(
+        bin()
+            .args(["serve", "--db", db])
+            .args(listen)
+            .args(["--timeout-ms", &huge]),
+    );
+    refused(&serve, "timeout");
+    for interval in ["0s", "400days"] {
+        let node = exits(
+            bin()
+                .args(["node", "--db", db])
+                .args(listen)
+                .args(["--interval", interval]),
+        );
+        refused(&node, "interval");
+    }
+
+    // Against a good server, the client refuses the deadline before connecting; the
+    // server serves the next client as usual.
+    let server = Server::start(&b, &key, 5000);
+    refused(
+        &peer("sync", &a, &server.addr, &key, &["--timeout-ms", &huge]),
+        "timeout",
+    );
+    let d = peer("diff", &a, &server.addr, &key, &[]);
+    assert_eq!(
+        d.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&d.stderr)
+    );
+    server.stop();
 }

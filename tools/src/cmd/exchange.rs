@@ -27,7 +27,7 @@ pub struct Args {
     /// side only differs in every key, and sync creates it on the other).
     #[arg(long)]
     partition: Option<u32>,
-    /// Network timeout per request, in milliseconds.
+    /// Network timeout per request, in milliseconds (at most one day).
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
     /// JSON lines on stdout instead of text.

@@ -29,7 +29,7 @@ pub struct Args {
     /// with this node (default: every partition either side holds). Repeatable.
     #[arg(long = "peer")]
     peers: Vec<String>,
-    /// Time between exchanges with each peer (e.g. 60s, 500ms, 2m).
+    /// Time between exchanges with each peer (e.g. 60s, 500ms, 2m; at most 365 days).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     interval: Duration,
     /// Exchanges running at once (at least 1).
@@ -45,7 +45,7 @@ pub struct Args {
     /// most at this fraction of their rate (0 to 1; 0: only the caps apply).
     #[arg(long, default_value_t = 0.1, value_parser = parse_share)]
     repair_share: f64,
-    /// Deadline for handshakes and frames, in milliseconds (at least 1).
+    /// Deadline for handshakes and frames, in milliseconds (at least 1, at most one day).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
     /// Also accept writes to these partitions before this store holds them.
@@ -189,7 +189,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             repair_share: (a.repair_share > 0.0).then_some(a.repair_share),
             ..ManagerOptions::default()
         },
-    ));
+    )?);
     for (peer_addr, partitions) in peers {
         let peer = NetPeer {
             addr: peer_addr.clone(),
@@ -243,7 +243,7 @@ pub struct StatusArgs {
     /// Pre-shared key file.
     #[arg(long)]
     key_file: PathBuf,
-    /// Deadline in milliseconds.
+    /// Deadline in milliseconds (at most one day).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
 }

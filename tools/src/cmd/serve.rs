@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long)]
     key_file: PathBuf,
     /// Deadline for a whole handshake, a whole frame, and a peer's next request, in
-    /// milliseconds (at least 1).
+    /// milliseconds (at least 1, at most one day).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
     /// Connections served at once (at least 1).
