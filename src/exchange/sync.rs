@@ -84,8 +84,11 @@ pub struct SyncOptions<'a> {
     /// Who wins a conflict.
     pub resolver: &'a Resolver,
     /// Called before each batch of repairs is written, with the keys and value bytes
-    /// it carries; it may sleep (a rate limit), and the exchange continues after.
-    pub throttle: Option<&'a (dyn Fn(u64, u64) + Sync)>,
+    /// it carries; it may sleep (a rate limit). It returns true when the batch may go,
+    /// or false to be asked again after one cheap request to the remote (its roots),
+    /// which keeps a network peer from dropping the connection as idle: a throttle that
+    /// must wait long waits in steps shorter than the peer's idle timeout.
+    pub throttle: Option<&'a (dyn Fn(u64, u64) -> bool + Sync)>,
     /// Called after each batch with the report so far (progress for status displays).
     pub progress: Option<&'a (dyn Fn(&SyncReport) + Sync)>,
 }
@@ -613,7 +616,9 @@ fn repair(
         .sum();
     report.repaired_bytes += bytes as u64;
     if let Some(throttle) = options.throttle {
-        throttle((to_local.len() + to_remote.len()) as u64, bytes as u64);
+        while !throttle((to_local.len() + to_remote.len()) as u64, bytes as u64) {
+            remote.roots(&[partition])?;
+        }
     }
     let there = apply_all(remote, partition, &to_remote)?;
     report.repaired_remote += there.written;

@@ -59,7 +59,8 @@ pub struct ManagerOptions {
     /// Repairs per second over all exchanges (default unlimited).
     pub max_repair_keys_per_sec: Option<u64>,
     /// Repair key and value bytes per second over all exchanges (default unlimited). A
-    /// batch larger than 2 s allows passes after 2 s, owing the rest (see the README).
+    /// batch worth more than a few seconds still waits until paid for in full, keeping a
+    /// network peer's connection open meanwhile (see the README).
     pub max_repair_bytes_per_sec: Option<u64>,
     /// While the store takes more than [`BUSY_WRITES_PER_SEC`] foreground writes per
     /// second, repairs run at most at this fraction of that rate (default 0.1; `None`,
@@ -450,12 +451,6 @@ fn schedule(inner: &Arc<Inner>) {
 /// One exchange with one peer: every shared partition in turn.
 fn exchange(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32]) {
     let mut failed = None;
-    // What earlier exchanges owe is paid before this one connects, not while a
-    // connection waits.
-    let owes = lock(inner).throttle.owes();
-    if owes {
-        take_tokens(inner, 0, 0, None);
-    }
     match peer.open() {
         Err(e) => failed = Some(e.to_string()),
         Ok(remote) => {
@@ -556,7 +551,7 @@ fn sync_one(
     partition: u32,
     left: usize,
 ) -> Result<SyncReport> {
-    let throttle = |keys: u64, bytes: u64| take_tokens(inner, keys, bytes, Some(MAX_BATCH_WAIT));
+    let throttle = |keys: u64, bytes: u64| take_tokens(inner, keys, bytes, KEEPALIVE);
     let progress = |report: &SyncReport| {
         if let Some(p) = lock(inner).peers.get_mut(name) {
             p.running = Some(Running {
@@ -592,21 +587,21 @@ fn sync_one(
     sync(inner.store.as_ref(), remote, partition, &options)
 }
 
-/// Longest a batch of repairs waits for its tokens. The wait comes between two requests
-/// of one exchange, and a network peer drops a connection idle for 10 s (its default).
-/// A batch worth more (a large record under a low byte cap) passes owing the rest: the
-/// debt slows the batches after it and is paid in full before the next exchange
-/// connects, so the cap holds over any run of exchanges.
-const MAX_BATCH_WAIT: Duration = Duration::from_secs(2);
+/// Longest a batch of repairs waits for its tokens before `sync` sends the remote a
+/// cheap request and asks again: the wait comes between two requests of one exchange,
+/// and a network peer drops a connection idle for 10 s (its default). So a batch worth
+/// more (a large record under a low byte cap) waits until it is paid for in full, and
+/// the connection stays open meanwhile.
+const KEEPALIVE: Duration = Duration::from_secs(2);
 
-/// Waits until the bucket holds `keys` and `bytes`, or `patience` has passed, then takes
-/// them (leaving a debt if they were not all there).
-fn take_tokens(inner: &Inner, keys: u64, bytes: u64, patience: Option<Duration>) {
+/// Waits until the bucket holds `keys` and `bytes` and takes them (true), or until
+/// `patience` has passed (false, nothing taken). True at once while the manager stops.
+fn take_tokens(inner: &Inner, keys: u64, bytes: u64, patience: Duration) -> bool {
     let started = Instant::now();
     let mut state = lock(inner);
     loop {
         if state.stopping {
-            return;
+            return true;
         }
         let now = Instant::now();
         let wait = if state.throttle.sample_stale(now) && state.options.repair_share.is_some() {
@@ -619,18 +614,21 @@ fn take_tokens(inner: &Inner, keys: u64, bytes: u64, patience: Option<Duration>)
                 let seen = inner.store.foreground_writes();
                 state.throttle.sample(now, seen);
             }
-            let left = patience.map(|p| p.saturating_sub(started.elapsed()));
             let State {
                 throttle, options, ..
             } = &mut *state;
-            match throttle.take(now, options, keys, bytes, left) {
-                Take::Passed => return,
+            match throttle.take(now, options, keys, bytes) {
+                Take::Passed => return true,
                 Take::Wait(wait) => wait,
             }
         };
+        let left = patience.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return false;
+        }
         state = inner
             .wake
-            .wait_timeout(state, wait)
+            .wait_timeout(state, wait.min(left))
             .unwrap_or_else(|p| p.into_inner())
             .0;
     }

@@ -19,7 +19,7 @@ const MIN_WAIT: Duration = Duration::from_millis(1);
 const MAX_WAIT: Duration = Duration::from_secs(1);
 
 pub(super) struct Throttle {
-    /// Allowance of keys and bytes (below zero: owed), and when it was last refilled.
+    /// Allowance of keys and bytes, and when it was last refilled.
     keys: f64,
     bytes: f64,
     refilled: Instant,
@@ -35,7 +35,7 @@ pub(super) struct Throttle {
 /// What [`Throttle::take`] decided.
 #[derive(Debug, PartialEq)]
 pub(super) enum Take {
-    /// Taken (perhaps leaving a debt); the batch passes.
+    /// Taken; the batch passes.
     Passed,
     /// Not yet: wait this long and ask again.
     Wait(Duration),
@@ -53,11 +53,6 @@ impl Throttle {
             foreground_sampled: now,
             foreground_rate: 0,
         }
-    }
-
-    /// True if earlier batches passed owing tokens that are not paid back yet.
-    pub(super) fn owes(&self) -> bool {
-        self.keys < 0.0 || self.bytes < 0.0
     }
 
     /// The foreground write rate, as last measured.
@@ -121,19 +116,17 @@ impl Throttle {
             .clamp(1, 256)
     }
 
-    /// Takes `keys` and `bytes` if the bucket holds them, or regardless once `patience`
-    /// is used up (`Some(ZERO)`), leaving a debt; else says how long to wait.
+    /// Takes `keys` and `bytes` if the bucket holds them, else says how long to wait
+    /// (at most a second: a wait re-checks the caps, which may change).
     ///
     /// The bucket holds one second's worth, or the batch asking if that is more: a batch
-    /// is paid for before it passes (or, past its patience, owes the rest to the next
-    /// ones), so no run, however short, beats the rate.
+    /// is paid for in full before it passes, so no run, however short, beats the rate.
     pub(super) fn take(
         &mut self,
         now: Instant,
         options: &ManagerOptions,
         keys: u64,
         bytes: u64,
-        patience: Option<Duration>,
     ) -> Take {
         let key_rate = self.key_rate_now(options);
         let byte_rate = options.max_repair_bytes_per_sec;
@@ -151,8 +144,7 @@ impl Throttle {
         self.bytes = refill(self.bytes, byte_rate, bytes);
         let want_keys = key_rate.map_or(0.0, |_| keys as f64);
         let want_bytes = byte_rate.map_or(0.0, |_| bytes as f64);
-        let patient = patience.map_or(true, |p| !p.is_zero());
-        if (self.keys >= want_keys && self.bytes >= want_bytes) || !patient {
+        if self.keys >= want_keys && self.bytes >= want_bytes {
             if key_rate.is_some() {
                 self.keys -= want_keys;
             }
@@ -166,12 +158,10 @@ impl Throttle {
         let wait_for = |have: f64, want: f64, rate: Option<u64>| {
             rate.map_or(0.0, |r| ((want - have) / r.max(1) as f64).max(0.0))
         };
-        let wait = Duration::from_secs_f64(
-            wait_for(self.keys, want_keys, key_rate)
-                .max(wait_for(self.bytes, want_bytes, byte_rate))
-                .min(MAX_WAIT.as_secs_f64()),
-        );
-        Take::Wait(wait.min(patience.unwrap_or(MAX_WAIT)).max(MIN_WAIT))
+        let wait = wait_for(self.keys, want_keys, key_rate)
+            .max(wait_for(self.bytes, want_bytes, byte_rate))
+            .min(MAX_WAIT.as_secs_f64());
+        Take::Wait(Duration::from_secs_f64(wait).max(MIN_WAIT))
     }
 }
 
@@ -204,8 +194,7 @@ mod tests {
         let now = Instant::now();
         let mut t = Throttle::new(now);
         let none = capped(None, None);
-        assert_eq!(t.take(now, &none, 1_000_000, 1 << 40, None), Take::Passed);
-        assert!(!t.owes());
+        assert_eq!(t.take(now, &none, 1_000_000, 1 << 40), Take::Passed);
         assert_eq!(t.batch(&none), 256);
     }
 
@@ -214,18 +203,11 @@ mod tests {
         let start = Instant::now();
         let mut t = Throttle::new(start);
         let options = capped(Some(10), None);
-        assert_eq!(wait_ms(t.take(start, &options, 5, 0, None)), Some(500));
-        assert_eq!(
-            wait_ms(t.take(start + ms(300), &options, 5, 0, None)),
-            Some(200)
-        );
-        assert_eq!(t.take(start + ms(500), &options, 5, 0, None), Take::Passed);
+        assert_eq!(wait_ms(t.take(start, &options, 5, 0)), Some(500));
+        assert_eq!(wait_ms(t.take(start + ms(300), &options, 5, 0)), Some(200));
+        assert_eq!(t.take(start + ms(500), &options, 5, 0), Take::Passed);
         // The next batch starts from an empty bucket again.
-        assert_eq!(
-            wait_ms(t.take(start + ms(500), &options, 5, 0, None)),
-            Some(500)
-        );
-        assert!(!t.owes());
+        assert_eq!(wait_ms(t.take(start + ms(500), &options, 5, 0)), Some(500));
     }
 
     #[test]
@@ -234,48 +216,40 @@ mod tests {
         let options = capped(Some(10), None);
         let mut t = Throttle::new(start);
         let later = start + Duration::from_secs(60);
-        assert_eq!(t.take(later, &options, 10, 0, None), Take::Passed);
-        assert_eq!(wait_ms(t.take(later, &options, 1, 0, None)), Some(100));
-        // A batch larger than a second's worth fills the bucket up to itself.
+        assert_eq!(t.take(later, &options, 10, 0), Take::Passed);
+        assert_eq!(wait_ms(t.take(later, &options, 1, 0)), Some(100));
+        // A batch larger than a second's worth fills the bucket up to itself, asked
+        // again after at most a second each time.
         let mut t = Throttle::new(start);
-        assert_eq!(wait_ms(t.take(start, &options, 30, 0, None)), Some(1000));
-        assert_eq!(t.take(later, &options, 30, 0, None), Take::Passed);
+        assert_eq!(wait_ms(t.take(start, &options, 30, 0)), Some(1000));
+        assert_eq!(
+            wait_ms(t.take(start + ms(2900), &options, 30, 0)),
+            Some(100)
+        );
+        assert_eq!(t.take(later, &options, 30, 0), Take::Passed);
     }
 
     #[test]
-    fn an_impatient_batch_passes_owing_and_the_debt_is_waited_out() {
+    fn a_batch_worth_seconds_of_bytes_passes_only_once_paid_in_full() {
         let start = Instant::now();
         let mut t = Throttle::new(start);
         let options = capped(None, Some(1000));
-        // 5 s of bytes, two seconds of patience: the wait is cut to the patience left.
+        // 5 s of bytes: asked again every second (at most), it passes at 5 s, not before.
+        for second in 0..5 {
+            let now = start + Duration::from_secs(second);
+            assert_eq!(
+                wait_ms(t.take(now, &options, 1, 5000)),
+                Some(1000),
+                "{second}"
+            );
+        }
         assert_eq!(
-            t.take(start, &options, 1, 5000, Some(Duration::from_secs(2))),
-            Take::Wait(MAX_WAIT)
+            wait_ms(t.take(start + ms(4990), &options, 1, 5000)),
+            Some(10)
         );
-        assert_eq!(
-            t.take(start, &options, 1, 5000, Some(ms(250))),
-            Take::Wait(ms(250))
-        );
-        assert_eq!(
-            t.take(
-                start + Duration::from_secs(2),
-                &options,
-                1,
-                5000,
-                Some(Duration::ZERO)
-            ),
-            Take::Passed
-        );
-        assert!(t.owes());
-        // 3,000 bytes owed: nothing passes before they are paid.
-        let later = start + Duration::from_secs(2);
-        assert_eq!(wait_ms(t.take(later, &options, 0, 0, None)), Some(1000));
-        assert_eq!(
-            wait_ms(t.take(later + ms(2500), &options, 0, 0, None)),
-            Some(500)
-        );
-        assert_eq!(t.take(later + ms(3000), &options, 0, 0, None), Take::Passed);
-        assert!(!t.owes());
+        assert_eq!(t.take(start + ms(5000), &options, 1, 5000), Take::Passed);
+        // The bucket is empty again: the next byte waits a millisecond.
+        assert_eq!(wait_ms(t.take(start + ms(5000), &options, 0, 1)), Some(1));
     }
 
     #[test]
@@ -287,7 +261,8 @@ mod tests {
         let bytes = capped(None, Some(100_000));
         assert_eq!(t.batch(&bytes), 16, "no repair seen yet");
         // Repairs of 1,000 bytes so far: 50 KB is 50 of them.
-        let _ = t.take(start, &bytes, 10, 10_000, Some(Duration::ZERO));
+        let later = start + Duration::from_secs(1);
+        assert_eq!(t.take(later, &bytes, 10, 10_000), Take::Passed);
         assert_eq!(t.batch(&bytes), 50);
         assert_eq!(t.batch(&capped(Some(40), Some(100_000))), 20);
     }
