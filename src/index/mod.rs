@@ -5,6 +5,7 @@ pub(crate) mod base;
 pub(crate) mod bucket;
 pub(crate) mod gate;
 pub(crate) mod hasher;
+pub(crate) mod level;
 pub(crate) mod marks;
 pub(crate) mod page;
 pub(crate) mod parallel;

@@ -4,32 +4,14 @@
 //! children, so the root is the XOR of all segment hashes, and a change to one segment
 //! is applied with one XOR per level.
 //!
-//! Each level below the root is held in pages of `bucket_len(level)` nodes (the persisted
-//! bucket). A level is *paged* while at most half its nodes are non-zero: only pages with
-//! a non-zero node exist, each sparse or dense by its own fill (see `page.rs`). Past half
-//! full the level becomes one flat array, as a dense tree would hold it, and below an
-//! eighth it becomes paged again. So a partition with one key costs a few hundred bytes,
-//! and a full one (1M segments) costs the dense 17 MiB and no more.
+//! Each level below the root is a [`Level`], sized by its content (see `level.rs`): so a
+//! partition with one key costs a few hundred bytes, and a full one (1M segments) costs
+//! the dense 17 MiB and no more.
 
-use std::collections::BTreeMap;
-
+use crate::level::Level;
 use crate::options::Shape;
 use crate::page::{Page, PageRef};
 use crate::Hash;
-
-/// A hint that `at` will be read soon; it never faults and changes nothing.
-#[inline]
-fn prefetch(at: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint: it reads nothing into the program, and the
-    // CPU ignores it for an address it cannot load (x86 `prefetcht0` never faults);
-    // SSE, which it needs, is part of the x86_64 baseline.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
-}
 
 /// All levels of one partition's tree, plus which segment pages changed since the last
 /// checkpoint.
@@ -45,276 +27,6 @@ pub(crate) struct Tree {
     dirty_bits: Vec<u64>,
     /// The span exponent of this partition's persisted buckets, once it has any.
     pub(crate) persisted_span: Option<u8>,
-}
-
-#[derive(Clone)]
-struct Level {
-    /// Nodes in the level.
-    len: u64,
-    /// Nodes per page.
-    page_len: usize,
-    /// Non-zero nodes in the level.
-    nonzero: u64,
-    repr: Repr,
-}
-
-#[derive(Clone)]
-enum Repr {
-    Paged(BTreeMap<u32, Page>),
-    Flat(Vec<Hash>),
-}
-
-impl Level {
-    fn new(len: u64, page_len: usize) -> Level {
-        Level {
-            len,
-            page_len,
-            nonzero: 0,
-            repr: Repr::Paged(BTreeMap::new()),
-        }
-    }
-
-    /// A level holding `nodes` (non-zero, in index order), in the form its fill calls for.
-    fn from_nodes(len: u64, page_len: usize, nodes: &[(u64, Hash)]) -> Level {
-        let nonzero = nodes.len() as u64;
-        let step = page_len as u64;
-        let repr = if len > step && nonzero * 2 > len {
-            let mut flat = vec![Hash::ZERO; len as usize];
-            for &(i, h) in nodes {
-                if let Some(slot) = flat.get_mut(i as usize) {
-                    *slot = h;
-                }
-            }
-            Repr::Flat(flat)
-        } else {
-            Repr::Paged(
-                nodes
-                    .chunk_by(|a, b| a.0 / step == b.0 / step)
-                    .filter_map(|run| {
-                        let page = run.first()?.0 / step;
-                        Some((page as u32, Page::from_nodes(run, page * step, page_len)))
-                    })
-                    .collect(),
-            )
-        };
-        Level {
-            len,
-            page_len,
-            nonzero,
-            repr,
-        }
-    }
-
-    /// A level from all its nodes, `nonzero` of them non-zero, kept flat if more than
-    /// half are.
-    fn from_flat(page_len: usize, nodes: Vec<Hash>, nonzero: u64) -> Level {
-        let len = nodes.len() as u64;
-        if len > page_len as u64 && nonzero * 2 > len {
-            return Level {
-                len,
-                page_len,
-                nonzero,
-                repr: Repr::Flat(nodes),
-            };
-        }
-        let listed: Vec<(u64, Hash)> = (0u64..).zip(nodes).filter(|(_, h)| !h.is_zero()).collect();
-        Level::from_nodes(len, page_len, &listed)
-    }
-
-    /// A level from its non-empty pages, in page order; flat if more than half full.
-    fn from_pages(len: u64, page_len: usize, pages: Vec<(u32, Page)>) -> Level {
-        let nonzero = pages.iter().map(|(_, p)| p.nonzero() as u64).sum();
-        let mut level = Level {
-            len,
-            page_len,
-            nonzero,
-            repr: Repr::Paged(pages.into_iter().collect()),
-        };
-        level.reshape();
-        level
-    }
-
-    fn pages(&self) -> u64 {
-        self.len.div_ceil(self.page_len as u64)
-    }
-
-    fn get(&self, index: u64) -> Hash {
-        match &self.repr {
-            Repr::Flat(nodes) => nodes.get(index as usize).copied().unwrap_or_default(),
-            Repr::Paged(pages) => {
-                let (page, offset) = self.split(index);
-                pages.get(&page).map_or(Hash::ZERO, |p| p.get(offset))
-            }
-        }
-    }
-
-    fn split(&self, index: u64) -> (u32, usize) {
-        let page_len = self.page_len as u64;
-        ((index / page_len) as u32, (index % page_len) as usize)
-    }
-
-    fn xor(&mut self, index: u64, delta: Hash) {
-        if delta.is_zero() || index >= self.len {
-            return;
-        }
-        let change = match &mut self.repr {
-            Repr::Flat(nodes) => match nodes.get_mut(index as usize) {
-                Some(h) => {
-                    let was = !h.is_zero();
-                    *h ^= delta;
-                    i64::from(!h.is_zero()) - i64::from(was)
-                }
-                None => 0,
-            },
-            Repr::Paged(pages) => {
-                let page_len = self.page_len as u64;
-                let (page, offset) = ((index / page_len) as u32, (index % page_len) as usize);
-                let entry = pages.entry(page).or_insert_with(Page::empty);
-                let change = entry.xor(offset, delta, self.page_len);
-                if entry.nonzero() == 0 {
-                    pages.remove(&page);
-                }
-                change
-            }
-        };
-        self.nonzero = self.nonzero.wrapping_add_signed(change);
-        self.reshape();
-    }
-
-    /// Switches between paged and flat at the thresholds (single-page levels stay paged:
-    /// their one page is already dense when full).
-    fn reshape(&mut self) {
-        let single = self.pages() <= 1;
-        match &self.repr {
-            Repr::Paged(_) if !single && self.nonzero * 2 > self.len => {
-                let mut flat = vec![Hash::ZERO; self.len as usize];
-                self.for_each_nonzero(|i, h| {
-                    if let Some(slot) = flat.get_mut(i as usize) {
-                        *slot = h;
-                    }
-                });
-                self.repr = Repr::Flat(flat);
-            }
-            Repr::Flat(nodes) if self.nonzero * 8 < self.len => {
-                let mut pages = BTreeMap::new();
-                for (page, chunk) in (0u32..).zip(nodes.chunks(self.page_len)) {
-                    if chunk.iter().any(|h| !h.is_zero()) {
-                        pages.insert(page, Page::from_view(PageRef::Dense(chunk), chunk.len()));
-                    }
-                }
-                self.repr = Repr::Paged(pages);
-            }
-            _ => {}
-        }
-    }
-
-    /// The nodes of page `page`, or `None` if they are all zero.
-    fn page(&self, page: u32) -> Option<PageRef<'_>> {
-        match &self.repr {
-            Repr::Paged(pages) => pages.get(&page).map(Page::view),
-            Repr::Flat(nodes) => {
-                let start = page as usize * self.page_len;
-                let chunk = nodes.get(start..(start + self.page_len).min(nodes.len()))?;
-                chunk
-                    .iter()
-                    .any(|h| !h.is_zero())
-                    .then_some(PageRef::Dense(chunk))
-            }
-        }
-    }
-
-    /// Every page with a non-zero node, in order.
-    fn for_each_page(&self, mut f: impl FnMut(u32, PageRef<'_>)) {
-        match &self.repr {
-            Repr::Paged(pages) => {
-                for (&page, p) in pages {
-                    f(page, p.view());
-                }
-            }
-            Repr::Flat(nodes) => {
-                for (page, chunk) in (0u32..).zip(nodes.chunks(self.page_len)) {
-                    if chunk.iter().any(|h| !h.is_zero()) {
-                        f(page, PageRef::Dense(chunk));
-                    }
-                }
-            }
-        }
-    }
-
-    /// The pages with a non-zero node among `first .. first + count`, in order.
-    fn for_each_page_in<'a>(&'a self, first: u64, count: u64, mut f: impl FnMut(u32, PageRef<'a>)) {
-        let end = first.saturating_add(count).min(self.pages());
-        match &self.repr {
-            Repr::Paged(pages) => {
-                for (&page, p) in pages.range(first as u32..end as u32) {
-                    f(page, p.view());
-                }
-            }
-            Repr::Flat(_) => {
-                for page in first..end {
-                    if let Some(view) = self.page(page as u32) {
-                        f(page as u32, view);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Every non-zero node `(index, hash)`, in index order.
-    fn for_each_nonzero(&self, mut f: impl FnMut(u64, Hash)) {
-        let page_len = self.page_len as u64;
-        self.for_each_page(|page, view| {
-            let base = u64::from(page) * page_len;
-            view.for_each(|offset, h| f(base + offset as u64, h));
-        });
-    }
-
-    /// Starts loading node `index` (its page's nodes, where paged) into the cache.
-    fn prefetch(&self, index: u64) {
-        match &self.repr {
-            Repr::Flat(nodes) => {
-                if let Some(node) = nodes.get(index as usize) {
-                    prefetch(std::ptr::from_ref(node).cast());
-                }
-            }
-            Repr::Paged(pages) => {
-                if let Some(page) = pages.get(&self.split(index).0) {
-                    match page.view() {
-                        PageRef::Sparse(nodes) => {
-                            // The offsets, where the search starts, and the first
-                            // hash (offsets take 2 of every 18 bytes).
-                            prefetch(nodes.as_ptr());
-                            if let Some(mid) = nodes.get(nodes.len() / 9..) {
-                                prefetch(mid.as_ptr());
-                            }
-                        }
-                        PageRef::Dense(hashes) => {
-                            if let Some(node) = hashes.get(self.split(index).1) {
-                                prefetch(std::ptr::from_ref(node).cast());
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn memory_bytes(&self) -> usize {
-        match &self.repr {
-            Repr::Flat(nodes) => nodes.capacity() * std::mem::size_of::<Hash>(),
-            Repr::Paged(pages) => {
-                // A B-tree node has room for 11 keys and values, a parent pointer and
-                // two lengths (internal nodes add 12 child pointers; at most 1 in 6 nodes
-                // is internal).
-                let entry = std::mem::size_of::<u32>() + std::mem::size_of::<Page>();
-                let nodes = pages.len().div_ceil(6).max(usize::from(!pages.is_empty()));
-                let node = 11 * entry + 2 * std::mem::size_of::<usize>();
-                pages.values().map(Page::heap_bytes).sum::<usize>()
-                    + nodes * node
-                    + nodes.div_ceil(6) * 12 * std::mem::size_of::<usize>()
-            }
-        }
-    }
 }
 
 impl Tree {
@@ -479,12 +191,12 @@ impl Tree {
 
     /// True if no segment is non-zero.
     pub(crate) fn is_empty(&self) -> bool {
-        self.levels.last().map_or(true, |l| l.nonzero == 0)
+        self.levels.last().map_or(true, |l| l.nonzero() == 0)
     }
 
     /// Non-zero segments.
     pub(crate) fn nonzero_segments(&self) -> u64 {
-        self.levels.last().map_or(0, |l| l.nonzero)
+        self.levels.last().map_or(0, Level::nonzero)
     }
 
     /// Node `index` of `level` (0 = root); zero past the tree.
@@ -751,14 +463,14 @@ mod tests {
         for s in 0..4096u32 {
             t.apply(s, h(s));
         }
-        assert!(matches!(t.levels[2].repr, Repr::Flat(_)));
+        assert!(t.levels[2].is_flat());
         let full = t.memory_bytes();
         assert!(full < 4096 * 16 + 256 * 16 + 16 * 16 + 4096, "{full}");
         assert_eq!(t.first_inconsistency(), None);
         for s in 0..4000u32 {
             t.apply(s, h(s));
         }
-        assert!(matches!(t.levels[2].repr, Repr::Paged(_)));
+        assert!(!t.levels[2].is_flat());
         assert_eq!(t.first_inconsistency(), None);
         for s in 4000..4096u32 {
             t.apply(s, h(s));

@@ -5,33 +5,31 @@ pub(crate) mod dropping;
 pub(crate) mod file;
 pub(crate) mod flush;
 pub(crate) mod meta;
+mod open;
+mod partition;
 pub(crate) mod record;
 mod segments;
+mod write;
+
+pub use partition::Partition;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use crate::base::{self, Base};
-use crate::clock::Clock;
 use crate::error::Corruption;
 use crate::error::{Error, Result};
-use crate::exchange::Repair;
-use crate::file::{sync_dir, sync_tree};
+use crate::file::sync_tree;
 use crate::flush::{FlushStats, GroupCommit};
-use crate::hash::{segment_of, Hash};
-use crate::hasher::{Hasher, Msg, Request};
+use crate::hash::Hash;
+use crate::hasher::{Hasher, Msg};
 use crate::index::Index;
-use crate::marks::Marks;
-use crate::meta::{CheckpointInfo, Meta};
-use crate::migrate;
+use crate::meta::CheckpointInfo;
 use crate::options::{Options, Shape};
-use crate::record::{data_key, split_data_key, Record, RecordHeader};
-use crate::recovery::{prepare_dir, recover, OpenReport, Sources, SLED_DIR};
+use crate::record::{data_key, Record, RecordHeader};
+use crate::recovery::{OpenReport, SLED_DIR};
 use crate::scan::{scan_all, Progress};
 use crate::verify::{verify, ProblemKind, VerifyReport};
-use crate::FORMAT_VERSION;
 
 /// A durable key-value store with a Merkle index per partition.
 ///
@@ -96,119 +94,6 @@ impl Store {
     /// `levels` in `options` are ignored; it is never created).
     pub fn open_existing(path: impl AsRef<Path>, options: Options) -> Result<Store> {
         Store::open_inner(path.as_ref(), options.create_if_missing(false), true)
-    }
-
-    fn open_inner(dir: &Path, mut options: Options, adopt_shape: bool) -> Result<Store> {
-        options.validate()?;
-        let created_dirs = prepare_dir(dir, &options)?;
-        let db = open_sled(dir, &options)?;
-        // A new store's directory entries (its own, its parents' if they were made, and
-        // sled's) must survive power loss before the first flush returns.
-        for created in &created_dirs {
-            sync_dir(created)?;
-        }
-        let meta = Meta::new(db.open_tree("meta")?);
-        let created = meta.is_new()?;
-        if created && !options.create_if_missing {
-            return Err(Error::NotAStore {
-                path: dir.to_path_buf(),
-                reason: "its database holds no merkle-index metadata".into(),
-            });
-        }
-        if adopt_shape {
-            if let Some((width, levels)) = meta.shape()? {
-                options.width = width;
-                options.levels = levels;
-            }
-        }
-        let shape = options.validate()?;
-        let data = db.open_tree("data")?;
-        if created {
-            meta.init(shape)?;
-            sync_tree(&dir.join(SLED_DIR))?;
-        } else if meta.check(shape)? < FORMAT_VERSION {
-            migrate::to_current(&db, &data, &meta)?;
-        }
-        let started = Instant::now();
-        let buckets = db.open_tree("index")?;
-        let quarantine = db.open_tree("quarantine")?;
-        let marks_tree = db.open_tree("marks")?;
-        let finished = dropping::finish_interrupted(
-            &meta,
-            &dropping::Trees {
-                data: &data,
-                buckets: &buckets,
-                marks: &marks_tree,
-                quarantine: &quarantine,
-            },
-        )?;
-        if finished > 0 {
-            // A snapshot would still hold the dropped trees: recover from the buckets.
-            meta.set_state(false, 0)?;
-            base::forget(dir, &meta)?;
-        }
-        let marks = Marks::new(marks_tree, options.region_segments, shape.segments);
-        let changed = db.open_tree("changed")?;
-        let sources = Sources {
-            meta: &meta,
-            data: &data,
-            buckets: &buckets,
-            changed: &changed,
-            marks: &marks,
-        };
-        let found = recover(dir, shape, sources, created)?;
-        // From here on the snapshot is no clean close's: it is at most the base of a
-        // recovery (`base.rs`), and only while `meta.base` names it.
-        meta.set_state(false, 0)?;
-        match found.base {
-            Some(epoch) => meta.set_base(Some(epoch))?,
-            None => base::forget(dir, &meta)?,
-        }
-        // No flush needed for these: sled recovers a gap-free prefix of its log, so they
-        // are durable before any later write is, and until one is, the snapshot they
-        // retire still matches the data. After a finished drop the snapshot no longer
-        // does (it holds the dropped partition), and a new store's metadata should not
-        // wait for its first write: those paths flush.
-        if finished > 0 || created {
-            db.flush()?;
-        }
-        let base = Base::new(dir, changed, found.base, found.needs_checkpoint);
-        let index = Arc::new(Index::new(
-            shape,
-            db,
-            data,
-            buckets,
-            quarantine,
-            meta,
-            marks,
-            base,
-            found.trees,
-            found.epoch,
-            Clock::new(found.clock, options.max_clock_drift),
-        )?);
-        let hasher = Hasher::spawn(
-            Arc::clone(&index),
-            options.channel_capacity,
-            options.checkpoint_interval,
-        )?;
-        if found.needs_checkpoint {
-            // Persist the recovered index in the background; until that checkpoint lands
-            // the marks stay, so a crash meanwhile repeats this recovery, nothing worse.
-            let request = Request::Checkpoint(found.full, crossbeam_channel::bounded(1).0);
-            hasher.send(Msg::Request(request))?;
-        }
-        Ok(Store {
-            dir: dir.to_path_buf(),
-            index,
-            hasher,
-            flushes: GroupCommit::default(),
-            foreground: AtomicU64::new(0),
-            report: OpenReport {
-                recovery: found.recovery,
-                duration: started.elapsed(),
-            },
-            closed: false,
-        })
     }
 
     /// A handle on one partition.
@@ -503,237 +388,6 @@ impl Store {
         self.closed = true;
         self.hasher.abandon();
     }
-
-    /// Writes a record under `key`.
-    pub(crate) fn write(
-        &self,
-        partition: u32,
-        key: &[u8],
-        header: RecordHeader,
-        value: &[u8],
-    ) -> Result<()> {
-        self.foreground.fetch_add(1, Relaxed);
-        let index = &*self.index;
-        let segment = segment_of(key, index.shape.segments);
-        let encoded = header.encode(value);
-        let new = header.entry_hash(partition, key);
-        let pass = index.gate.enter();
-        index.marks.mark(pass.epoch, partition, segment)?;
-        let old = index
-            .data
-            .insert(data_key(partition, segment, key), encoded)?;
-        // An undecodable old record contributed nothing, as in a full scan.
-        let old = old
-            .and_then(|b| RecordHeader::decode(&b, String::new).ok())
-            .map_or(Hash::ZERO, |h| h.entry_hash(partition, key));
-        self.hasher.send(Msg::Update {
-            partition,
-            segment,
-            delta: old ^ new,
-        })?;
-        drop(pass);
-        Ok(())
-    }
-
-    /// Writes `repair.record` only if the key's entry hash is still `repair.expected`.
-    /// A repair whose value fails its hash, or whose version is further ahead than
-    /// `max_clock_drift`, is refused; one that is written moves the clock past it.
-    pub(crate) fn write_if(&self, partition: u32, repair: &Repair) -> Result<RepairOutcome> {
-        let record = &repair.record;
-        let tombstone_ok = !record.tombstone || record.value.is_empty();
-        if record.value_hash != crate::hash::value_hash(&record.value) || !tombstone_ok {
-            return Ok(RepairOutcome::Refused);
-        }
-        if self.index.clock.observe(record.version).is_err() {
-            return Ok(RepairOutcome::Refused);
-        }
-        let header = record.header();
-        let written = self.swap(
-            partition,
-            &repair.key,
-            repair.expected,
-            Some(header.encode(&record.value)),
-        )?;
-        Ok(if written {
-            RepairOutcome::Written
-        } else {
-            RepairOutcome::Stale
-        })
-    }
-
-    /// Applies a replication message: writes `record` under `key` unless the stored
-    /// record wins over it by [`newest_wins`](crate::newest_wins) (so messages may arrive
-    /// late, twice or out of order). Refused like a repair if the value fails its hash or
-    /// the version is past `max_clock_drift`. True if written.
-    pub fn replicate(&self, partition: u32, key: &[u8], record: &Record) -> Result<bool> {
-        self.foreground.fetch_add(1, Relaxed);
-        loop {
-            let current = match self.read(partition, key) {
-                Ok(found) => found,
-                Err(Error::Corrupt(_)) => None, // a good copy replaces a bad one
-                Err(e) => return Err(e),
-            };
-            if let Some(current) = &current {
-                let winner = crate::sync::newest_wins(key, Some(current), Some(record));
-                if winner == crate::sync::Winner::Local {
-                    return Ok(false);
-                }
-            }
-            let expected = self.current_entry(partition, key)?;
-            let repair = Repair {
-                key: key.to_vec(),
-                expected,
-                record: record.clone(),
-            };
-            match self.write_if(partition, &repair)? {
-                RepairOutcome::Written => return Ok(true),
-                RepairOutcome::Refused => {
-                    return Err(Error::InvalidArgument(format!(
-                        "replicated record of key {key:02x?} refused: value does not match its hash, or version {} is past max_clock_drift",
-                        record.version
-                    )))
-                }
-                RepairOutcome::Stale => continue, // changed meanwhile: look again
-            }
-        }
-    }
-
-    /// The entry hash the index counts for `key` (`None`: absent or undecodable).
-    fn current_entry(&self, partition: u32, key: &[u8]) -> Result<Option<Hash>> {
-        let segment = segment_of(key, self.index.shape.segments);
-        Ok(self
-            .index
-            .data
-            .get(data_key(partition, segment, key))?
-            .and_then(|b| RecordHeader::decode(&b, String::new).ok())
-            .map(|h| h.entry_hash(partition, key)))
-    }
-
-    /// Replaces the record of `key` with `new` (`None` removes it) if the current entry
-    /// hash is `expected`; keeps the index in step. False if the key had changed.
-    fn swap(
-        &self,
-        partition: u32,
-        key: &[u8],
-        expected: Option<Hash>,
-        new: Option<Vec<u8>>,
-    ) -> Result<bool> {
-        let index = &*self.index;
-        let segment = segment_of(key, index.shape.segments);
-        let data_key = data_key(partition, segment, key);
-        // An undecodable record contributes nothing and reads as absent.
-        let entry = |bytes: &[u8]| {
-            RecordHeader::decode(bytes, String::new)
-                .ok()
-                .map(|h| h.entry_hash(partition, key))
-        };
-        let new_hash = new.as_deref().and_then(entry).unwrap_or_default();
-        let pass = index.gate.enter();
-        index.marks.mark(pass.epoch, partition, segment)?;
-        if expected.is_none() {
-            // The common repair (the key is missing here): one compare-and-swap from
-            // absent, no read first.
-            let swapped = index
-                .data
-                .compare_and_swap(&data_key, None::<&[u8]>, new.clone())?;
-            if swapped.is_ok() {
-                self.hasher.send(Msg::Update {
-                    partition,
-                    segment,
-                    delta: new_hash,
-                })?;
-                drop(pass);
-                return Ok(true);
-            }
-        }
-        let current = index.data.get(&data_key)?;
-        let old = current.as_deref().and_then(entry);
-        if old != expected {
-            return Ok(false);
-        }
-        let old_hash = old.unwrap_or_default();
-        if index
-            .data
-            .compare_and_swap(&data_key, current, new)?
-            .is_err()
-        {
-            return Ok(false); // changed between the read and the swap
-        }
-        self.hasher.send(Msg::Update {
-            partition,
-            segment,
-            delta: old_hash ^ new_hash,
-        })?;
-        drop(pass);
-        Ok(true)
-    }
-
-    /// Removes tombstones of `partition` that this store learned of (by a local delete
-    /// or a repair) more than `grace` ago by its own wall clock, whatever their
-    /// versions. Returns how many.
-    ///
-    /// A tombstone must outlive the longest time a replica can go without a sync, or the
-    /// value it deleted can come back from a replica that missed the delete.
-    pub fn purge_tombstones(&self, partition: u32, grace: Duration) -> Result<u64> {
-        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-        let now = crate::clock::unix_ms();
-        let mut purged = 0;
-        for item in self.index.data.scan_prefix(partition.to_be_bytes()) {
-            let (k, v) = item?;
-            let Some((_, _, key)) = split_data_key(&k) else {
-                continue;
-            };
-            let Ok(h) = RecordHeader::decode(&v, String::new) else {
-                continue;
-            };
-            if h.tombstone && h.deleted_ms.saturating_add(grace_ms) <= now {
-                let expected = Some(h.entry_hash(partition, key));
-                purged += u64::from(self.swap(partition, key, expected, None)?);
-            }
-        }
-        Ok(purged)
-    }
-
-    pub(crate) fn read(&self, partition: u32, key: &[u8]) -> Result<Option<Record>> {
-        let segment = segment_of(key, self.index.shape.segments);
-        let Some(bytes) = self.index.data.get(data_key(partition, segment, key))? else {
-            return Ok(None);
-        };
-        Ok(Some(Record::decode(&bytes, || {
-            format!("partition {partition} segment {segment}")
-        })?))
-    }
-
-    pub(crate) fn next_version(&self) -> Result<u64> {
-        self.index.clock.next()
-    }
-
-    pub(crate) fn observe_version(&self, version: u64) -> Result<()> {
-        self.index.clock.observe(version)
-    }
-}
-
-/// Opens sled, waiting up to a second for its lock: sled's I/O threads release the
-/// database file a moment after the previous handle is dropped, so a close followed at
-/// once by an open (in this process) would otherwise fail. A store held by a live process
-/// still fails, after that second.
-fn open_sled(dir: &Path, options: &Options) -> Result<sled::Db> {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        let opened = sled::Config::new()
-            .path(dir.join(SLED_DIR))
-            .cache_capacity(options.cache_bytes)
-            .open();
-        match opened {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            other => return Ok(other?),
-        }
-    }
 }
 
 impl Drop for Store {
@@ -748,80 +402,5 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("dir", &self.dir)
             .finish_non_exhaustive()
-    }
-}
-
-/// Reads and writes of one partition.
-#[derive(Clone, Copy)]
-pub struct Partition<'a> {
-    store: &'a Store,
-    id: u32,
-}
-
-impl Partition<'_> {
-    /// The partition id.
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-
-    /// Writes `value` under `key` with a store-assigned version, which is returned.
-    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
-        let version = self.store.next_version()?;
-        self.store.write(
-            self.id,
-            key,
-            RecordHeader::new(version, false, value),
-            value,
-        )?;
-        Ok(version)
-    }
-
-    /// Writes `value` under `key` with the caller's version (the store's clock moves
-    /// past it). A version further ahead of the wall clock than
-    /// `Options::max_clock_drift` is refused with [`Error::VersionAhead`].
-    pub fn put_versioned(&self, key: &[u8], value: &[u8], version: u64) -> Result<()> {
-        self.store.observe_version(version)?;
-        self.store.write(
-            self.id,
-            key,
-            RecordHeader::new(version, false, value),
-            value,
-        )
-    }
-
-    /// Writes a tombstone for `key`; returns its version.
-    pub fn delete(&self, key: &[u8]) -> Result<u64> {
-        let version = self.store.next_version()?;
-        self.store
-            .write(self.id, key, RecordHeader::new(version, true, b""), b"")?;
-        Ok(version)
-    }
-
-    /// Writes a tombstone with the caller's version.
-    pub fn delete_versioned(&self, key: &[u8], version: u64) -> Result<()> {
-        self.store.observe_version(version)?;
-        self.store
-            .write(self.id, key, RecordHeader::new(version, true, b""), b"")
-    }
-
-    /// The live value of `key`; `None` if absent or deleted. A value whose bytes no
-    /// longer match their stored hash is a [`Corruption::ValueHash`] error, never bad
-    /// bytes.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .store
-            .read(self.id, key)?
-            .filter(|r| !r.tombstone)
-            .map(|r| r.value))
-    }
-
-    /// The stored record of `key`, tombstones included.
-    pub fn get_record(&self, key: &[u8]) -> Result<Option<Record>> {
-        self.store.read(self.id, key)
-    }
-
-    /// The partition's root hash.
-    pub fn root(&self) -> Hash {
-        self.store.root(self.id)
     }
 }

@@ -1,0 +1,82 @@
+//! A handle on one partition of a store.
+
+use crate::error::Result;
+use crate::hash::Hash;
+use crate::record::{Record, RecordHeader};
+
+use super::Store;
+
+/// Reads and writes of one partition.
+#[derive(Clone, Copy)]
+pub struct Partition<'a> {
+    pub(super) store: &'a Store,
+    pub(super) id: u32,
+}
+
+impl Partition<'_> {
+    /// The partition id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Writes `value` under `key` with a store-assigned version, which is returned.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
+        let version = self.store.next_version()?;
+        self.store.write(
+            self.id,
+            key,
+            RecordHeader::new(version, false, value),
+            value,
+        )?;
+        Ok(version)
+    }
+
+    /// Writes `value` under `key` with the caller's version (the store's clock moves
+    /// past it). A version further ahead of the wall clock than
+    /// `Options::max_clock_drift` is refused with [`Error::VersionAhead`].
+    pub fn put_versioned(&self, key: &[u8], value: &[u8], version: u64) -> Result<()> {
+        self.store.observe_version(version)?;
+        self.store.write(
+            self.id,
+            key,
+            RecordHeader::new(version, false, value),
+            value,
+        )
+    }
+
+    /// Writes a tombstone for `key`; returns its version.
+    pub fn delete(&self, key: &[u8]) -> Result<u64> {
+        let version = self.store.next_version()?;
+        self.store
+            .write(self.id, key, RecordHeader::new(version, true, b""), b"")?;
+        Ok(version)
+    }
+
+    /// Writes a tombstone with the caller's version.
+    pub fn delete_versioned(&self, key: &[u8], version: u64) -> Result<()> {
+        self.store.observe_version(version)?;
+        self.store
+            .write(self.id, key, RecordHeader::new(version, true, b""), b"")
+    }
+
+    /// The live value of `key`; `None` if absent or deleted. A value whose bytes no
+    /// longer match their stored hash is a [`Corruption::ValueHash`] error, never bad
+    /// bytes.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .store
+            .read(self.id, key)?
+            .filter(|r| !r.tombstone)
+            .map(|r| r.value))
+    }
+
+    /// The stored record of `key`, tombstones included.
+    pub fn get_record(&self, key: &[u8]) -> Result<Option<Record>> {
+        self.store.read(self.id, key)
+    }
+
+    /// The partition's root hash.
+    pub fn root(&self) -> Hash {
+        self.store.root(self.id)
+    }
+}

@@ -1,0 +1,223 @@
+//! The write path: a put or delete (mark, data, index update), a conditional write for
+//! repairs and replication, tombstone purges, and reads of one record.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::exchange::Repair;
+use crate::hash::{segment_of, Hash};
+use crate::hasher::Msg;
+use crate::record::{data_key, split_data_key, Record, RecordHeader};
+
+use super::{RepairOutcome, Store};
+
+impl Store {
+    /// Writes a record under `key`.
+    pub(crate) fn write(
+        &self,
+        partition: u32,
+        key: &[u8],
+        header: RecordHeader,
+        value: &[u8],
+    ) -> Result<()> {
+        self.foreground.fetch_add(1, Relaxed);
+        let index = &*self.index;
+        let segment = segment_of(key, index.shape.segments);
+        let encoded = header.encode(value);
+        let new = header.entry_hash(partition, key);
+        let pass = index.gate.enter();
+        index.marks.mark(pass.epoch, partition, segment)?;
+        let old = index
+            .data
+            .insert(data_key(partition, segment, key), encoded)?;
+        // An undecodable old record contributed nothing, as in a full scan.
+        let old = old
+            .and_then(|b| RecordHeader::decode(&b, String::new).ok())
+            .map_or(Hash::ZERO, |h| h.entry_hash(partition, key));
+        self.hasher.send(Msg::Update {
+            partition,
+            segment,
+            delta: old ^ new,
+        })?;
+        drop(pass);
+        Ok(())
+    }
+
+    /// Writes `repair.record` only if the key's entry hash is still `repair.expected`.
+    /// A repair whose value fails its hash, or whose version is further ahead than
+    /// `max_clock_drift`, is refused; one that is written moves the clock past it.
+    pub(crate) fn write_if(&self, partition: u32, repair: &Repair) -> Result<RepairOutcome> {
+        let record = &repair.record;
+        let tombstone_ok = !record.tombstone || record.value.is_empty();
+        if record.value_hash != crate::hash::value_hash(&record.value) || !tombstone_ok {
+            return Ok(RepairOutcome::Refused);
+        }
+        if self.index.clock.observe(record.version).is_err() {
+            return Ok(RepairOutcome::Refused);
+        }
+        let header = record.header();
+        let written = self.swap(
+            partition,
+            &repair.key,
+            repair.expected,
+            Some(header.encode(&record.value)),
+        )?;
+        Ok(if written {
+            RepairOutcome::Written
+        } else {
+            RepairOutcome::Stale
+        })
+    }
+
+    /// Applies a replication message: writes `record` under `key` unless the stored
+    /// record wins over it by [`newest_wins`](crate::newest_wins) (so messages may arrive
+    /// late, twice or out of order). Refused like a repair if the value fails its hash or
+    /// the version is past `max_clock_drift`. True if written.
+    pub fn replicate(&self, partition: u32, key: &[u8], record: &Record) -> Result<bool> {
+        self.foreground.fetch_add(1, Relaxed);
+        loop {
+            let current = match self.read(partition, key) {
+                Ok(found) => found,
+                Err(Error::Corrupt(_)) => None, // a good copy replaces a bad one
+                Err(e) => return Err(e),
+            };
+            if let Some(current) = &current {
+                let winner = crate::sync::newest_wins(key, Some(current), Some(record));
+                if winner == crate::sync::Winner::Local {
+                    return Ok(false);
+                }
+            }
+            let expected = self.current_entry(partition, key)?;
+            let repair = Repair {
+                key: key.to_vec(),
+                expected,
+                record: record.clone(),
+            };
+            match self.write_if(partition, &repair)? {
+                RepairOutcome::Written => return Ok(true),
+                RepairOutcome::Refused => {
+                    return Err(Error::InvalidArgument(format!(
+                        "replicated record of key {key:02x?} refused: value does not match its hash, or version {} is past max_clock_drift",
+                        record.version
+                    )))
+                }
+                RepairOutcome::Stale => continue, // changed meanwhile: look again
+            }
+        }
+    }
+
+    /// The entry hash the index counts for `key` (`None`: absent or undecodable).
+    fn current_entry(&self, partition: u32, key: &[u8]) -> Result<Option<Hash>> {
+        let segment = segment_of(key, self.index.shape.segments);
+        Ok(self
+            .index
+            .data
+            .get(data_key(partition, segment, key))?
+            .and_then(|b| RecordHeader::decode(&b, String::new).ok())
+            .map(|h| h.entry_hash(partition, key)))
+    }
+
+    /// Replaces the record of `key` with `new` (`None` removes it) if the current entry
+    /// hash is `expected`; keeps the index in step. False if the key had changed.
+    fn swap(
+        &self,
+        partition: u32,
+        key: &[u8],
+        expected: Option<Hash>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool> {
+        let index = &*self.index;
+        let segment = segment_of(key, index.shape.segments);
+        let data_key = data_key(partition, segment, key);
+        // An undecodable record contributes nothing and reads as absent.
+        let entry = |bytes: &[u8]| {
+            RecordHeader::decode(bytes, String::new)
+                .ok()
+                .map(|h| h.entry_hash(partition, key))
+        };
+        let new_hash = new.as_deref().and_then(entry).unwrap_or_default();
+        let pass = index.gate.enter();
+        index.marks.mark(pass.epoch, partition, segment)?;
+        if expected.is_none() {
+            // The common repair (the key is missing here): one compare-and-swap from
+            // absent, no read first.
+            let swapped = index
+                .data
+                .compare_and_swap(&data_key, None::<&[u8]>, new.clone())?;
+            if swapped.is_ok() {
+                self.hasher.send(Msg::Update {
+                    partition,
+                    segment,
+                    delta: new_hash,
+                })?;
+                drop(pass);
+                return Ok(true);
+            }
+        }
+        let current = index.data.get(&data_key)?;
+        let old = current.as_deref().and_then(entry);
+        if old != expected {
+            return Ok(false);
+        }
+        let old_hash = old.unwrap_or_default();
+        if index
+            .data
+            .compare_and_swap(&data_key, current, new)?
+            .is_err()
+        {
+            return Ok(false); // changed between the read and the swap
+        }
+        self.hasher.send(Msg::Update {
+            partition,
+            segment,
+            delta: old_hash ^ new_hash,
+        })?;
+        drop(pass);
+        Ok(true)
+    }
+
+    /// Removes tombstones of `partition` that this store learned of (by a local delete
+    /// or a repair) more than `grace` ago by its own wall clock, whatever their
+    /// versions. Returns how many.
+    ///
+    /// A tombstone must outlive the longest time a replica can go without a sync, or the
+    /// value it deleted can come back from a replica that missed the delete.
+    pub fn purge_tombstones(&self, partition: u32, grace: Duration) -> Result<u64> {
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        let now = crate::clock::unix_ms();
+        let mut purged = 0;
+        for item in self.index.data.scan_prefix(partition.to_be_bytes()) {
+            let (k, v) = item?;
+            let Some((_, _, key)) = split_data_key(&k) else {
+                continue;
+            };
+            let Ok(h) = RecordHeader::decode(&v, String::new) else {
+                continue;
+            };
+            if h.tombstone && h.deleted_ms.saturating_add(grace_ms) <= now {
+                let expected = Some(h.entry_hash(partition, key));
+                purged += u64::from(self.swap(partition, key, expected, None)?);
+            }
+        }
+        Ok(purged)
+    }
+
+    pub(crate) fn read(&self, partition: u32, key: &[u8]) -> Result<Option<Record>> {
+        let segment = segment_of(key, self.index.shape.segments);
+        let Some(bytes) = self.index.data.get(data_key(partition, segment, key))? else {
+            return Ok(None);
+        };
+        Ok(Some(Record::decode(&bytes, || {
+            format!("partition {partition} segment {segment}")
+        })?))
+    }
+
+    pub(crate) fn next_version(&self) -> Result<u64> {
+        self.index.clock.next()
+    }
+
+    pub(crate) fn observe_version(&self, version: u64) -> Result<()> {
+        self.index.clock.observe(version)
+    }
+}
