@@ -52,6 +52,7 @@ use store::{clock, dropping, file, flush, meta, record};
 pub const FORMAT_VERSION: u32 = 2;
 
 pub use error::{Corruption, Error, Result};
+pub use exchange::diff::{diff, merged_root, DiffReport, Difference, PAGE};
 pub use exchange::{Applied, Lookup, Repair, Replica, SegmentItem, ANSWER_BUDGET};
 pub use flush::FlushStats;
 pub use hash::{entry_hash, segment_of, value_hash, Hash, HASH_BYTES};
@@ -65,8 +66,5 @@ pub use record::Record;
 pub use recovery::{OpenReport, Recovery};
 pub use scan::Progress;
 pub use store::{Entry, Partition, RebuildReport, Store};
-pub use sync::{
-    diff, merged_root, newest_wins, sync, DiffReport, Difference, Resolver, SyncOptions,
-    SyncReport, Winner, PAGE,
-};
+pub use sync::{newest_wins, sync, Resolver, SyncOptions, SyncReport, Winner};
 pub use verify::{Problem, ProblemKind, VerifyReport};

@@ -1,6 +1,7 @@
 //! The questions anti-entropy asks of a tree, answered by a local store or (in the CLI)
 //! by a network client, so that diff and sync are written once.
 
+pub(crate) mod diff;
 pub(crate) mod sync;
 
 use crate::error::{Error, Result};

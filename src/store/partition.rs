@@ -33,7 +33,7 @@ impl Partition<'_> {
 
     /// Writes `value` under `key` with the caller's version (the store's clock moves
     /// past it). A version further ahead of the wall clock than
-    /// `Options::max_clock_drift` is refused with [`Error::VersionAhead`].
+    /// `Options::max_clock_drift` is refused with [`Error::VersionAhead`](crate::Error::VersionAhead).
     pub fn put_versioned(&self, key: &[u8], value: &[u8], version: u64) -> Result<()> {
         self.store.observe_version(version)?;
         self.store.write(
@@ -60,7 +60,7 @@ impl Partition<'_> {
     }
 
     /// The live value of `key`; `None` if absent or deleted. A value whose bytes no
-    /// longer match their stored hash is a [`Corruption::ValueHash`] error, never bad
+    /// longer match their stored hash is a [`Corruption::ValueHash`](crate::Corruption::ValueHash) error, never bad
     /// bytes.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self
