@@ -14,7 +14,12 @@
 //! partitions may change at any time (ring changes).
 
 mod metrics;
+mod options;
+mod status;
 mod throttle;
+
+pub use options::{ManagerOptions, BUSY_WRITES_PER_SEC};
+pub use status::{PartitionStatus, PeerStatus, Running, Status};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -40,150 +45,6 @@ impl Peer for Arc<Store> {
     fn open(&self) -> Result<Box<dyn Replica + Send + '_>> {
         Ok(Box::new(&**self))
     }
-}
-
-/// How the manager schedules and throttles. [`Manager::start`] refuses an interval or a
-/// backoff of zero or longer than 365 days, and a jitter outside 0 to 1.
-#[derive(Debug, Clone)]
-pub struct ManagerOptions {
-    /// Time between exchanges with one peer (default 60 s).
-    pub interval: Duration,
-    /// Random spread added to each interval, as a fraction of it (0 to 1, default 0.1).
-    pub jitter: f64,
-    /// Exchanges running at once, over all peers (default 2).
-    pub max_concurrent: usize,
-    /// First wait after a failed exchange; doubles per failure (default 1 s).
-    pub backoff: Duration,
-    /// Longest wait after failures (default 5 minutes).
-    pub backoff_max: Duration,
-    /// Repairs per second over all exchanges (default unlimited).
-    pub max_repair_keys_per_sec: Option<u64>,
-    /// Repair key and value bytes per second over all exchanges (default unlimited). A
-    /// batch worth more than a few seconds still waits until paid for in full, keeping a
-    /// network peer's connection open meanwhile (see the README).
-    pub max_repair_bytes_per_sec: Option<u64>,
-    /// While the store takes more than [`BUSY_WRITES_PER_SEC`] foreground writes per
-    /// second, repairs run at most at this fraction of that rate (default 0.1; `None`,
-    /// zero or NaN: the caps alone; above 1 counts as 1). Measured with
-    /// `examples/repair_impact.rs`: see the README.
-    pub repair_share: Option<f64>,
-}
-
-/// Foreground writes per second above which repairs yield ([`ManagerOptions::repair_share`]);
-/// below it the writes leave the cores nearly idle and repairs run at their caps.
-pub const BUSY_WRITES_PER_SEC: u64 = 1_000;
-
-/// The longest interval or backoff [`ManagerOptions`] takes: a peer due later than that
-/// is better removed, and a due time must stay a time the clock can hold.
-const MAX_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
-
-impl ManagerOptions {
-    fn validate(&self) -> Result<()> {
-        let waits = [
-            ("interval", self.interval),
-            ("backoff", self.backoff),
-            ("backoff_max", self.backoff_max),
-        ];
-        for (name, wait) in waits {
-            if wait.is_zero() || wait > MAX_INTERVAL {
-                return Err(Error::InvalidOptions(format!(
-                    "{name} ({wait:?}) must be positive and at most 365 days"
-                )));
-            }
-        }
-        if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(Error::InvalidOptions(format!(
-                "jitter ({}) must be between 0 and 1",
-                self.jitter
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl Default for ManagerOptions {
-    fn default() -> Self {
-        ManagerOptions {
-            interval: Duration::from_secs(60),
-            jitter: 0.1,
-            max_concurrent: 2,
-            backoff: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
-            max_repair_keys_per_sec: None,
-            max_repair_bytes_per_sec: None,
-            repair_share: Some(0.1),
-        }
-    }
-}
-
-/// The last exchange of one partition with one peer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PartitionStatus {
-    /// The partition.
-    pub partition: u32,
-    /// When the last successful exchange ended (unix ms).
-    pub last_success_unix_ms: Option<u64>,
-    /// How long it took.
-    pub last_duration: Option<Duration>,
-    /// Keys found different in it.
-    pub differences: u64,
-    /// Keys written here and there by it.
-    pub repaired_local: u64,
-    pub repaired_remote: u64,
-    /// Tree and entry payload bytes received, plus repair bytes, in it.
-    pub bytes: u64,
-    /// Totals over every successful exchange since the manager started.
-    pub total_repaired_local: u64,
-    pub total_repaired_remote: u64,
-    /// Failed exchanges since the manager started, and the last error.
-    pub errors: u64,
-    pub last_error: Option<String>,
-}
-
-/// What one peer's exchange is doing now.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Running {
-    /// The partition being synced.
-    pub partition: u32,
-    /// Partitions left after it.
-    pub partitions_left: usize,
-    /// Progress in this partition so far.
-    pub differences: u64,
-    pub repaired_local: u64,
-    pub repaired_remote: u64,
-}
-
-/// One peer as the manager sees it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerStatus {
-    /// The peer's name (its address, for network peers).
-    pub name: String,
-    /// Its partitions, with their last exchange.
-    pub partitions: Vec<PartitionStatus>,
-    /// The exchange running now, if any.
-    pub running: Option<Running>,
-    /// Failed exchanges in a row (0 after a success).
-    pub failures: u32,
-    /// Time until its next exchange is due (zero if due or running).
-    pub next_in: Duration,
-}
-
-/// A snapshot of the manager.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Status {
-    /// Every peer, by name.
-    pub peers: Vec<PeerStatus>,
-    /// Exchanges finished since the start (successful or not).
-    pub exchanges: u64,
-    /// The repair limits in force.
-    pub max_repair_keys_per_sec: Option<u64>,
-    pub max_repair_bytes_per_sec: Option<u64>,
-    /// Foreground writes per second, as last measured (over at least 100 ms, while
-    /// repairs run).
-    pub foreground_writes_per_sec: u64,
-    /// The repair rate allowed now: the key cap, lowered while foreground writes are
-    /// busy (`None`: unlimited).
-    pub repair_keys_per_sec_now: Option<u64>,
 }
 
 struct PeerState {

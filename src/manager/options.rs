@@ -1,0 +1,79 @@
+//! How the manager schedules and throttles, and the limits its options must keep.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How the manager schedules and throttles. [`Manager::start`](super::Manager::start) refuses an interval or a
+/// backoff of zero or longer than 365 days, and a jitter outside 0 to 1.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    /// Time between exchanges with one peer (default 60 s).
+    pub interval: Duration,
+    /// Random spread added to each interval, as a fraction of it (0 to 1, default 0.1).
+    pub jitter: f64,
+    /// Exchanges running at once, over all peers (default 2).
+    pub max_concurrent: usize,
+    /// First wait after a failed exchange; doubles per failure (default 1 s).
+    pub backoff: Duration,
+    /// Longest wait after failures (default 5 minutes).
+    pub backoff_max: Duration,
+    /// Repairs per second over all exchanges (default unlimited).
+    pub max_repair_keys_per_sec: Option<u64>,
+    /// Repair key and value bytes per second over all exchanges (default unlimited). A
+    /// batch worth more than a few seconds still waits until paid for in full, keeping a
+    /// network peer's connection open meanwhile (see the README).
+    pub max_repair_bytes_per_sec: Option<u64>,
+    /// While the store takes more than [`BUSY_WRITES_PER_SEC`] foreground writes per
+    /// second, repairs run at most at this fraction of that rate (default 0.1; `None`,
+    /// zero or NaN: the caps alone; above 1 counts as 1). Measured with
+    /// `examples/repair_impact.rs`: see the README.
+    pub repair_share: Option<f64>,
+}
+
+/// Foreground writes per second above which repairs yield ([`ManagerOptions::repair_share`]);
+/// below it the writes leave the cores nearly idle and repairs run at their caps.
+pub const BUSY_WRITES_PER_SEC: u64 = 1_000;
+
+/// The longest interval or backoff [`ManagerOptions`] takes: a peer due later than that
+/// is better removed, and a due time must stay a time the clock can hold.
+const MAX_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl ManagerOptions {
+    pub(super) fn validate(&self) -> Result<()> {
+        let waits = [
+            ("interval", self.interval),
+            ("backoff", self.backoff),
+            ("backoff_max", self.backoff_max),
+        ];
+        for (name, wait) in waits {
+            if wait.is_zero() || wait > MAX_INTERVAL {
+                return Err(Error::InvalidOptions(format!(
+                    "{name} ({wait:?}) must be positive and at most 365 days"
+                )));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(Error::InvalidOptions(format!(
+                "jitter ({}) must be between 0 and 1",
+                self.jitter
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        ManagerOptions {
+            interval: Duration::from_secs(60),
+            jitter: 0.1,
+            max_concurrent: 2,
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            max_repair_keys_per_sec: None,
+            max_repair_bytes_per_sec: None,
+            repair_share: Some(0.1),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! What the manager reports: per peer and partition, the last exchange and its totals.
+
+use std::time::Duration;
+
+/// The last exchange of one partition with one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// The partition.
+    pub partition: u32,
+    /// When the last successful exchange ended (unix ms).
+    pub last_success_unix_ms: Option<u64>,
+    /// How long it took.
+    pub last_duration: Option<Duration>,
+    /// Keys found different in it.
+    pub differences: u64,
+    /// Keys written here and there by it.
+    pub repaired_local: u64,
+    pub repaired_remote: u64,
+    /// Tree and entry payload bytes received, plus repair bytes, in it.
+    pub bytes: u64,
+    /// Totals over every successful exchange since the manager started.
+    pub total_repaired_local: u64,
+    pub total_repaired_remote: u64,
+    /// Failed exchanges since the manager started, and the last error.
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// What one peer's exchange is doing now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Running {
+    /// The partition being synced.
+    pub partition: u32,
+    /// Partitions left after it.
+    pub partitions_left: usize,
+    /// Progress in this partition so far.
+    pub differences: u64,
+    pub repaired_local: u64,
+    pub repaired_remote: u64,
+}
+
+/// One peer as the manager sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer's name (its address, for network peers).
+    pub name: String,
+    /// Its partitions, with their last exchange.
+    pub partitions: Vec<PartitionStatus>,
+    /// The exchange running now, if any.
+    pub running: Option<Running>,
+    /// Failed exchanges in a row (0 after a success).
+    pub failures: u32,
+    /// Time until its next exchange is due (zero if due or running).
+    pub next_in: Duration,
+}
+
+/// A snapshot of the manager.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Every peer, by name.
+    pub peers: Vec<PeerStatus>,
+    /// Exchanges finished since the start (successful or not).
+    pub exchanges: u64,
+    /// The repair limits in force.
+    pub max_repair_keys_per_sec: Option<u64>,
+    pub max_repair_bytes_per_sec: Option<u64>,
+    /// Foreground writes per second, as last measured (over at least 100 ms, while
+    /// repairs run).
+    pub foreground_writes_per_sec: u64,
+    /// The repair rate allowed now: the key cap, lowered while foreground writes are
+    /// busy (`None`: unlimited).
+    pub repair_keys_per_sec_now: Option<u64>,
+}
