@@ -138,6 +138,35 @@ impl Level {
         }
     }
 
+    /// XOR of nodes `first .. first + count` (a run within one page costs one page
+    /// look-up and a read of the run's non-zero nodes).
+    pub(crate) fn fold(&self, first: u64, count: u64) -> Hash {
+        let end = first.saturating_add(count).min(self.len);
+        if first >= end {
+            return Hash::ZERO;
+        }
+        if let Repr::Flat(nodes) = &self.repr {
+            return nodes
+                .get(first as usize..end as usize)
+                .unwrap_or_default()
+                .iter()
+                .fold(Hash::ZERO, |acc, &h| acc ^ h);
+        }
+        let page_len = self.page_len as u64;
+        let mut sum = Hash::ZERO;
+        self.for_each_page_in(
+            first / page_len,
+            (end - 1) / page_len + 1 - first / page_len,
+            |page, view| {
+                let base = u64::from(page) * page_len;
+                let from = first.saturating_sub(base) as usize;
+                let to = (end - base).min(page_len) as usize;
+                sum ^= view.fold(from, to);
+            },
+        );
+        sum
+    }
+
     pub(crate) fn split(&self, index: u64) -> (u32, usize) {
         let page_len = self.page_len as u64;
         ((index / page_len) as u32, (index % page_len) as usize)

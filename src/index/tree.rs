@@ -6,12 +6,27 @@
 //!
 //! Each level below the root is a [`Level`], sized by its content (see `level.rs`): so a
 //! partition with one key costs a few hundred bytes, and a full one (1M segments) costs
-//! the dense 17 MiB and no more.
+//! the dense 16 MiB of its segments and a sixteenth more.
+//!
+//! The segments' parents (level `levels - 1`) are not held where a node has at most
+//! [`MAX_DERIVED_WIDTH`] children: each is the XOR of its `width` segments, read on
+//! demand in one page look-up. In a sparse partition they are nearly as many as the
+//! segments (about one key each), so holding them would cost nearly what the segments
+//! cost, and every write and load would keep them current for the few reads an exchange
+//! makes of them.
 
 use crate::level::Level;
 use crate::options::Shape;
 use crate::page::{Page, PageRef};
 use crate::Hash;
+
+/// Widest node whose children are folded on each read rather than held (see above).
+const MAX_DERIVED_WIDTH: u32 = 64;
+
+/// Whether trees of `shape` derive the segments' parents rather than hold them.
+fn derives_parents(shape: Shape) -> bool {
+    shape.levels >= 2 && shape.width <= MAX_DERIVED_WIDTH
+}
 
 /// All levels of one partition's tree, plus which segment pages changed since the last
 /// checkpoint.
@@ -19,8 +34,11 @@ use crate::Hash;
 pub(crate) struct Tree {
     shape: Shape,
     root: Hash,
-    /// `levels[d - 1]` is level `d`, for `d` in `1..=shape.levels`.
+    /// `levels[d - 1]` is level `d`, for `d` in `1..=shape.levels`; the segments'
+    /// parents' entry stays empty while they are derived.
     levels: Vec<Level>,
+    /// Where in `levels` the segments' parents are, if they are derived, not held.
+    derived: Option<usize>,
     /// Segment pages changed since the last checkpoint (their ancestors follow).
     dirty: Vec<u32>,
     /// Marks a page in `dirty` already, one bit per segment page, allocated on first use.
@@ -34,10 +52,12 @@ impl Tree {
         let levels = (1..=shape.levels)
             .map(|d| Level::new(shape.nodes_at(d), shape.bucket_len(d) as usize))
             .collect();
+        let derived = derives_parents(shape).then(|| shape.levels as usize - 2);
         Tree {
             shape,
             root: Hash::ZERO,
             levels,
+            derived,
             dirty: Vec::new(),
             dirty_bits: Vec::new(),
             persisted_span: None,
@@ -72,22 +92,27 @@ impl Tree {
     /// in increasing page order, as the snapshot holds them. The pages are kept as they
     /// are, so a sparse partition is loaded without building its segment level again.
     pub(crate) fn from_persisted_pages(shape: Shape, pages: Vec<(u32, Page)>) -> Tree {
-        let width = u64::from(shape.width);
         let page_len = shape.bucket_len(shape.levels);
-        let segments = pages.iter().map(|(_, p)| p.nonzero()).sum();
-        let mut parents: Vec<(u64, Hash)> = Vec::with_capacity(segments);
-        // Siblings list their parent once each; `fill_levels` XORs the runs.
+        // The lowest held level above the segments, and its nodes: each the XOR of a run
+        // of segments, summed here as the pages go by (they and their nodes are in order).
+        let top = shape.levels - 1 - u32::from(derives_parents(shape));
+        let fan_in = u64::from(shape.width).pow(shape.levels - top);
+        let mut parents: Vec<(u64, Hash)> = Vec::new();
         for (page, nodes) in &pages {
             let base = u64::from(*page) * page_len;
-            nodes
-                .view()
-                .for_each(|o, h| parents.push(((base + o as u64) / width, h)));
+            nodes.view().for_each(|o, h| {
+                let parent = (base + o as u64) / fan_in;
+                match parents.last_mut() {
+                    Some((p, sum)) if *p == parent => *sum ^= h,
+                    _ => parents.push((parent, h)),
+                }
+            });
         }
         let mut tree = Tree::new(shape);
         if let Some(level) = tree.levels.last_mut() {
             *level = Level::from_pages(shape.segments, page_len as usize, pages);
         }
-        tree.fill_levels(shape.levels - 1, parents);
+        tree.fill_levels(top, parents);
         tree
     }
 
@@ -140,7 +165,7 @@ impl Tree {
             }
             nodes.truncate(kept);
             nodes.retain(|(_, h)| !h.is_zero());
-            if let Some(level) = self.levels.get_mut(d as usize - 1) {
+            if let Some(level) = self.held_mut(d) {
                 *level = Level::from_nodes(shape.nodes_at(d), shape.bucket_len(d) as usize, &nodes);
             }
             for node in &mut nodes {
@@ -176,7 +201,7 @@ impl Tree {
                     })
                 })
                 .collect();
-            if let Some(level) = tree.levels.get_mut(d as usize - 1) {
+            if let Some(level) = tree.held_mut(d) {
                 *level = Level::from_flat(shape.bucket_len(d) as usize, nodes, nonzero);
             }
             nodes = parents;
@@ -187,6 +212,15 @@ impl Tree {
 
     pub(crate) fn root(&self) -> Hash {
         self.root
+    }
+
+    /// Level `d` (1 ..= levels), if it is held.
+    fn held_mut(&mut self, d: u32) -> Option<&mut Level> {
+        let at = (d as usize).checked_sub(1)?;
+        if self.derived == Some(at) {
+            return None;
+        }
+        self.levels.get_mut(at)
     }
 
     /// True if no segment is non-zero.
@@ -201,13 +235,18 @@ impl Tree {
 
     /// Node `index` of `level` (0 = root); zero past the tree.
     pub(crate) fn node(&self, level: u32, index: u64) -> Hash {
-        match level {
-            0 if index == 0 => self.root,
-            0 => Hash::ZERO,
-            d => self
-                .levels
-                .get(d as usize - 1)
-                .map_or(Hash::ZERO, |l| l.get(index)),
+        let at = (level as usize).checked_sub(1);
+        match (at, self.levels.last()) {
+            (None, _) if index == 0 => self.root,
+            (None, _) => Hash::ZERO,
+            (Some(at), Some(segments)) if at == self.derived.unwrap_or(usize::MAX) => {
+                if index >= self.shape.nodes_at(level) {
+                    return Hash::ZERO;
+                }
+                let width = u64::from(self.shape.width);
+                segments.fold(index * width, width)
+            }
+            (Some(at), _) => self.levels.get(at).map_or(Hash::ZERO, |l| l.get(index)),
         }
     }
 
@@ -232,8 +271,10 @@ impl Tree {
         let page_len = self.shape.bucket_len(self.shape.levels);
         self.mark_dirty((u64::from(segment) / page_len) as u32);
         let mut index = u64::from(segment);
-        for level in self.levels.iter_mut().rev() {
-            level.xor(index, delta);
+        for (at, level) in self.levels.iter_mut().enumerate().rev() {
+            if Some(at) != self.derived {
+                level.xor(index, delta);
+            }
             index /= width;
         }
         self.root ^= delta;
@@ -243,8 +284,10 @@ impl Tree {
     pub(crate) fn prefetch(&self, segment: u32) {
         let width = u64::from(self.shape.width);
         let mut index = u64::from(segment);
-        for level in self.levels.iter().rev() {
-            level.prefetch(index);
+        for (at, level) in self.levels.iter().enumerate().rev() {
+            if Some(at) != self.derived {
+                level.prefetch(index);
+            }
             index /= width;
         }
     }
@@ -331,21 +374,29 @@ impl Tree {
     #[cfg(test)]
     pub(crate) fn first_inconsistency(&self) -> Option<(u32, u64)> {
         let width = u64::from(self.shape.width);
+        // The held levels, from the top, with their depth.
+        let held: Vec<(u32, &Level)> = (1u32..)
+            .zip(&self.levels)
+            .enumerate()
+            .filter(|&(at, _)| Some(at) != self.derived)
+            .map(|(_, level)| level)
+            .collect();
         let mut expected_root = Hash::ZERO;
-        if let Some(level) = self.levels.first() {
+        if let Some((_, level)) = held.first() {
             level.for_each_nonzero(|_, h| expected_root ^= h);
         }
         if expected_root != self.root {
             return Some((0, 0));
         }
-        for d in 1..self.levels.len() {
-            let (upper, lower) = (&self.levels[d - 1], &self.levels[d]);
+        for pair in held.windows(2) {
+            let [(d, upper), (lower_d, lower)] = [pair[0], pair[1]];
+            let fan_in = width.pow(lower_d - d);
             // XOR the non-zero children into their parents, then compare with the
             // parents' non-zero nodes: both lists are in index order.
             let mut sums: Vec<(u64, Hash)> = Vec::new();
             lower.for_each_nonzero(|i, h| match sums.last_mut() {
-                Some((p, sum)) if *p == i / width => *sum ^= h,
-                _ => sums.push((i / width, h)),
+                Some((p, sum)) if *p == i / fan_in => *sum ^= h,
+                _ => sums.push((i / fan_in, h)),
             });
             sums.retain(|(_, h)| !h.is_zero());
             let mut parents = Vec::new();
@@ -357,13 +408,13 @@ impl Tree {
                     (None, None) => break,
                     (Some((i, a)), Some((j, b))) if i == j => {
                         if a != b {
-                            return Some((d as u32, i));
+                            return Some((d, i));
                         }
                         sums.next();
                         parents.next();
                     }
-                    (Some((i, _)), Some((j, _))) => return Some((d as u32, i.min(j))),
-                    (Some((i, _)), None) | (None, Some((i, _))) => return Some((d as u32, i)),
+                    (Some((i, _)), Some((j, _))) => return Some((d, i.min(j))),
+                    (Some((i, _)), None) | (None, Some((i, _))) => return Some((d, i)),
                 }
             }
         }
@@ -450,6 +501,38 @@ mod tests {
                 } else {
                     assert!(!built.has_dirty());
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn every_node_read_is_the_xor_of_its_children_held_or_derived() {
+        // (16, 3) and (4, 3) derive the segments' parents, (128, 2) holds them, (2, 1)
+        // has none; each filled sparse, then dense, then emptied again in part.
+        for (width, levels) in [(16, 3), (4, 3), (128, 2), (2, 1)] {
+            let shape = Shape::new(width, levels).unwrap();
+            let mut t = Tree::new(shape);
+            let n = shape.segments as u32;
+            for round in 0..3u32 {
+                for i in 0..n {
+                    if (i * 7919 + round) % [13, 1, 3][round as usize] == 0 {
+                        t.apply((i * 7919) % n, value_hash(&(i, round).0.to_le_bytes()));
+                    }
+                }
+                assert_eq!(t.first_inconsistency(), None);
+                for level in 0..levels {
+                    for i in 0..shape.nodes_at(level) {
+                        let w = u64::from(width);
+                        let kids =
+                            (i * w..i * w + w).fold(Hash::ZERO, |a, c| a ^ t.node(level + 1, c));
+                        assert_eq!(
+                            t.node(level, i),
+                            kids,
+                            "shape {width}x{levels} level {level} node {i}"
+                        );
+                    }
+                }
+                assert_eq!(t.node(levels - 1, shape.nodes_at(levels - 1)), Hash::ZERO);
             }
         }
     }
