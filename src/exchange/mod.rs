@@ -243,11 +243,22 @@ impl Replica for Store {
     }
 
     fn children(&self, partition: u32, level: u32, parents: &[u64]) -> Result<Vec<Hash>> {
-        let mut out = Vec::with_capacity(parents.len() * self.shape().width as usize);
-        for &parent in parents {
-            out.extend(Store::children(self, partition, level, parent)?);
+        let shape = Store::shape(self);
+        if level >= shape.levels {
+            // The error `Store::children` gives.
+            return parents.first().map_or(Ok(Vec::new()), |&p| {
+                Store::children(self, partition, level, p)
+            });
         }
-        Ok(out)
+        let width = u64::from(shape.width);
+        let ids: Vec<u64> = parents
+            .iter()
+            .flat_map(|&p| {
+                let first = p.saturating_mul(width);
+                first..first.saturating_add(width)
+            })
+            .collect();
+        self.nodes(partition, level + 1, &ids)
     }
 
     fn descend(

@@ -138,33 +138,41 @@ impl Level {
         }
     }
 
-    /// XOR of nodes `first .. first + count` (a run within one page costs one page
-    /// look-up and a read of the run's non-zero nodes).
-    pub(crate) fn fold(&self, first: u64, count: u64) -> Hash {
-        let end = first.saturating_add(count).min(self.len);
-        if first >= end {
-            return Hash::ZERO;
+    /// Appends the XOR of each of `runs` consecutive runs of `run` nodes from `first`
+    /// on (zero past the level): one pass over the pages they span.
+    pub(crate) fn fold_runs(&self, first: u64, run: u64, runs: usize, out: &mut Vec<Hash>) {
+        let start = out.len();
+        out.resize(start + runs, Hash::ZERO);
+        let run = run.max(1);
+        let end = first
+            .saturating_add(run.saturating_mul(runs as u64))
+            .min(self.len);
+        let (Some(sums), true) = (out.get_mut(start..), first < end) else {
+            return;
+        };
+        match &self.repr {
+            Repr::Flat(nodes) => {
+                let nodes = nodes.get(first as usize..end as usize).unwrap_or_default();
+                for (sum, chunk) in sums.iter_mut().zip(nodes.chunks(run as usize)) {
+                    *sum = chunk.iter().fold(Hash::ZERO, |acc, &h| acc ^ h);
+                }
+            }
+            Repr::Paged(_) => {
+                let page_len = self.page_len as u64;
+                let (first_page, last_page) = (first / page_len, (end - 1) / page_len);
+                self.for_each_page_in(first_page, last_page + 1 - first_page, |page, view| {
+                    let base = u64::from(page) * page_len;
+                    view.for_each(|offset, h| {
+                        let i = base + offset as u64;
+                        if (first..end).contains(&i) {
+                            if let Some(sum) = sums.get_mut(((i - first) / run) as usize) {
+                                *sum ^= h;
+                            }
+                        }
+                    });
+                });
+            }
         }
-        if let Repr::Flat(nodes) = &self.repr {
-            return nodes
-                .get(first as usize..end as usize)
-                .unwrap_or_default()
-                .iter()
-                .fold(Hash::ZERO, |acc, &h| acc ^ h);
-        }
-        let page_len = self.page_len as u64;
-        let mut sum = Hash::ZERO;
-        self.for_each_page_in(
-            first / page_len,
-            (end - 1) / page_len + 1 - first / page_len,
-            |page, view| {
-                let base = u64::from(page) * page_len;
-                let from = first.saturating_sub(base) as usize;
-                let to = (end - base).min(page_len) as usize;
-                sum ^= view.fold(from, to);
-            },
-        );
-        sum
     }
 
     pub(crate) fn split(&self, index: u64) -> (u32, usize) {

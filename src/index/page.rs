@@ -255,25 +255,6 @@ impl<'a> PageRef<'a> {
         }
     }
 
-    /// XOR of the nodes at offsets `first .. end`.
-    pub(crate) fn fold(&self, first: usize, end: usize) -> Hash {
-        match self {
-            PageRef::Sparse(nodes) => {
-                let n = nodes.len() / NODE_BYTES;
-                let start =
-                    search(nodes, first.min(usize::from(u16::MAX)) as u16).unwrap_or_else(|at| at);
-                (start..n)
-                    .take_while(|&i| usize::from(offset_at(nodes, i)) < end)
-                    .fold(Hash::ZERO, |acc, i| acc ^ hash_at(nodes, n, i))
-            }
-            PageRef::Dense(hashes) => hashes
-                .get(first.min(end)..end.min(hashes.len()))
-                .unwrap_or_default()
-                .iter()
-                .fold(Hash::ZERO, |acc, &h| acc ^ h),
-        }
-    }
-
     pub(crate) fn nonzero(&self) -> usize {
         match self {
             PageRef::Sparse(nodes) => nodes.len() / NODE_BYTES,

@@ -6,7 +6,7 @@
 //!
 //! Each level below the root is a [`Level`], sized by its content (see `level.rs`): so a
 //! partition with one key costs a few hundred bytes, and a full one (1M segments) costs
-//! the dense 16 MiB of its segments and a sixteenth more.
+//! its 16 MiB of segment hashes and little more.
 //!
 //! The segments' parents (level `levels - 1`) are not held where a node has at most
 //! [`MAX_DERIVED_WIDTH`] children: each is the XOR of its `width` segments, read on
@@ -235,18 +235,40 @@ impl Tree {
 
     /// Node `index` of `level` (0 = root); zero past the tree.
     pub(crate) fn node(&self, level: u32, index: u64) -> Hash {
-        let at = (level as usize).checked_sub(1);
-        match (at, self.levels.last()) {
-            (None, _) if index == 0 => self.root,
-            (None, _) => Hash::ZERO,
-            (Some(at), Some(segments)) if at == self.derived.unwrap_or(usize::MAX) => {
-                if index >= self.shape.nodes_at(level) {
-                    return Hash::ZERO;
-                }
+        let Some(at) = (level as usize).checked_sub(1) else {
+            return if index == 0 { self.root } else { Hash::ZERO };
+        };
+        if Some(at) == self.derived {
+            let mut out = Vec::with_capacity(1);
+            self.node_run(level, index, 1, &mut out);
+            return out.first().copied().unwrap_or_default();
+        }
+        self.levels.get(at).map_or(Hash::ZERO, |l| l.get(index))
+    }
+
+    /// Appends nodes `first .. first + count` of `level` (0 = root) to `out`, zero past
+    /// the tree. Derived nodes come from one pass over the segment pages they span.
+    pub(crate) fn node_run(&self, level: u32, first: u64, count: usize, out: &mut Vec<Hash>) {
+        let Some(at) = (level as usize).checked_sub(1) else {
+            out.extend((0..count as u64).map(|i| match first.checked_add(i) {
+                Some(0) => self.root,
+                _ => Hash::ZERO,
+            }));
+            return;
+        };
+        match (self.levels.get(at), self.levels.last()) {
+            (_, Some(segments)) if Some(at) == self.derived => {
                 let width = u64::from(self.shape.width);
-                segments.fold(index * width, width)
+                segments.fold_runs(first.saturating_mul(width), width, count, out);
             }
-            (Some(at), _) => self.levels.get(at).map_or(Hash::ZERO, |l| l.get(index)),
+            (Some(held), _) => {
+                out.extend((0..count as u64).map(|i| {
+                    first
+                        .checked_add(i)
+                        .map_or(Hash::ZERO, |index| held.get(index))
+                }));
+            }
+            _ => out.resize(out.len() + count, Hash::ZERO),
         }
     }
 
@@ -533,6 +555,18 @@ mod tests {
                     }
                 }
                 assert_eq!(t.node(levels - 1, shape.nodes_at(levels - 1)), Hash::ZERO);
+                // Runs read in one pass, across pages and past the end, match.
+                for level in 0..=levels {
+                    let n = shape.nodes_at(level);
+                    for (first, count) in [(0, n as usize + 3), (n / 3, 40), (n - 1, 2)] {
+                        let mut run = Vec::new();
+                        t.node_run(level, first, count, &mut run);
+                        let one_by_one: Vec<Hash> = (first..first + count as u64)
+                            .map(|i| t.node(level, i))
+                            .collect();
+                        assert_eq!(run, one_by_one, "shape {width}x{levels} level {level}");
+                    }
+                }
             }
         }
     }

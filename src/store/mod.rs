@@ -174,20 +174,24 @@ impl Store {
                 shape.levels
             )));
         }
+        if let Some(n) = nodes.iter().find(|&&n| n >= shape.nodes_at(level)) {
+            return Err(Error::InvalidArgument(format!(
+                "node {n} is past the {} nodes of level {level}",
+                shape.nodes_at(level)
+            )));
+        }
         let trees = self.index.trees();
-        let tree = trees.get(&partition);
-        nodes
-            .iter()
-            .map(|&n| {
-                if n >= shape.nodes_at(level) {
-                    return Err(Error::InvalidArgument(format!(
-                        "node {n} is past the {} nodes of level {level}",
-                        shape.nodes_at(level)
-                    )));
-                }
-                Ok(tree.map(|t| t.node(level, n)).unwrap_or_default())
-            })
-            .collect()
+        let Some(tree) = trees.get(&partition) else {
+            return Ok(vec![Hash::ZERO; nodes.len()]);
+        };
+        let mut out = Vec::with_capacity(nodes.len());
+        // A run of consecutive nodes (say, a parent's children) is read in one pass.
+        for run in nodes.chunk_by(|a, b| a.checked_add(1) == Some(*b)) {
+            if let Some(&first) = run.first() {
+                tree.node_run(level, first, run.len(), &mut out);
+            }
+        }
+        Ok(out)
     }
 
     /// Hashes of the `width` children of `node` at `level`.
