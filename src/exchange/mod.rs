@@ -92,6 +92,34 @@ impl Applied {
     }
 }
 
+/// The end of a descent step once this side's hashes (`mine`) of the other side's nodes
+/// (`theirs`) are known: each node that differs, with its children here (read in one
+/// call), or with none at the segment level.
+fn differing_with_children<R: Replica + ?Sized>(
+    replica: &R,
+    partition: u32,
+    level: u32,
+    theirs: &[(u64, Hash)],
+    mine: &[Hash],
+) -> Result<Vec<(u64, Vec<Hash>)>> {
+    let shape = replica.shape()?;
+    let differing: Vec<u64> = theirs
+        .iter()
+        .zip(mine)
+        .filter(|((_, a), b)| a != *b)
+        .map(|(&(n, _), _)| n)
+        .collect();
+    if level == shape.levels {
+        return Ok(differing.into_iter().map(|n| (n, Vec::new())).collect());
+    }
+    let children = replica.children(partition, level, &differing)?;
+    Ok(differing
+        .into_iter()
+        .zip(children.chunks(shape.width as usize))
+        .map(|(n, kids)| (n, kids.to_vec()))
+        .collect())
+}
+
 /// A tree that can be questioned, one batch per call (one round trip over a network).
 pub trait Replica {
     /// The tree shape; both sides of an exchange must agree.
@@ -126,21 +154,7 @@ pub trait Replica {
                 .map(|(kids, &(n, _))| kids.get((n % width) as usize).copied().unwrap_or_default())
                 .collect()
         };
-        let differing: Vec<u64> = theirs
-            .iter()
-            .zip(&mine)
-            .filter(|((_, a), b)| a != *b)
-            .map(|(&(n, _), _)| n)
-            .collect();
-        if level == shape.levels {
-            return Ok(differing.into_iter().map(|n| (n, Vec::new())).collect());
-        }
-        let children = self.children(partition, level, &differing)?;
-        Ok(differing
-            .into_iter()
-            .zip(children.chunks(width as usize))
-            .map(|(n, kids)| (n, kids.to_vec()))
-            .collect())
+        differing_with_children(self, partition, level, theirs, &mine)
     }
     /// The entries of each segment in `segments`, in the same order.
     fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>>;
@@ -267,22 +281,10 @@ impl Replica for Store {
         level: u32,
         theirs: &[(u64, Hash)],
     ) -> Result<Vec<(u64, Vec<Hash>)>> {
-        let shape = Store::shape(self);
+        // Exactly the nodes asked about (the default reads all their siblings).
         let ids: Vec<u64> = theirs.iter().map(|&(n, _)| n).collect();
         let mine = self.nodes(partition, level, &ids)?;
-        let mut out = Vec::new();
-        for (&(node, hash), here) in theirs.iter().zip(mine) {
-            if hash == here {
-                continue;
-            }
-            let children = if level == shape.levels {
-                Vec::new()
-            } else {
-                Store::children(self, partition, level, node)?
-            };
-            out.push((node, children));
-        }
-        Ok(out)
+        differing_with_children(self, partition, level, theirs, &mine)
     }
 
     fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>> {

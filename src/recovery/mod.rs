@@ -15,7 +15,7 @@ use crate::index::{Index, Trees};
 use crate::marks::{Marks, Region};
 use crate::meta::{CheckpointInfo, Meta};
 use crate::options::{Options, Shape};
-use crate::scan::{hash_pieces, scan_all, Piece};
+use crate::scan::{hash_small_pieces, scan_all, Piece};
 use crate::snapshot;
 use crate::tree::Tree;
 
@@ -283,7 +283,7 @@ fn rehash(out: &mut Recovered, data: &sled::Tree, shape: Shape, regions: &[Regio
         })
         .collect();
     let mut keys = 0;
-    for hashed in hash_pieces(data, shape, pieces, false, &mut |_| {})? {
+    for hashed in hash_small_pieces(data, shape, pieces)? {
         keys += hashed.keys;
         out.clock = out.clock.max(hashed.max_version);
         let piece = hashed.piece;

@@ -6,7 +6,7 @@ use std::fmt;
 use crate::bucket::{self, BucketId};
 use crate::error::Result;
 use crate::index::Index;
-use crate::scan::{hash_pieces, scan_all, Piece, Progress};
+use crate::scan::{hash_small_pieces, scan_all, Piece, Progress};
 use crate::Hash;
 
 /// One thing verify found wrong.
@@ -156,7 +156,7 @@ pub(crate) fn verify(
             count: 1,
         })
         .collect();
-    for hashed in hash_pieces(&index.data, shape, pieces, false, &mut |_| {})? {
+    for hashed in hash_small_pieces(&index.data, shape, pieces)? {
         let (p, s) = (hashed.piece.partition, hashed.piece.first);
         let fresh = hashed.hashes.first().map(|&(_, h)| h).unwrap_or_default();
         let live = index
