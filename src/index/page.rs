@@ -255,6 +255,22 @@ impl<'a> PageRef<'a> {
         }
     }
 
+    /// XOR of all the page's nodes.
+    pub(crate) fn xor_all(&self) -> Hash {
+        match self {
+            PageRef::Sparse(nodes) => {
+                let hashes = nodes
+                    .get(2 * (nodes.len() / NODE_BYTES)..)
+                    .unwrap_or_default();
+                hashes
+                    .chunks_exact(HASH_BYTES)
+                    .map(|h| h.try_into().map_or(Hash::ZERO, Hash::from_bytes))
+                    .fold(Hash::ZERO, |acc, h| acc ^ h)
+            }
+            PageRef::Dense(hashes) => hashes.iter().fold(Hash::ZERO, |acc, &h| acc ^ h),
+        }
+    }
+
     pub(crate) fn nonzero(&self) -> usize {
         match self {
             PageRef::Sparse(nodes) => nodes.len() / NODE_BYTES,

@@ -98,15 +98,20 @@ impl Tree {
         let top = shape.levels - 1 - u32::from(derives_parents(shape));
         let fan_in = u64::from(shape.width).pow(shape.levels - top);
         let mut parents: Vec<(u64, Hash)> = Vec::new();
+        let mut add = |parent: u64, h: Hash| match parents.last_mut() {
+            Some((p, sum)) if *p == parent => *sum ^= h,
+            _ => parents.push((parent, h)),
+        };
         for (page, nodes) in &pages {
             let base = u64::from(*page) * page_len;
-            nodes.view().for_each(|o, h| {
-                let parent = (base + o as u64) / fan_in;
-                match parents.last_mut() {
-                    Some((p, sum)) if *p == parent => *sum ^= h,
-                    _ => parents.push((parent, h)),
-                }
-            });
+            if fan_in % page_len == 0 {
+                // The whole page is under one node (the default shape's case).
+                add(base / fan_in, nodes.view().xor_all());
+            } else {
+                nodes
+                    .view()
+                    .for_each(|o, h| add((base + o as u64) / fan_in, h));
+            }
         }
         let mut tree = Tree::new(shape);
         if let Some(level) = tree.levels.last_mut() {
@@ -487,7 +492,14 @@ mod tests {
 
     #[test]
     fn both_builders_match_applying_segments_one_by_one() {
-        let shape = Shape::new(16, 3).unwrap();
+        // 4,096 segments either way: a page under one derived parent's parent (16 x 3),
+        // or spanning sixteen of them (4 x 6).
+        for shape in [Shape::new(16, 3).unwrap(), Shape::new(4, 6).unwrap()] {
+            builders_match(shape);
+        }
+    }
+
+    fn builders_match(shape: Shape) {
         let h = |s: u32| value_hash(&s.to_le_bytes());
         for n in [0u32, 1, 40, 900, 4096] {
             let mut applied = Tree::new(shape);
@@ -513,7 +525,7 @@ mod tests {
             ] {
                 assert_eq!(built.root(), applied.root());
                 assert_eq!(built.first_inconsistency(), None);
-                for level in 0..=3 {
+                for level in 0..=shape.levels {
                     for i in 0..shape.nodes_at(level) {
                         assert_eq!(built.node(level, i), applied.node(level, i));
                     }
