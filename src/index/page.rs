@@ -355,36 +355,59 @@ pub(crate) fn decode_nodes(
             Ok(used)
         }
         Some(&SPARSE) => {
-            let count = u16_at(bytes, 1).map(usize::from).ok_or_else(|| short(3))?;
-            if count == 0 || count > len {
-                return Err(bad(location, format!("{count} nodes in a page of {len}")));
-            }
-            let used = 3 + count * (2 + HASH_BYTES);
-            if bytes.len() < used {
-                return Err(short(used));
-            }
-            let mut last = None;
-            for i in 0..count {
-                let at = 3 + 2 * i;
-                let o = u16_at(bytes, at).ok_or_else(|| short(at + 2))?;
-                if usize::from(o) >= len || last.is_some_and(|l| o <= l) {
-                    return Err(bad(
-                        location,
-                        format!("node offset {o} out of order or range"),
-                    ));
-                }
-                last = Some(o);
-                let h = hash_at(3 + 2 * count + i * HASH_BYTES)?;
-                if h.is_zero() {
-                    return Err(bad(location, format!("zero hash listed at offset {o}")));
-                }
-                node(usize::from(o), h);
-            }
+            let (held, used) = check_sparse(bytes, len, location)?;
+            PageRef::Sparse(held).for_each(node);
             Ok(used)
         }
         Some(&kind) => Err(bad(location, format!("page kind {kind} (0 or 1)"))),
         None => Err(short(1)),
     }
+}
+
+/// Checks the sparse page encoded at the front of `bytes` (a page of `len` nodes):
+/// `count` in 1..=len, offsets strictly increasing and below `len`, no zero hash.
+/// Returns its nodes in the in-memory layout (after the kind and count) and the bytes
+/// used.
+fn check_sparse<'a>(
+    bytes: &'a [u8],
+    len: usize,
+    location: &dyn Fn() -> String,
+) -> Result<(&'a [u8], usize), Corruption> {
+    let short = |expected: usize| Corruption::BadLength {
+        what: "index page",
+        location: location(),
+        expected,
+        found: bytes.len(),
+    };
+    let count = u16_at(bytes, 1).map(usize::from).ok_or_else(|| short(3))?;
+    if count == 0 || count > len {
+        return Err(bad(location, format!("{count} nodes in a page of {len}")));
+    }
+    let used = 3 + count * NODE_BYTES;
+    let held = bytes.get(3..used).ok_or_else(|| short(used))?;
+    let (offsets, hashes) = held.split_at(2 * count);
+    let mut next = 0usize; // the least offset the next node may have
+    for o in offsets.chunks_exact(2) {
+        // `chunks_exact` makes the conversion infallible.
+        let o = o
+            .try_into()
+            .map_or(0, |b| usize::from(u16::from_le_bytes(b)));
+        if o < next || o >= len {
+            return Err(bad(
+                location,
+                format!("node offset {o} out of order or range"),
+            ));
+        }
+        next = o + 1;
+    }
+    if let Some(i) = hashes
+        .chunks_exact(HASH_BYTES)
+        .position(|h| h.iter().all(|&b| b == 0))
+    {
+        let o = offset_at(held, i);
+        return Err(bad(location, format!("zero hash listed at offset {o}")));
+    }
+    Ok((held, used))
 }
 
 /// Decodes one encoded page of `len` nodes from the front of `bytes` into the page it
@@ -396,19 +419,14 @@ pub(crate) fn decode_page(
     len: usize,
     location: &dyn Fn() -> String,
 ) -> Result<(Page, usize), Corruption> {
+    let stays_sparse = u16_at(bytes, 1).is_some_and(|count| usize::from(count) * 2 <= len);
+    if bytes.first() == Some(&SPARSE) && stays_sparse {
+        let (held, used) = check_sparse(bytes, len, location)?;
+        return Ok((Page::Sparse(held.to_vec()), used));
+    }
     let mut nodes = Vec::new();
-    let copy = bytes.first() == Some(&SPARSE)
-        && u16_at(bytes, 1).is_some_and(|count| usize::from(count) * 2 <= len);
-    let used = decode_nodes(bytes, len, location, &mut |o, h| {
-        if !copy {
-            nodes.push((o as u64, h));
-        }
-    })?;
-    let page = match bytes.get(3..used) {
-        Some(held) if copy => Page::Sparse(held.to_vec()),
-        _ => Page::from_nodes(&nodes, 0, len),
-    };
-    Ok((page, used))
+    let used = decode_nodes(bytes, len, location, &mut |o, h| nodes.push((o as u64, h)))?;
+    Ok((Page::from_nodes(&nodes, 0, len), used))
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
