@@ -264,13 +264,17 @@ impl Replica for Store {
                 Store::children(self, partition, level, p)
             });
         }
+        if let Some(p) = parents.iter().find(|&&p| p >= shape.nodes_at(level)) {
+            return Err(Error::InvalidArgument(format!(
+                "node {p} is past the {} nodes of level {level}",
+                shape.nodes_at(level)
+            )));
+        }
+        // In range: a child of a node of the level is a node of the next one.
         let width = u64::from(shape.width);
         let ids: Vec<u64> = parents
             .iter()
-            .flat_map(|&p| {
-                let first = p.saturating_mul(width);
-                first..first.saturating_add(width)
-            })
+            .flat_map(|&p| p * width..(p + 1) * width)
             .collect();
         self.nodes(partition, level + 1, &ids)
     }

@@ -341,14 +341,17 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
                 return Err(too_many("nodes", count));
             }
             let width = store.shape().width as usize;
-            let nodes: Vec<_> = runs
-                .into_iter()
-                .flat_map(|(first, hashes)| {
-                    (first..)
-                        .zip(hashes)
-                        .map(|(n, h)| (n, crate::Hash::from_bytes(h)))
-                })
-                .collect();
+            let mut nodes = Vec::with_capacity(count);
+            for (first, hashes) in runs {
+                for (i, h) in (0u64..).zip(hashes) {
+                    // A run counting past u64::MAX is past any tree (the store refuses
+                    // numbers past the level's nodes).
+                    let n = first.checked_add(i).ok_or_else(|| {
+                        Error::InvalidArgument(format!("node {first} + {i} is past the tree"))
+                    })?;
+                    nodes.push((n, crate::Hash::from_bytes(h)));
+                }
+            }
             // Answer a prefix whose children fit the budget (each differing node may
             // bring `width` hashes), at least one node.
             let step = (MAX_DESCEND_HASHES / width).max(1);
@@ -525,5 +528,56 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(applied, Response::Applied { written: 1, .. }));
+    }
+
+    #[test]
+    fn node_numbers_past_the_tree_are_refused_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        store.partition(0).put(b"k", b"v").unwrap();
+        store.sync_index().unwrap();
+        let levels = store.shape().levels;
+        let requests = [
+            // A run that would count past u64::MAX, at every level.
+            Request::Descend {
+                partition: 0,
+                level: 1,
+                runs: vec![(u64::MAX, vec![[1u8; 16]; 2])],
+            },
+            Request::Descend {
+                partition: 0,
+                level: levels,
+                runs: vec![(u64::MAX - 1, vec![[1u8; 16]; 3])],
+            },
+            Request::Descend {
+                partition: 0,
+                level: 2,
+                runs: vec![(1 << 40, vec![[1u8; 16]])],
+            },
+            // Parents whose children are past the tree, or past u64::MAX.
+            Request::Children {
+                partition: 0,
+                level: 1,
+                parents: vec![u64::MAX],
+            },
+            Request::Children {
+                partition: 0,
+                level: levels - 1,
+                parents: vec![1 << 40],
+            },
+            Request::Children {
+                partition: 0,
+                level: levels,
+                parents: vec![0],
+            },
+        ];
+        for request in requests {
+            let shown = format!("{request:?}");
+            let err = answer(&store, request, &Accept::Any).unwrap_err();
+            assert!(
+                err.to_string().contains("past") || err.to_string().contains("no children"),
+                "{shown}: {err}"
+            );
+        }
     }
 }

@@ -203,8 +203,14 @@ impl Store {
                 self.index.shape.levels
             )));
         }
-        let first = node.saturating_mul(width);
-        let ids: Vec<u64> = (first..first.saturating_add(width)).collect();
+        if node >= self.index.shape.nodes_at(level) {
+            return Err(Error::InvalidArgument(format!(
+                "node {node} is past the {} nodes of level {level}",
+                self.index.shape.nodes_at(level)
+            )));
+        }
+        // In range: its children are nodes of the next level.
+        let ids: Vec<u64> = (node * width..(node + 1) * width).collect();
         self.nodes(partition, level + 1, &ids)
     }
 
