@@ -257,26 +257,7 @@ impl Replica for Store {
     }
 
     fn children(&self, partition: u32, level: u32, parents: &[u64]) -> Result<Vec<Hash>> {
-        let shape = Store::shape(self);
-        if level >= shape.levels {
-            // The error `Store::children` gives.
-            return parents.first().map_or(Ok(Vec::new()), |&p| {
-                Store::children(self, partition, level, p)
-            });
-        }
-        if let Some(p) = parents.iter().find(|&&p| p >= shape.nodes_at(level)) {
-            return Err(Error::InvalidArgument(format!(
-                "node {p} is past the {} nodes of level {level}",
-                shape.nodes_at(level)
-            )));
-        }
-        // In range: a child of a node of the level is a node of the next one.
-        let width = u64::from(shape.width);
-        let ids: Vec<u64> = parents
-            .iter()
-            .flat_map(|&p| p * width..(p + 1) * width)
-            .collect();
-        self.nodes(partition, level + 1, &ids)
+        self.children_of(partition, level, parents)
     }
 
     fn descend(

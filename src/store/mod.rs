@@ -174,12 +174,7 @@ impl Store {
                 shape.levels
             )));
         }
-        if let Some(n) = nodes.iter().find(|&&n| n >= shape.nodes_at(level)) {
-            return Err(Error::InvalidArgument(format!(
-                "node {n} is past the {} nodes of level {level}",
-                shape.nodes_at(level)
-            )));
-        }
+        check_nodes(shape, level, nodes)?;
         let trees = self.index.trees();
         let Some(tree) = trees.get(&partition) else {
             return Ok(vec![Hash::ZERO; nodes.len()]);
@@ -196,21 +191,31 @@ impl Store {
 
     /// Hashes of the `width` children of `node` at `level`.
     pub fn children(&self, partition: u32, level: u32, node: u64) -> Result<Vec<Hash>> {
-        let width = u64::from(self.index.shape.width);
-        if level >= self.index.shape.levels {
+        self.children_of(partition, level, &[node])
+    }
+
+    /// The `width` children of each of `parents` (nodes of `level`), concatenated, in
+    /// one read.
+    pub(crate) fn children_of(
+        &self,
+        partition: u32,
+        level: u32,
+        parents: &[u64],
+    ) -> Result<Vec<Hash>> {
+        let shape = self.index.shape;
+        if level >= shape.levels {
             return Err(Error::InvalidArgument(format!(
                 "level {level} has no children (segments are level {})",
-                self.index.shape.levels
+                shape.levels
             )));
         }
-        if node >= self.index.shape.nodes_at(level) {
-            return Err(Error::InvalidArgument(format!(
-                "node {node} is past the {} nodes of level {level}",
-                self.index.shape.nodes_at(level)
-            )));
-        }
-        // In range: its children are nodes of the next level.
-        let ids: Vec<u64> = (node * width..(node + 1) * width).collect();
+        check_nodes(shape, level, parents)?;
+        // In range: a child of a node of the level is a node of the next one.
+        let width = u64::from(shape.width);
+        let ids: Vec<u64> = parents
+            .iter()
+            .flat_map(|&p| p * width..(p + 1) * width)
+            .collect();
         self.nodes(partition, level + 1, &ids)
     }
 
@@ -412,5 +417,16 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("dir", &self.dir)
             .finish_non_exhaustive()
+    }
+}
+
+/// Refuses a node number past its level.
+fn check_nodes(shape: Shape, level: u32, nodes: &[u64]) -> Result<()> {
+    match nodes.iter().find(|&&n| n >= shape.nodes_at(level)) {
+        Some(n) => Err(Error::InvalidArgument(format!(
+            "node {n} is past the {} nodes of level {level}",
+            shape.nodes_at(level)
+        ))),
+        None => Ok(()),
     }
 }
