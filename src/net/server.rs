@@ -538,7 +538,7 @@ mod tests {
         store.sync_index().unwrap();
         let levels = store.shape().levels;
         let requests = [
-            // A run that would count past u64::MAX, at every level.
+            // Runs that would count past u64::MAX, at an upper level and the segments.
             Request::Descend {
                 partition: 0,
                 level: 1,
