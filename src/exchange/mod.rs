@@ -121,7 +121,8 @@ fn differing_with_children<R: Replica + ?Sized>(
 }
 
 /// A tree that can be questioned, one batch per call (one round trip over a network).
-pub trait Replica {
+/// `Sync`: an exchange reads its own side on a second thread while the other answers.
+pub trait Replica: Sync {
     /// The tree shape; both sides of an exchange must agree.
     fn shape(&self) -> Result<Shape>;
     /// Partitions this replica holds.
