@@ -162,12 +162,13 @@ impl Level {
                 let (first_page, last_page) = (first / page_len, (end - 1) / page_len);
                 self.for_each_page_in(first_page, last_page + 1 - first_page, |page, view| {
                     let base = u64::from(page) * page_len;
-                    view.for_each(|offset, h| {
+                    // The part of this page within `first..end`, as page offsets.
+                    let lo = first.saturating_sub(base) as usize;
+                    let hi = (end - base).min(page_len) as usize;
+                    view.for_each_in(lo..hi, |offset, h| {
                         let i = base + offset as u64;
-                        if (first..end).contains(&i) {
-                            if let Some(sum) = sums.get_mut(((i - first) / run) as usize) {
-                                *sum ^= h;
-                            }
+                        if let Some(sum) = sums.get_mut(((i - first) / run) as usize) {
+                            *sum ^= h;
                         }
                     });
                 });

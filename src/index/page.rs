@@ -11,6 +11,8 @@
 //! form; the decoder accepts either and checks every range.
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
+use std::ops::Range;
+
 use crate::error::Corruption;
 use crate::hash::{Hash, HASH_BYTES};
 
@@ -255,6 +257,48 @@ impl<'a> PageRef<'a> {
         }
     }
 
+    /// Calls `f(offset, hash)` for every non-zero node with an offset in `range`, in
+    /// offset order, without visiting the nodes before it.
+    pub(crate) fn for_each_in(&self, range: Range<usize>, mut f: impl FnMut(usize, Hash)) {
+        match self {
+            PageRef::Sparse(nodes) => {
+                let n = nodes.len() / NODE_BYTES;
+                // Offsets are u16: a range starting past them holds none.
+                let Ok(start) = u16::try_from(range.start) else {
+                    return;
+                };
+                let (Ok(i) | Err(i)) = if start == 0 {
+                    Err(0)
+                } else {
+                    search(nodes, start)
+                };
+                let (offsets, hashes) = nodes.split_at(2 * n);
+                let offsets = offsets.get(2 * i..).unwrap_or_default().chunks_exact(2);
+                let hashes = hashes
+                    .get(HASH_BYTES * i..)
+                    .unwrap_or_default()
+                    .chunks_exact(HASH_BYTES);
+                for (o, h) in offsets.zip(hashes) {
+                    // `chunks_exact` makes both conversions infallible.
+                    let offset = usize::from(o.try_into().map_or(0, u16::from_le_bytes));
+                    if offset >= range.end {
+                        break;
+                    }
+                    f(offset, h.try_into().map_or(Hash::ZERO, Hash::from_bytes));
+                }
+            }
+            PageRef::Dense(hashes) => {
+                let end = range.end.min(hashes.len());
+                let within = hashes.get(range.start..end).unwrap_or_default();
+                for (i, &h) in (range.start..).zip(within) {
+                    if !h.is_zero() {
+                        f(i, h);
+                    }
+                }
+            }
+        }
+    }
+
     /// XOR of all the page's nodes.
     pub(crate) fn xor_all(&self) -> Hash {
         match self {
@@ -471,6 +515,27 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_range_visits_the_nodes_a_full_visit_finds_there(
+            nodes in proptest::collection::btree_map(0u16..256, 1u32.., 0..256),
+            a in 0usize..300,
+            b in 0usize..300,
+        ) {
+            // Few nodes stay sparse, many turn the page dense: both forms are covered.
+            let len = 256;
+            let mut page = Page::empty();
+            for (&o, &v) in &nodes {
+                page.xor(usize::from(o), h(v), len);
+            }
+            let range = a.min(b)..a.max(b);
+            let mut all = Vec::new();
+            page.view().for_each(|o, h| all.push((o, h)));
+            all.retain(|(o, _)| range.contains(o));
+            let mut within = Vec::new();
+            page.view().for_each_in(range, |o, h| within.push((o, h)));
+            prop_assert_eq!(within, all);
+        }
+
         #[test]
         fn encode_decode_round_trip(nodes in proptest::collection::btree_map(0u16..256, 1u32.., 1..256)) {
             let len = 256;

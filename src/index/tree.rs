@@ -252,7 +252,8 @@ impl Tree {
     }
 
     /// Appends nodes `first .. first + count` of `level` (0 = root) to `out`, zero past
-    /// the tree. Derived nodes come from one pass over the segment pages they span.
+    /// the tree, in one pass over the pages they span (for derived nodes, the segment
+    /// pages).
     pub(crate) fn node_run(&self, level: u32, first: u64, count: usize, out: &mut Vec<Hash>) {
         let Some(at) = (level as usize).checked_sub(1) else {
             out.extend((0..count as u64).map(|i| match first.checked_add(i) {
@@ -266,13 +267,9 @@ impl Tree {
                 let width = u64::from(self.shape.width);
                 segments.fold_runs(first.saturating_mul(width), width, count, out);
             }
-            (Some(held), _) => {
-                out.extend((0..count as u64).map(|i| {
-                    first
-                        .checked_add(i)
-                        .map_or(Hash::ZERO, |index| held.get(index))
-                }));
-            }
+            // A held run is a fold of runs of one node: a page look-up per page, not
+            // per node.
+            (Some(held), _) => held.fold_runs(first, 1, count, out),
             _ => out.resize(out.len() + count, Hash::ZERO),
         }
     }

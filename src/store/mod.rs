@@ -422,10 +422,10 @@ impl std::fmt::Debug for Store {
 
 /// Refuses a node number past its level.
 fn check_nodes(shape: Shape, level: u32, nodes: &[u64]) -> Result<()> {
-    match nodes.iter().find(|&&n| n >= shape.nodes_at(level)) {
+    let count = shape.nodes_at(level);
+    match nodes.iter().find(|&&n| n >= count) {
         Some(n) => Err(Error::InvalidArgument(format!(
-            "node {n} is past the {} nodes of level {level}",
-            shape.nodes_at(level)
+            "node {n} is past the {count} nodes of level {level}"
         ))),
         None => Ok(()),
     }
