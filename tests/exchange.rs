@@ -505,3 +505,46 @@ fn a_segment_whose_records_pass_the_budget_is_listed_and_read_by_key() {
     a.sync_index().unwrap();
     assert_eq!(a.root(0), b.root(0));
 }
+
+/// A peer that answers at most 700 segments a request, as one whose answers pass the
+/// byte budget does.
+struct Stingy<'a>(&'a Store);
+
+impl Replica for Stingy<'_> {
+    forward!(0; shape partitions roots children entries records apply);
+    fn segments(&self, p: u32, s: &[(u32, bool)]) -> merkle_index::Result<Vec<Vec<SegmentItem>>> {
+        Replica::segments(self.0, p, s.get(..700).unwrap_or(s))
+    }
+}
+
+#[test]
+fn answers_of_a_few_segments_each_are_compared_with_ours_in_order() {
+    // More differing segments than this side reads ahead of the first answer (4,096),
+    // answered 700 at a time: our entries read ahead and those read as the answers come
+    // must both line up with theirs.
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(da.path(), merkle_index::Options::default()).unwrap();
+    let b = Store::open(db.path(), merkle_index::Options::default()).unwrap();
+    for i in 0..6_000u32 {
+        a.put_versioned(&i.to_be_bytes(), b"a", 1).unwrap();
+        b.put_versioned(&i.to_be_bytes(), b"b", 2).unwrap();
+    }
+    for i in 6_000..7_000u32 {
+        b.put_versioned(&i.to_be_bytes(), b"only on b", 1).unwrap();
+    }
+    for i in 7_000..7_500u32 {
+        a.put_versioned(&i.to_be_bytes(), b"only on a", 1).unwrap();
+    }
+    a.sync_index().unwrap();
+    b.sync_index().unwrap();
+    let whole = diff(&a, &b, 0).unwrap();
+    let paged = diff(&a, &Stingy(&b), 0).unwrap();
+    assert_eq!(whole.differences.len(), 7_500);
+    assert_eq!(paged.differences, whole.differences);
+    assert!(
+        paged.round_trips > whole.round_trips + 5,
+        "{} against {}",
+        paged.round_trips,
+        whole.round_trips
+    );
+}

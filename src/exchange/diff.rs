@@ -1,7 +1,7 @@
 //! Diff between two replicas: descend only where hashes differ, then compare only the
 //! entries of differing segments, a bounded page at a time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::error::{Error, Result};
 use crate::exchange::{Lookup, Replica, SegmentItem};
@@ -52,6 +52,9 @@ pub const PAGE: usize = 16_384;
 /// answers: starting and joining a thread took 0.2-0.3 ms on the 2-core test machine,
 /// about what reading fifty segments takes.
 const OVERLAP_MIN: usize = 128;
+/// Most segments of ours read before the remote's answer says how many it covers (the
+/// rest are read as its answers come, so our side's memory follows theirs).
+const READ_AHEAD: usize = 4096;
 
 /// Compares one partition of two replicas by alternating descent: each request carries
 /// this side's hashes of one level and brings back the remote's next level where they
@@ -242,9 +245,9 @@ impl Walker<'_, '_> {
     /// Compares the keys of the pending differing segments and reports those that
     /// differ. The remote lists each segment's entries, with the records of segments
     /// empty here, one answer at a time (it may cut an answer at its byte budget). Our
-    /// entries of the whole page are read while the remote answers the first request:
-    /// over a network while the request is on the wire, between two local stores on a
-    /// second core.
+    /// entries of up to [`READ_AHEAD`] segments are read while the remote answers the
+    /// first request (over a network while the request is on the wire, between two
+    /// local stores on a second core), the rest as its answers come.
     fn flush_segments(&mut self, report: &mut DiffReport) -> Result<()> {
         let pending = std::mem::take(&mut self.segments);
         if pending.is_empty() {
@@ -253,9 +256,15 @@ impl Walker<'_, '_> {
         // A segment asked with records is empty here: nothing to list locally.
         let listed: Vec<u32> = pending.iter().filter(|s| !s.1).map(|s| s.0).collect();
         let (local, remote, partition) = (self.local, self.remote, self.partition);
-        let (first, mine) = if listed.len() >= OVERLAP_MIN {
+        let ahead = listed.get(..READ_AHEAD).unwrap_or(&listed);
+        let ahead = if ahead.len() >= OVERLAP_MIN {
+            ahead
+        } else {
+            &[]
+        };
+        let (first, mine) = if !ahead.is_empty() {
             std::thread::scope(|scope| {
-                let ours = scope.spawn(|| local.entries(partition, &listed));
+                let ours = scope.spawn(|| local.entries(partition, ahead));
                 let theirs = remote.segments(partition, &pending);
                 let ours = ours
                     .join()
@@ -263,19 +272,12 @@ impl Walker<'_, '_> {
                 (theirs, ours)
             })
         } else {
-            (
-                remote.segments(partition, &pending),
-                local.entries(partition, &listed),
-            )
+            (remote.segments(partition, &pending), Ok(Vec::new()))
         };
-        let mine = mine?;
-        expect_len(
-            "segment entry lists",
-            listed.len(),
-            mine.len(),
-            listed.len(),
-        )?;
-        let mut mine = mine.into_iter();
+        // Ours of `listed[..read]`, not yet compared.
+        let mut mine: VecDeque<Vec<Entry>> = mine?.into();
+        let mut read = mine.len();
+        expect_len("segment entry lists", ahead.len(), read, read)?;
         let mut first = Some(first);
         let mut rest = pending.as_slice();
         while !rest.is_empty() {
@@ -293,13 +295,23 @@ impl Walker<'_, '_> {
             }
             let (done, tail) = rest.split_at(theirs.len());
             rest = tail;
+            let needed = done.iter().filter(|s| !s.1).count();
+            if mine.len() < needed {
+                let more = listed
+                    .get(read..read + needed - mine.len())
+                    .unwrap_or_default();
+                let lists = local.entries(partition, more)?;
+                expect_len("segment entry lists", more.len(), lists.len(), more.len())?;
+                read += lists.len();
+                mine.extend(lists);
+            }
             report.segments_compared += done.len() as u64;
             let mut found = Vec::new();
             for (&(_, with_records), theirs) in done.iter().zip(theirs) {
                 let ours = if with_records {
                     Vec::new()
                 } else {
-                    mine.next().unwrap_or_default()
+                    mine.pop_front().unwrap_or_default()
                 };
                 report.payload_bytes += theirs.iter().map(|i| i.size() as u64).sum::<u64>();
                 compare_segment(ours, theirs, &mut found);
