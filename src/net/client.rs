@@ -374,10 +374,14 @@ impl Replica for Client {
                     stale,
                     refused,
                 } => {
-                    if written + stale + refused != asked {
+                    // Counted without overflow: a peer's counts that wrap around to the
+                    // number asked are as wrong as any other.
+                    let accounted = written
+                        .checked_add(stale)
+                        .and_then(|n| n.checked_add(refused));
+                    if accounted != Some(asked) {
                         return Err(Error::Protocol(format!(
-                            "peer accounted for {} of {asked} repairs",
-                            written + stale + refused
+                            "peer accounted for {written} written, {stale} stale and {refused} refused of {asked} repairs"
                         )));
                     }
                     total.add(Applied {
@@ -401,5 +405,58 @@ impl Replica for Client {
         }
         send(&mut page)?;
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::net::proto::Hello;
+
+    /// A server that holds the key but answers every request with `answer`.
+    fn lying_server(key: &Key, answer: fn() -> Response) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let key = key.clone();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let timeout = Duration::from_secs(10);
+            let mut channel = Channel::accept(stream, &key, timeout, |_: Hello| {
+                Ok(Welcome {
+                    protocol: PROTOCOL,
+                    width: 16,
+                    levels: 5,
+                })
+            })
+            .unwrap();
+            while let Ok(Some(_)) = channel.recv::<Request>(timeout, None) {
+                if channel.send(&answer(), timeout).is_err() {
+                    break;
+                }
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn repair_counts_that_wrap_around_are_a_protocol_error_not_a_panic() {
+        let key = Key::from_secret(b"a secret shared by both sides").unwrap();
+        // 2^64 - 1 written and 2 stale "add up" to the one repair sent, modulo 2^64.
+        let addr = lying_server(&key, || Response::Applied {
+            written: u64::MAX,
+            stale: 2,
+            refused: 0,
+        });
+        let client = Client::connect(&addr, &key, Duration::from_secs(10)).unwrap();
+        let repair = Repair {
+            key: b"k".to_vec(),
+            expected: None,
+            record: Record::value(1, b"v"),
+        };
+        let err = client.apply(0, &[repair]).unwrap_err();
+        assert!(matches!(err, Error::Protocol(_)), "{err}");
+        assert!(err.to_string().contains("of 1 repairs"), "{err}");
     }
 }
