@@ -548,3 +548,31 @@ fn answers_of_a_few_segments_each_are_compared_with_ours_in_order() {
         whole.round_trips
     );
 }
+
+/// A remote that writes its repairs but miscounts them so the sum wraps around to the
+/// number sent (2^64 - 1 written, and one more stale than there were repairs).
+struct Miscounting<'a>(&'a Store);
+
+impl Replica for Miscounting<'_> {
+    forward!(0; shape partitions roots children entries records);
+    fn apply(&self, p: u32, repairs: &[Repair]) -> merkle_index::Result<Applied> {
+        Replica::apply(self.0, p, repairs)?;
+        Ok(Applied {
+            written: u64::MAX,
+            stale: repairs.len() as u64 + 1,
+            refused: 0,
+        })
+    }
+}
+
+#[test]
+fn repair_counts_that_wrap_around_end_the_sync_with_a_protocol_error() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(da.path(), small_options()).unwrap();
+    let b = Store::open(db.path(), small_options()).unwrap();
+    a.put(b"only here", b"v").unwrap();
+    a.sync_index().unwrap();
+    let err = sync(&a, &Miscounting(&b), 0, &SyncOptions::default()).unwrap_err();
+    assert!(matches!(err, merkle_index::Error::Protocol(_)), "{err}");
+    assert!(err.to_string().contains("of 1 repairs"), "{err}");
+}

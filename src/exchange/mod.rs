@@ -84,11 +84,11 @@ pub struct Applied {
 }
 
 impl Applied {
-    /// Adds another batch's counts.
+    /// Adds another batch's counts (saturating: counts come from replicas).
     pub fn add(&mut self, other: Applied) {
-        self.written += other.written;
-        self.stale += other.stale;
-        self.refused += other.refused;
+        self.written = self.written.saturating_add(other.written);
+        self.stale = self.stale.saturating_add(other.stale);
+        self.refused = self.refused.saturating_add(other.refused);
     }
 }
 

@@ -364,10 +364,16 @@ fn apply_all(replica: &dyn Replica, partition: u32, repairs: &[Repair]) -> Resul
         return Ok(Applied::default());
     }
     let applied = replica.apply(partition, repairs)?;
-    let total = applied.written + applied.stale + applied.refused;
-    if total != repairs.len() as u64 {
+    let total = applied
+        .written
+        .checked_add(applied.stale)
+        .and_then(|n| n.checked_add(applied.refused));
+    if total != Some(repairs.len() as u64) {
         return Err(Error::Protocol(format!(
-            "replica accounted for {total} of {} repairs",
+            "replica accounted for {} written, {} stale and {} refused of {} repairs",
+            applied.written,
+            applied.stale,
+            applied.refused,
             repairs.len()
         )));
     }
