@@ -274,10 +274,13 @@ impl Replica for Store {
     }
 
     fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>> {
-        segments
-            .iter()
-            .map(|&s| self.segment_entries(partition, s))
-            .collect()
+        // One read for all, so segments close together share a range scan.
+        let asked: Vec<(u32, bool)> = segments.iter().map(|&s| (s, false)).collect();
+        Ok(self
+            .segment_items(partition, &asked, usize::MAX)?
+            .into_iter()
+            .map(|items| items.into_iter().map(|item| item.entry).collect())
+            .collect())
     }
 
     fn segments(&self, partition: u32, segments: &[(u32, bool)]) -> Result<Vec<Vec<SegmentItem>>> {
