@@ -274,7 +274,7 @@ impl Walker<'_, '_> {
         } else {
             (remote.segments(partition, &pending), Ok(Vec::new()))
         };
-        // Ours of `listed[..read]`, not yet compared.
+        // Ours of the listed segments read so far (`listed[..read]`) and not yet compared.
         let mut mine: VecDeque<Vec<Entry>> = mine?.into();
         let mut read = mine.len();
         expect_len("segment entry lists", ahead.len(), read, read)?;
