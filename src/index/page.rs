@@ -236,25 +236,8 @@ impl Page {
 
 impl<'a> PageRef<'a> {
     /// Calls `f(offset, hash)` for every non-zero node, in offset order.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(usize, Hash)) {
-        match self {
-            PageRef::Sparse(nodes) => {
-                let (offsets, hashes) = nodes.split_at(2 * (nodes.len() / NODE_BYTES));
-                for (o, h) in offsets.chunks_exact(2).zip(hashes.chunks_exact(HASH_BYTES)) {
-                    // `chunks_exact` makes both conversions infallible.
-                    let o = o.try_into().map_or(0, u16::from_le_bytes);
-                    let h = h.try_into().map_or(Hash::ZERO, Hash::from_bytes);
-                    f(usize::from(o), h);
-                }
-            }
-            PageRef::Dense(hashes) => {
-                for (i, &h) in hashes.iter().enumerate() {
-                    if !h.is_zero() {
-                        f(i, h);
-                    }
-                }
-            }
-        }
+    pub(crate) fn for_each(&self, f: impl FnMut(usize, Hash)) {
+        self.for_each_in(0..usize::MAX, f);
     }
 
     /// Calls `f(offset, hash)` for every non-zero node with an offset in `range`, in
