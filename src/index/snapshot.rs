@@ -180,7 +180,18 @@ fn decode_partition(shape: Shape, head: PartHead, part: &[u8]) -> Result<(u32, T
     } else {
         Vec::new()
     };
-    let mut kept = Vec::with_capacity(if dense { 0 } else { pages as usize });
+    if u64::from(pages) > page_count {
+        return Err(bad_header(format!(
+            "partition {id}: {pages} segment pages in a tree of {page_count}"
+        )));
+    }
+    // The count comes from the file: the list grows with the pages actually read (each
+    // takes at least 5 bytes), never from the count alone.
+    let mut kept = Vec::with_capacity(if dense {
+        0
+    } else {
+        (pages as usize).min(part.len() / 5)
+    });
     let mut at = 0usize;
     let mut last = None;
     for _ in 0..pages {
@@ -287,6 +298,14 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
     // Split the body by partition (each says its length), then check the checksum on
     // one thread while every core decodes partitions; nothing decoded is used unless the
     // checksum matches.
+    // Each partition takes at least its head: a count past that is refused before the
+    // list of them is allocated.
+    if u64::from(partitions) * PART_HEAD as u64 > body.len() as u64 {
+        return Err(bad_header(format!(
+            "{partitions} partitions cannot fit in a body of {} bytes",
+            body.len()
+        )));
+    }
     let mut parts = Vec::with_capacity(partitions as usize);
     let mut at = 0usize;
     for _ in 0..partitions {
@@ -343,4 +362,124 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
         }
     }
     Ok(Some(trees))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::hash::value_hash;
+
+    const EPOCH: u64 = 9;
+
+    fn shape() -> Shape {
+        Shape::new(16, 3).unwrap() // 4,096 segments in 16 pages of 256
+    }
+
+    /// A snapshot of an empty, a sparse and a dense partition, as written on close.
+    fn written(dir: &Path) -> Vec<u8> {
+        let h = |s: u32| value_hash(&s.to_le_bytes());
+        let trees = BTreeMap::from([
+            (0, Tree::new(shape())),
+            (
+                3,
+                Tree::from_segments(shape(), [7, 300, 301, 4095].map(|s| (s, h(s)))),
+            ),
+            (
+                7,
+                Tree::from_segments(shape(), (0..4096).map(|s| (s, h(s)))),
+            ),
+        ]);
+        write(dir, shape(), EPOCH, &trees).unwrap();
+        fs::read(dir.join(SNAPSHOT_FILE)).unwrap()
+    }
+
+    /// Writes `bytes` as the snapshot with the checksum they should have, so what reads
+    /// them is the structure behind the checksum.
+    fn sealed(dir: &Path, mut bytes: Vec<u8>) {
+        let mut sum = blake3::Hasher::new_derive_key(SNAPSHOT_CONTEXT);
+        sum.update(&bytes[..CHECKSUMMED_HEADER]);
+        sum.update(&bytes[HEADER_LEN..]);
+        bytes[CHECKSUMMED_HEADER..HEADER_LEN].copy_from_slice(sum.finalize().as_bytes());
+        fs::write(dir.join(SNAPSHOT_FILE), bytes).unwrap();
+    }
+
+    #[test]
+    fn round_trip_of_empty_sparse_and_dense_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        written(dir.path());
+        let trees = read(dir.path(), shape(), EPOCH).unwrap().unwrap();
+        assert_eq!(trees.keys().copied().collect::<Vec<_>>(), [0, 3, 7]);
+        assert!(trees[&0].is_empty());
+        let segments = |t: &Tree| {
+            let mut n = 0;
+            t.for_each_segment(|_, _| n += 1);
+            n
+        };
+        assert_eq!((segments(&trees[&3]), segments(&trees[&7])), (4, 4096));
+    }
+
+    #[test]
+    fn counts_of_billions_are_refused_before_anything_is_allocated_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = written(dir.path());
+        // The partition count (header), then the first partition's page count: each
+        // was a capacity taken from the file, asked of the allocator before any check.
+        for at in [32, HEADER_LEN + 4] {
+            let mut bytes = good.clone();
+            bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+            match read_bytes(dir.path(), bytes) {
+                Err(Error::Corrupt(_)) => {}
+                Err(e) => panic!("byte {at}: not a corruption error: {e}"),
+                Ok(_) => panic!("byte {at}: a count of u32::MAX was accepted"),
+            }
+        }
+    }
+
+    fn read_bytes(dir: &Path, bytes: Vec<u8>) -> Result<Option<BTreeMap<u32, Tree>>> {
+        sealed(dir, bytes);
+        read(dir, shape(), EPOCH)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Any edit, with or without a checksum to match, reads as the trees written
+        /// (an edit that changed nothing), consistent trees, or a corruption error;
+        /// never a panic.
+        #[test]
+        fn edited_snapshots_read_as_consistent_trees_or_a_corruption_error(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            truncate in proptest::option::of(any::<prop::sample::Index>()),
+            reseal in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut bytes = written(dir.path());
+            for (at, byte) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            if let Some(len) = truncate {
+                bytes.truncate(len.index(bytes.len()));
+            }
+            if reseal && bytes.len() >= HEADER_LEN {
+                sealed(dir.path(), bytes);
+            } else {
+                fs::write(dir.path().join(SNAPSHOT_FILE), bytes).unwrap();
+            }
+            match read(dir.path(), shape(), EPOCH) {
+                Ok(Some(trees)) => {
+                    for tree in trees.values() {
+                        prop_assert_eq!(tree.first_inconsistency(), None);
+                        tree.for_each_segment(|s, _| assert!(u64::from(s) < shape().segments));
+                    }
+                }
+                Ok(None) => prop_assert!(false, "the file is there"),
+                Err(Error::Corrupt(_)) => {}
+                Err(e) => prop_assert!(false, "not a corruption error: {e}"),
+            }
+        }
+    }
 }

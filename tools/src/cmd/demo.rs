@@ -273,8 +273,9 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             .filter_map(|p| p["total_repaired_local"].as_u64())
             .sum();
         repaired += here;
+        let keys = if here == 1 { "key" } else { "keys" };
         outln!(
-            "   node {}: {} exchanges, {here} keys repaired here",
+            "   node {}: {} exchanges, {here} {keys} repaired here",
             n + 1,
             status["exchanges"]
         );
