@@ -134,6 +134,11 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
     match postcard::take_from_bytes(payload) {
         Ok((message, [])) => Ok(message),
         Ok(_) => Err(protocol("malformed message: trailing bytes")),
+        // Postcard drops the text of serde's own errors; here they come from a list over
+        // its protocol limit or an unknown kind of message or item.
+        Err(postcard::Error::SerdeDeCustom) => Err(protocol(
+            "malformed message: a list over its limit, or an unknown kind of message",
+        )),
         Err(e) => Err(protocol(format!("malformed message: {e}"))),
     }
 }

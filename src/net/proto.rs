@@ -3,6 +3,10 @@
 //! serde's default would encode a sequence of single bytes: the same bytes on the wire,
 //! less work).
 
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::exchange::{Lookup, Repair, SegmentItem};
@@ -45,27 +49,32 @@ pub use crate::exchange::ANSWER_BUDGET;
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
     Partitions,
-    Roots(Vec<u32>),
+    Roots(#[serde(deserialize_with = "bounded::<_, _, MAX_ITEMS>")] Vec<u32>),
     Children {
         partition: u32,
         level: u32,
+        #[serde(deserialize_with = "bounded::<_, _, MAX_ITEMS>")]
         parents: Vec<u64>,
     },
     Entries {
         partition: u32,
+        #[serde(deserialize_with = "bounded::<_, _, MAX_SEGMENTS>")]
         segments: Vec<u32>,
     },
     Records {
         partition: u32,
+        #[serde(deserialize_with = "bounded::<_, _, MAX_ITEMS>")]
         keys: Vec<Vec<u8>>,
     },
     /// Entries of segments, with the records of those flagged (see `Replica::segments`).
     Segments {
         partition: u32,
+        #[serde(deserialize_with = "bounded::<_, _, MAX_SEGMENTS>")]
         segments: Vec<(u32, bool)>,
     },
     Apply {
         partition: u32,
+        #[serde(deserialize_with = "bounded::<_, _, MAX_ITEMS>")]
         repairs: Vec<WireRepair>,
     },
     /// The alternating descent (see `Replica::descend`): the sender's hashes of runs of
@@ -73,11 +82,13 @@ pub enum Request {
     Descend {
         partition: u32,
         level: u32,
+        #[serde(deserialize_with = "bounded::<_, _, MAX_DESCEND_NODES>")]
         runs: Vec<(u64, Vec<[u8; 16]>)>,
     },
     /// Replication messages: each record written unless the stored one wins.
     Write {
         partition: u32,
+        #[serde(deserialize_with = "bounded::<_, _, MAX_ITEMS>")]
         writes: Vec<WireWrite>,
     },
     /// The node's status text (its anti-entropy manager's, as JSON), if it has one.
@@ -88,10 +99,10 @@ pub enum Request {
 pub enum Response {
     Partitions(Vec<u32>),
     Hashes(Vec<[u8; 16]>),
-    Entries(Vec<Vec<WireEntry>>),
-    Records(Vec<WireLookup>),
+    Entries(#[serde(deserialize_with = "bounded::<_, _, MAX_SEGMENTS>")] Vec<Vec<WireEntry>>),
+    Records(#[serde(deserialize_with = "bounded::<_, _, MAX_ITEMS>")] Vec<WireLookup>),
     /// Per segment of a prefix of the request, its keys.
-    Segments(Vec<Vec<WireItem>>),
+    Segments(#[serde(deserialize_with = "bounded::<_, _, MAX_SEGMENTS>")] Vec<Vec<WireItem>>),
     Applied {
         written: u64,
         stale: u64,
@@ -101,12 +112,52 @@ pub enum Response {
     /// request (the server stops at [`MAX_DESCEND_HASHES`]; the client sends the rest).
     Descended {
         covered: u64,
+        #[serde(deserialize_with = "bounded::<_, _, MAX_DESCEND_NODES>")]
         nodes: Vec<(u64, Vec<[u8; 16]>)>,
     },
     /// Replication messages written (the rest were older than what is stored).
     Written(u64),
     Status(String),
     Error(String),
+}
+
+/// Decodes a list of at most `N` items, refusing a longer one as soon as its length
+/// prefix says so. A list of small items can take many times its wire size in memory
+/// (an empty key: 1 byte on the wire, 24 in a `Vec`): without this bound one 16 MiB
+/// frame of empty keys decoded to about 16 million of them, 400 MB, before the
+/// request's limit was checked, on each of a server's connections.
+fn bounded<'de, D, T, const N: usize>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct AtMost<T, const N: usize>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for AtMost<T, N> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {N} items")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let announced = seq.size_hint().unwrap_or(0);
+            if announced > N {
+                return Err(de::Error::invalid_length(announced, &self));
+            }
+            // Room for what was announced, up to 1 MiB: the rest grows with what arrives.
+            let mut out = Vec::with_capacity(announced.min((1 << 20) / size_of::<T>().max(1)));
+            while let Some(item) = seq.next_element()? {
+                if out.len() == N {
+                    return Err(de::Error::invalid_length(N + 1, &self));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_seq(AtMost::<T, N>(PhantomData))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -288,6 +339,36 @@ impl From<WireRepair> for Repair {
             key: r.key,
             expected: r.expected.map(Hash::from_bytes),
             record: r.record.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::net::channel::decode;
+
+    #[test]
+    fn answers_over_their_limits_are_refused_by_the_decoder() {
+        let answers = |items: usize, segments: usize, nodes: usize| {
+            [
+                Response::Entries((0..segments).map(|_| Vec::new()).collect()),
+                Response::Records((0..items).map(|_| WireLookup::Absent).collect()),
+                Response::Segments((0..segments).map(|_| Vec::new()).collect()),
+                Response::Descended {
+                    covered: 1,
+                    nodes: vec![(0, Vec::new()); nodes],
+                },
+            ]
+        };
+        let decoded = |r: &Response| decode::<Response>(&postcard::to_stdvec(r).unwrap());
+        for answer in answers(MAX_ITEMS, MAX_SEGMENTS, MAX_DESCEND_NODES) {
+            assert!(decoded(&answer).is_ok());
+        }
+        for answer in answers(MAX_ITEMS + 1, MAX_SEGMENTS + 1, MAX_DESCEND_NODES + 1) {
+            let err = decoded(&answer).unwrap_err().to_string();
+            assert!(err.contains("over its limit"), "{err}");
         }
     }
 }

@@ -16,7 +16,7 @@ use super::channel::{check_timeout, Channel};
 use super::key::Key;
 use super::proto::{
     self, Hello, Request, Response, Welcome, ANSWER_BUDGET, MAX_DESCEND_HASHES, MAX_DESCEND_NODES,
-    MAX_ITEMS, MAX_SEGMENTS, PROTOCOL,
+    PROTOCOL,
 };
 
 /// Which partitions peers may write to (`Apply`). Reads of any partition are answered
@@ -313,24 +313,14 @@ fn too_many(what: &str, n: usize) -> Error {
 fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> {
     Ok(match request {
         Request::Partitions => Response::Partitions(Replica::partitions(store)?),
-        Request::Roots(p) => {
-            if p.len() > MAX_ITEMS {
-                return Err(too_many("partitions", p.len()));
-            }
-            Response::Hashes(proto::hashes(&store.roots(&p)?))
-        }
+        Request::Roots(p) => Response::Hashes(proto::hashes(&store.roots(&p)?)),
         Request::Children {
             partition,
             level,
             parents,
-        } => {
-            if parents.len() > MAX_ITEMS {
-                return Err(too_many("parents", parents.len()));
-            }
-            Response::Hashes(proto::hashes(&Replica::children(
-                store, partition, level, &parents,
-            )?))
-        }
+        } => Response::Hashes(proto::hashes(&Replica::children(
+            store, partition, level, &parents,
+        )?)),
         Request::Descend {
             partition,
             level,
@@ -380,9 +370,6 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
             partition,
             segments,
         } => {
-            if segments.len() > MAX_SEGMENTS {
-                return Err(too_many("segments", segments.len()));
-            }
             // The segment reader stops at the byte budget; the client asks again for
             // the rest.
             let asked: Vec<(u32, bool)> = segments.iter().map(|&s| (s, false)).collect();
@@ -398,9 +385,6 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
             partition,
             segments,
         } => {
-            if segments.len() > MAX_SEGMENTS {
-                return Err(too_many("segments", segments.len()));
-            }
             // The store stops at the byte budget; the client asks again for the rest.
             let lists = store.segments(partition, &segments)?;
             Response::Segments(
@@ -411,9 +395,6 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
             )
         }
         Request::Records { partition, keys } => {
-            if keys.len() > MAX_ITEMS {
-                return Err(too_many("keys", keys.len()));
-            }
             let mut out = Vec::new();
             let mut bytes = 0;
             for key in &keys {
@@ -431,9 +412,6 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
             Response::Records(out)
         }
         Request::Write { partition, writes } => {
-            if writes.len() > MAX_ITEMS {
-                return Err(too_many("writes", writes.len()));
-            }
             check_accepted(store, partition, accept)?;
             let mut written = 0;
             for proto::WireWrite { key, record } in writes {
@@ -445,9 +423,6 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
         }
         Request::Status => Response::Error("status is answered by the connection".into()),
         Request::Apply { partition, repairs } => {
-            if repairs.len() > MAX_ITEMS {
-                return Err(too_many("repairs", repairs.len()));
-            }
             check_accepted(store, partition, accept)?;
             let repairs: Vec<_> = repairs.into_iter().map(Into::into).collect();
             let applied = store.apply(partition, &repairs)?;
@@ -465,6 +440,7 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::proto::{MAX_ITEMS, MAX_SEGMENTS};
     use crate::options::Options;
 
     #[test]
@@ -472,35 +448,73 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Options::default()).unwrap();
         let over = MAX_ITEMS + 1;
-        let requests = [
-            Request::Roots(vec![0; over]),
-            Request::Children {
-                partition: 0,
-                level: 0,
-                parents: vec![0; over],
-            },
-            Request::Entries {
-                partition: 0,
-                segments: vec![0; MAX_SEGMENTS + 1],
-            },
-            Request::Descend {
-                partition: 0,
-                level: 1,
-                runs: vec![(0, vec![[0u8; 16]; MAX_DESCEND_NODES + 1])],
-            },
-            Request::Records {
-                partition: 0,
-                keys: vec![Vec::new(); over],
-            },
-            Request::Segments {
-                partition: 0,
-                segments: vec![(0, true); MAX_SEGMENTS + 1],
-            },
-        ];
-        for request in requests {
-            let err = answer(&store, request, &Accept::Any).unwrap_err();
-            assert!(err.to_string().contains("in one request"), "{err}");
+        let record = || (&crate::Record::value(1, b"v")).into();
+        // Each list one item over its limit is refused by the decoder, before the
+        // request exists; at its limit it decodes.
+        let requests = |n: usize, segments: usize, nodes: usize| {
+            [
+                Request::Roots(vec![0; n]),
+                Request::Children {
+                    partition: 0,
+                    level: 0,
+                    parents: vec![0; n],
+                },
+                Request::Entries {
+                    partition: 0,
+                    segments: vec![0; segments],
+                },
+                Request::Descend {
+                    partition: 0,
+                    level: 1,
+                    runs: vec![(0, Vec::new()); nodes],
+                },
+                Request::Records {
+                    partition: 0,
+                    keys: vec![Vec::new(); n],
+                },
+                Request::Segments {
+                    partition: 0,
+                    segments: vec![(0, true); segments],
+                },
+                Request::Apply {
+                    partition: 0,
+                    repairs: (0..n)
+                        .map(|_| proto::WireRepair {
+                            key: Vec::new(),
+                            expected: None,
+                            record: record(),
+                        })
+                        .collect(),
+                },
+                Request::Write {
+                    partition: 0,
+                    writes: (0..n)
+                        .map(|_| proto::WireWrite {
+                            key: Vec::new(),
+                            record: record(),
+                        })
+                        .collect(),
+                },
+            ]
+        };
+        let decoded = |request: &Request| {
+            crate::net::channel::decode::<Request>(&postcard::to_stdvec(request).unwrap())
+        };
+        for request in requests(MAX_ITEMS, MAX_SEGMENTS, MAX_DESCEND_NODES) {
+            assert!(decoded(&request).is_ok(), "{request:?}");
         }
+        for request in requests(over, MAX_SEGMENTS + 1, MAX_DESCEND_NODES + 1) {
+            let err = decoded(&request).unwrap_err().to_string();
+            assert!(err.contains("over its limit"), "{err}");
+        }
+        // Nodes over the limit spread over runs within it are refused before work.
+        let spread = Request::Descend {
+            partition: 0,
+            level: 1,
+            runs: vec![(0, vec![[0u8; 16]; MAX_DESCEND_NODES / 2 + 1]); 2],
+        };
+        let err = answer(&store, decoded(&spread).unwrap(), &Accept::Any).unwrap_err();
+        assert!(err.to_string().contains("in one request"), "{err}");
         // A partition the store does not hold is not written unless accepted.
         let repair = |key: &[u8]| proto::WireRepair {
             key: key.to_vec(),
