@@ -62,7 +62,7 @@ pub use manager::{
 };
 pub use meta::CheckpointInfo;
 pub use options::{Options, Shape};
-pub use record::Record;
+pub use record::{Record, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use recovery::{OpenReport, Recovery};
 pub use scan::Progress;
 pub use store::{Entry, Partition, RebuildReport, Store};

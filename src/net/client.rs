@@ -90,10 +90,14 @@ impl Client {
 impl Client {
     /// Sends replication messages (the write path of a replicated store): each record
     /// is written on the peer unless its stored record wins. Returns how many were
-    /// written. Paged like every request.
+    /// written. Paged like every request, by count and by bytes.
     pub fn replicate(&self, partition: u32, writes: &[(Vec<u8>, Record)]) -> Result<u64> {
         let mut written = 0;
-        for page in writes.chunks(MAX_ITEMS) {
+        let mut rest = writes;
+        while !rest.is_empty() {
+            let size = |(key, record): &(Vec<u8>, Record)| key.len() + record.value.len() + 64;
+            let (page, tail) = rest.split_at(page_len(rest, MAX_ITEMS, size));
+            rest = tail;
             let request = Request::Write {
                 partition,
                 writes: page
@@ -177,18 +181,20 @@ fn hashes(response: Response, what: &str) -> Result<Vec<Hash>> {
     }
 }
 
-/// Asks for `items` in pages: each request holds at most `limit`, and an answer
-/// may cover only a prefix of its request (the server's byte budget), never nothing.
+/// Asks for `items` in pages: each request holds at most `limit` items and about half
+/// a frame of them by `size` (at least one), and an answer may cover only a prefix of
+/// its request (the server's byte budget), never nothing.
 fn paged<I: Clone, O>(
     items: &[I],
     limit: usize,
+    size: impl Fn(&I) -> usize,
     what: &str,
     mut ask: impl FnMut(&[I]) -> Result<Vec<O>>,
 ) -> Result<Vec<O>> {
     let mut out = Vec::with_capacity(items.len());
     let mut rest = items;
     while !rest.is_empty() {
-        let page = rest.get(..limit.min(rest.len())).unwrap_or(rest);
+        let page = rest.get(..page_len(rest, limit, &size)).unwrap_or(rest);
         let got = ask(page)?;
         if got.is_empty() || got.len() > page.len() {
             return Err(Error::Protocol(format!(
@@ -201,6 +207,22 @@ fn paged<I: Clone, O>(
         out.extend(got);
     }
     Ok(out)
+}
+
+/// How many of `items` the next request takes: at most `limit`, and items of at most
+/// half a frame in all by `size` (but at least one; one item always fits a frame, see
+/// [`MAX_VALUE_BYTES`](crate::MAX_VALUE_BYTES)).
+fn page_len<I>(items: &[I], limit: usize, size: impl Fn(&I) -> usize) -> usize {
+    let mut bytes = 0usize;
+    let fits = items
+        .iter()
+        .take(limit)
+        .take_while(|item| {
+            bytes = bytes.saturating_add(size(item));
+            bytes <= MAX_FRAME / 2
+        })
+        .count();
+    fits.max(1).min(items.len())
 }
 
 impl Replica for Client {
@@ -294,19 +316,25 @@ impl Replica for Client {
     }
 
     fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>> {
-        paged(segments, MAX_SEGMENTS, "segment entry lists", |page| {
-            let request = Request::Entries {
-                partition,
-                segments: page.to_vec(),
-            };
-            match self.call(&request)? {
-                Response::Entries(e) => Ok(e
-                    .into_iter()
-                    .map(|s| s.into_iter().map(Entry::from).collect())
-                    .collect()),
-                other => Err(unexpected("entries", &other)),
-            }
-        })
+        paged(
+            segments,
+            MAX_SEGMENTS,
+            |_| 5,
+            "segment entry lists",
+            |page| {
+                let request = Request::Entries {
+                    partition,
+                    segments: page.to_vec(),
+                };
+                match self.call(&request)? {
+                    Response::Entries(e) => Ok(e
+                        .into_iter()
+                        .map(|s| s.into_iter().map(Entry::from).collect())
+                        .collect()),
+                    other => Err(unexpected("entries", &other)),
+                }
+            },
+        )
     }
 
     fn segments(&self, partition: u32, segments: &[(u32, bool)]) -> Result<Vec<Vec<SegmentItem>>> {
@@ -341,32 +369,36 @@ impl Replica for Client {
     }
 
     fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Lookup>> {
-        paged(keys, MAX_ITEMS, "records", |page| {
-            let request = Request::Records {
-                partition,
-                keys: page.to_vec(),
-            };
-            match self.call(&request)? {
-                Response::Records(r) => Ok(r.into_iter().map(Lookup::from).collect()),
-                other => Err(unexpected("records", &other)),
-            }
-        })
+        paged(
+            keys,
+            MAX_ITEMS,
+            |key| key.len() + 8,
+            "records",
+            |page| {
+                let request = Request::Records {
+                    partition,
+                    keys: page.to_vec(),
+                };
+                match self.call(&request)? {
+                    Response::Records(r) => Ok(r.into_iter().map(Lookup::from).collect()),
+                    other => Err(unexpected("records", &other)),
+                }
+            },
+        )
     }
 
     fn apply(&self, partition: u32, repairs: &[Repair]) -> Result<Applied> {
         let mut total = Applied::default();
-        // Pages bounded in items and in bytes (values can be large).
-        let mut page: Vec<WireRepair> = Vec::new();
-        let mut bytes = 0usize;
-        let budget = MAX_FRAME / 2;
-        let mut send = |page: &mut Vec<WireRepair>| -> Result<()> {
-            if page.is_empty() {
-                return Ok(());
-            }
+        let mut rest = repairs;
+        while !rest.is_empty() {
+            // Pages bounded in items and in bytes (values can be large).
+            let size = |r: &Repair| r.key.len() + r.record.value.len() + 64;
+            let (page, tail) = rest.split_at(page_len(rest, MAX_ITEMS, size));
+            rest = tail;
             let asked = page.len() as u64;
             let request = Request::Apply {
                 partition,
-                repairs: std::mem::take(page),
+                repairs: page.iter().map(WireRepair::from).collect(),
             };
             match self.call(&request)? {
                 Response::Applied {
@@ -389,21 +421,10 @@ impl Replica for Client {
                         stale,
                         refused,
                     });
-                    Ok(())
                 }
-                other => Err(unexpected("apply", &other)),
+                other => return Err(unexpected("apply", &other)),
             }
-        };
-        for repair in repairs {
-            let size = repair.key.len() + repair.record.value.len() + 64;
-            if page.len() == MAX_ITEMS || (!page.is_empty() && bytes + size > budget) {
-                send(&mut page)?;
-                bytes = 0;
-            }
-            bytes += size;
-            page.push(repair.into());
         }
-        send(&mut page)?;
         Ok(total)
     }
 }

@@ -48,6 +48,10 @@ pub use key::Key;
 pub use proto::{MAX_DESCEND_HASHES, MAX_DESCEND_NODES, MAX_ITEMS, MAX_SEGMENTS, PROTOCOL};
 pub use server::{bind, serve, Accept, Log, ServeOptions, StatusFn, Stop};
 
+// One record with the longest key and value, in any message that carries it, fits a
+// frame: so a store's every record can reach a replica.
+const _: () = assert!(crate::MAX_KEY_BYTES + crate::MAX_VALUE_BYTES + 1024 <= MAX_FRAME);
+
 /// A log that writes `merkle-index serve: ...` lines to stderr.
 pub fn stderr_log() -> Log {
     std::sync::Arc::new(|line| eprintln!("merkle-index serve: {line}"))

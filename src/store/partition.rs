@@ -19,7 +19,10 @@ impl Partition<'_> {
         self.id
     }
 
-    /// Writes `value` under `key` with a store-assigned version, which is returned.
+    /// Writes `value` under `key` with a store-assigned version, which is returned. A
+    /// key over [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES) or a value over
+    /// [`MAX_VALUE_BYTES`](crate::MAX_VALUE_BYTES) is refused with
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument), and nothing is written.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
         let version = self.store.next_version()?;
         self.store.write(

@@ -11,7 +11,7 @@
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use crate::clock::unix_ms;
-use crate::error::Corruption;
+use crate::error::{Corruption, Error};
 use crate::hash::{entry_hash, value_hash, Hash, HASH_BYTES};
 
 pub(crate) const RECORD_FORMAT: u8 = 2;
@@ -23,6 +23,30 @@ pub(crate) const RECORD_HEADER: usize = 1 + 1 + 8 + HASH_BYTES;
 /// A format 2 tombstone's header: the above plus the local deletion time.
 const TOMBSTONE_HEADER: usize = RECORD_HEADER + 8;
 pub(crate) const DATA_KEY_PREFIX: usize = 8;
+
+/// Longest user key a store takes (64 KiB).
+pub const MAX_KEY_BYTES: usize = 64 << 10;
+/// Longest value a store takes (15 MiB). With the longest key, a record still fits one
+/// frame of the network exchange (16 MiB), so a replica can always be sent any record a
+/// store holds; a longer one would end every exchange of its partition.
+pub const MAX_VALUE_BYTES: usize = 15 << 20;
+
+/// Refuses a key or value past its limit, before anything is written.
+pub(crate) fn check_sizes(key: &[u8], value: &[u8]) -> Result<(), Error> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "key of {} bytes is over the limit of {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "value of {} bytes is over the limit of {MAX_VALUE_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
 
 /// A stored value with its metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::exchange::Repair;
 use crate::hash::{segment_of, Hash};
 use crate::hasher::Msg;
-use crate::record::{data_key, split_data_key, Record, RecordHeader};
+use crate::record::{check_sizes, data_key, split_data_key, Record, RecordHeader};
 
 use super::{RepairOutcome, Store};
 
@@ -21,6 +21,7 @@ impl Store {
         header: RecordHeader,
         value: &[u8],
     ) -> Result<()> {
+        check_sizes(key, value)?;
         self.foreground.fetch_add(1, Relaxed);
         let index = &*self.index;
         let segment = segment_of(key, index.shape.segments);
@@ -45,12 +46,16 @@ impl Store {
     }
 
     /// Writes `repair.record` only if the key's entry hash is still `repair.expected`.
-    /// A repair whose value fails its hash, or whose version is further ahead than
-    /// `max_clock_drift`, is refused; one that is written moves the clock past it.
+    /// A repair whose value fails its hash, whose key or value is over its limit, or
+    /// whose version is further ahead than `max_clock_drift`, is refused; one that is
+    /// written moves the clock past it.
     pub(crate) fn write_if(&self, partition: u32, repair: &Repair) -> Result<RepairOutcome> {
         let record = &repair.record;
         let tombstone_ok = !record.tombstone || record.value.is_empty();
-        if record.value_hash != crate::hash::value_hash(&record.value) || !tombstone_ok {
+        if check_sizes(&repair.key, &record.value).is_err()
+            || record.value_hash != crate::hash::value_hash(&record.value)
+            || !tombstone_ok
+        {
             return Ok(RepairOutcome::Refused);
         }
         if self.index.clock.observe(record.version).is_err() {
@@ -75,6 +80,7 @@ impl Store {
     /// late, twice or out of order). Refused like a repair if the value fails its hash or
     /// the version is past `max_clock_drift`. True if written.
     pub fn replicate(&self, partition: u32, key: &[u8], record: &Record) -> Result<bool> {
+        check_sizes(key, &record.value)?;
         self.foreground.fetch_add(1, Relaxed);
         loop {
             let current = match self.read(partition, key) {

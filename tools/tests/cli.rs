@@ -360,6 +360,23 @@ fn bad_input_exits_two_with_a_message_and_writes_nothing() {
         stderr(&o)
     );
 
+    // A value over the store's limit is refused before any is made (it once asked the
+    // allocator for the whole size first), and nothing is written.
+    let o = run(&[
+        "load",
+        "--db",
+        &db(store.path()),
+        "--value-size",
+        "99999999999",
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("over the store's limit"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&run(&["root", "--db", &db(store.path())])), root);
+
     // Usage errors.
     assert_eq!(code(&run(&["stats"])), 2);
     assert_eq!(code(&run(&["frobnicate"])), 2);

@@ -17,7 +17,7 @@ pub struct Args {
     /// Number of keys to write.
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
-    /// Bytes per value.
+    /// Bytes per value (at most 15 MiB, the store's limit).
     #[arg(long, default_value_t = 100)]
     value_size: usize,
     /// Seed of the pseudo-random values.
@@ -62,6 +62,13 @@ pub fn value(seed: u64, i: u64, size: usize) -> Vec<u8> {
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     if a.partitions == 0 || a.flush_every == 0 {
         bail!("--partitions and --flush-every must be at least 1");
+    }
+    if a.value_size > merkle_index::MAX_VALUE_BYTES {
+        bail!(
+            "--value-size {} is over the store's limit of {} bytes",
+            a.value_size,
+            merkle_index::MAX_VALUE_BYTES
+        );
     }
     let mut options = Options::default();
     if a.segments.is_some() || a.width.is_some() {
