@@ -78,7 +78,8 @@ impl Store {
     /// Applies a replication message: writes `record` under `key` unless the stored
     /// record wins over it by [`newest_wins`](crate::newest_wins) (so messages may arrive
     /// late, twice or out of order). Refused like a repair if the value fails its hash or
-    /// the version is past `max_clock_drift`. True if written.
+    /// the version is past `max_clock_drift`, and a key or value over its limit is an
+    /// [`Error::InvalidArgument`]. True if written.
     pub fn replicate(&self, partition: u32, key: &[u8], record: &Record) -> Result<bool> {
         check_sizes(key, &record.value)?;
         self.foreground.fetch_add(1, Relaxed);
