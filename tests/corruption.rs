@@ -392,7 +392,7 @@ mod decoded_but_out_of_range {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
         /// Any persisted value of the index side (marks, meta state, checkpoint,
         /// buckets) replaced with something that decodes to nonsense: open never panics
         /// and the index comes back exact (or open fails with a clear error).

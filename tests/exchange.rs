@@ -46,7 +46,7 @@ fn changes() -> impl Strategy<Value = Vec<(bool, Change)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn one_sync_converges_to_the_newest_records(base in 0..40u8, changes in changes(), tie in any::<bool>()) {
@@ -383,7 +383,7 @@ impl Replica for Plain<'_> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     /// The store reads nearby segments with one range scan; whatever the request (in
     /// order or not, repeated, next to other partitions' data), the answer, with records

@@ -38,7 +38,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
@@ -140,7 +140,7 @@ fn paged_options() -> merkle_index::Options {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
     fn many_partitions_cross_sparse_and_dense_both_ways(ops in proptest::collection::vec(bulk(), 1..14)) {
