@@ -7,7 +7,8 @@
 //! handshake, and every later frame is encrypted and authenticated with an implicit
 //! nonce, so reading, injecting, replaying or reordering bytes fails (see `channel`).
 //! Everything a peer sends is bounded before work and allocation: handshake messages
-//! ([`HANDSHAKE_MAX`]), frames ([`MAX_FRAME`]), items per request ([`MAX_ITEMS`]),
+//! ([`HANDSHAKE_MAX`]), frames ([`MAX_FRAME`]), items per list of a request or answer
+//! ([`MAX_ITEMS`] and its kin, checked while the list is decoded),
 //! answer bytes ([`ANSWER_BUDGET`](crate::ANSWER_BUDGET)), time per handshake and per
 //! frame, connections in all and per address; and a peer may write only to partitions
 //! the server accepts.
