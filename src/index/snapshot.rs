@@ -295,9 +295,6 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
     let stored = bytes
         .get(CHECKSUMMED_HEADER..HEADER_LEN)
         .unwrap_or_default();
-    // Split the body by partition (each says its length), then check the checksum on
-    // one thread while every core decodes partitions; nothing decoded is used unless the
-    // checksum matches.
     // Each partition takes at least its head: a count past that is refused before the
     // list of them is allocated.
     if u64::from(partitions) * PART_HEAD as u64 > body.len() as u64 {
@@ -306,6 +303,9 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
             body.len()
         )));
     }
+    // Split the body by partition (each says its length), then check the checksum on
+    // one thread while every core decodes partitions; nothing decoded is used unless the
+    // checksum matches.
     let mut parts = Vec::with_capacity(partitions as usize);
     let mut at = 0usize;
     for _ in 0..partitions {
@@ -446,9 +446,9 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-        /// Any edit, with or without a checksum to match, reads as the trees written
-        /// (an edit that changed nothing), consistent trees, or a corruption error;
-        /// never a panic.
+        /// Any edit, with or without a checksum to match, reads as consistent trees
+        /// (every node the XOR of its children, every segment inside the tree) or as a
+        /// corruption error; never a panic.
         #[test]
         fn edited_snapshots_read_as_consistent_trees_or_a_corruption_error(
             edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
