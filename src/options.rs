@@ -60,7 +60,7 @@ impl Default for Options {
 
 impl Options {
     /// Sets the tree shape from a segment count and a width; `segments` must be a power
-    /// of `width`.
+    /// of `width`. A `region_segments` larger than the new segment count is lowered to it.
     pub fn with_segments(mut self, segments: u64, width: u32) -> Result<Self> {
         let mut levels = 0;
         let mut n = 1u64;
@@ -75,6 +75,9 @@ impl Options {
         }
         self.width = width;
         self.levels = levels;
+        self.region_segments = self
+            .region_segments
+            .min(u32::try_from(segments).unwrap_or(u32::MAX));
         Ok(self)
     }
 

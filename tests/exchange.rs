@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use common::small_options;
 use merkle_index::{
     diff, merged_root, sync, Applied, Entry, Hash, Lookup, Options, Record, Repair, Replica,
-    SegmentItem, Store, SyncOptions, Winner,
+    SegmentItem, SegmentsPage, Store, SyncOptions, Winner,
 };
 use proptest::prelude::*;
 
@@ -48,11 +48,25 @@ fn changes() -> impl Strategy<Value = Vec<(bool, Change)>> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
+    /// With `paging`, the remote answers at most that many keys at a time, cut inside
+    /// segments as its byte budget would cut them; with `few_segments`, the tree has 4
+    /// segments, so most cuts fall inside one.
     #[test]
-    fn one_sync_converges_to_the_newest_records(base in 0..40u8, changes in changes(), tie in any::<bool>()) {
+    fn one_sync_converges_to_the_newest_records(
+        base in 0..40u8,
+        changes in changes(),
+        tie in any::<bool>(),
+        paging in prop::option::of(1..5usize),
+        few_segments in any::<bool>(),
+    ) {
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let a = Store::open(da.path(), small_options()).unwrap();
-        let b = Store::open(db.path(), small_options()).unwrap();
+        let options = || if few_segments {
+            Options::default().with_segments(4, 4).unwrap()
+        } else {
+            small_options()
+        };
+        let a = Store::open(da.path(), options()).unwrap();
+        let b = Store::open(db.path(), options()).unwrap();
         let mut version = 0;
         for k in 0..base {
             version += 1;
@@ -97,7 +111,8 @@ proptest! {
         }
         a.sync_index().unwrap();
         b.sync_index().unwrap();
-        let report = sync(&a, &b, 1, &SyncOptions::default()).unwrap();
+        let remote = Paging(&b, paging.unwrap_or(usize::MAX));
+        let report = sync(&a, &remote, 1, &SyncOptions::default()).unwrap();
         prop_assert_eq!(report.skipped, 0);
         a.sync_index().unwrap();
         b.sync_index().unwrap();
@@ -222,6 +237,37 @@ macro_rules! forward {
             Replica::apply(self.$store, p, r)
         }
     };
+}
+
+/// A peer whose answers hold at most `.1` keys: cut inside a segment where the limit
+/// falls inside one, as an answer at its byte budget is.
+struct Paging<'a>(&'a Store, usize);
+
+impl Replica for Paging<'_> {
+    forward!(0; shape partitions roots children entries records apply);
+    fn segments(
+        &self,
+        p: u32,
+        s: &[(u32, bool)],
+        after: Option<&[u8]>,
+    ) -> merkle_index::Result<SegmentsPage> {
+        let mut page = Replica::segments(self.0, p, s, after)?;
+        let mut left = self.1;
+        for i in 0..page.lists.len() {
+            let list = &mut page.lists[i];
+            if list.len() <= left {
+                left -= list.len();
+                continue;
+            }
+            // Inside this segment if any of it fits, else before it.
+            let partial = left > 0;
+            list.truncate(left);
+            page.lists.truncate(i + usize::from(partial));
+            page.partial = partial;
+            break;
+        }
+        Ok(page)
+    }
 }
 
 /// A replica that writes a newer value to the real store between the diff and the
@@ -366,9 +412,49 @@ struct Silent<'a>(&'a Store);
 
 impl Replica for Silent<'_> {
     forward!(0; shape partitions roots children entries records apply);
-    fn segments(&self, _: u32, _: &[(u32, bool)]) -> merkle_index::Result<Vec<Vec<SegmentItem>>> {
-        Ok(Vec::new())
+    fn segments(
+        &self,
+        _: u32,
+        _: &[(u32, bool)],
+        _: Option<&[u8]>,
+    ) -> merkle_index::Result<SegmentsPage> {
+        Ok(SegmentsPage::default())
     }
+}
+
+/// A peer that ignores where to start and answers the first key of the first segment
+/// again and again, as if the segment went on.
+struct Repeating<'a>(&'a Store);
+
+impl Replica for Repeating<'_> {
+    forward!(0; shape partitions roots children entries records apply);
+    fn segments(
+        &self,
+        p: u32,
+        s: &[(u32, bool)],
+        _: Option<&[u8]>,
+    ) -> merkle_index::Result<SegmentsPage> {
+        let mut page = Replica::segments(self.0, p, &s[..1], None)?;
+        page.lists[0].truncate(1);
+        page.partial = true;
+        Ok(page)
+    }
+}
+
+#[test]
+fn a_peer_repeating_a_page_ends_the_walk_with_a_protocol_error() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(da.path(), small_options()).unwrap();
+    let b = Store::open(db.path(), small_options()).unwrap();
+    for i in 0..20u32 {
+        b.put(&i.to_le_bytes(), b"only there").unwrap();
+    }
+    b.sync_index().unwrap();
+    let err = diff(&a, &Repeating(&b), 0).unwrap_err();
+    assert!(
+        matches!(&err, merkle_index::Error::Protocol(m) if m.contains("repeated")),
+        "{err}"
+    );
 }
 
 /// Reads each segment on its own (`Store::segment_entries`) and leaves `segments` to
@@ -410,9 +496,17 @@ proptest! {
         }
         let ids: Vec<u32> = asked.iter().map(|&(s, _)| s).collect();
         for partition in 0..3 {
-            let fast = Replica::segments(&store, partition, &asked).unwrap();
-            let plain = Plain(&store).segments(partition, &asked).unwrap();
-            prop_assert_eq!(fast, plain);
+            let fast = Replica::segments(&store, partition, &asked, None).unwrap();
+            let plain = Plain(&store).segments(partition, &asked, None).unwrap();
+            prop_assert_eq!(&fast, &plain);
+            // Started after a key of the first segment (or one between its keys).
+            if let Some(item) = fast.lists[0].get(fast.lists[0].len() / 2) {
+                for after in [item.entry.key.clone(), [&item.entry.key[..], &[0]].concat()] {
+                    let fast = Replica::segments(&store, partition, &asked, Some(&after));
+                    let plain = Plain(&store).segments(partition, &asked, Some(&after));
+                    prop_assert_eq!(fast.unwrap(), plain.unwrap());
+                }
+            }
             let entries = Replica::entries(&store, partition, &ids).unwrap();
             prop_assert_eq!(entries, Plain(&store).entries(partition, &ids).unwrap());
         }
@@ -431,7 +525,7 @@ fn answers_stop_at_the_byte_budget_and_the_walk_asks_for_the_rest() {
     }
     b.sync_index().unwrap();
     let all: Vec<(u32, bool)> = (0..64).map(|s| (s, true)).collect();
-    let first = Replica::segments(&b, 0, &all).unwrap();
+    let first = Replica::segments(&b, 0, &all, None).unwrap().lists;
     let records = first.iter().flatten().count();
     assert!(
         (1..12).contains(&records),
@@ -483,7 +577,7 @@ fn a_failing_local_writer_ends_the_sync_with_its_error() {
 }
 
 #[test]
-fn a_segment_whose_records_pass_the_budget_is_listed_and_read_by_key() {
+fn a_segment_whose_records_pass_the_budget_arrives_in_pages() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Store::open(da.path(), small_options()).unwrap();
     let b = Store::open(db.path(), small_options()).unwrap();
@@ -499,13 +593,25 @@ fn a_segment_whose_records_pass_the_budget_is_listed_and_read_by_key() {
         b.put(k, &big).unwrap();
     }
     b.sync_index().unwrap();
-    let listed = Replica::segments(&b, 0, &[(0, true)]).unwrap();
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].len(), 10);
-    assert!(
-        listed[0].iter().all(|i| i.record.is_none()),
-        "records dropped"
-    );
+    // The first answer stops inside the segment, with its records; the second starts
+    // after its last key and ends the segment.
+    let first = Replica::segments(&b, 0, &[(0, true)], None).unwrap();
+    assert!(first.partial);
+    assert_eq!(first.lists.len(), 1);
+    let got = first.lists[0].len();
+    assert!((1..10).contains(&got), "{got} of 10 in the first page");
+    let last = first.lists[0][got - 1].entry.key.clone();
+    let second = Replica::segments(&b, 0, &[(0, true)], Some(&last)).unwrap();
+    assert!(!second.partial);
+    let mut pages: Vec<SegmentItem> = first.lists[0].clone();
+    pages.extend(second.lists[0].iter().cloned());
+    let mut sorted = keys.clone();
+    sorted.sort();
+    let listed: Vec<Vec<u8>> = pages.iter().map(|i| i.entry.key.clone()).collect();
+    assert_eq!(listed, sorted);
+    assert!(pages
+        .iter()
+        .all(|i| matches!(&i.record, Some(Lookup::Found(r)) if r.value == big)));
     let report = sync(&a, &b, 0, &SyncOptions::default()).unwrap();
     assert_eq!(report.repaired_local, 10);
     a.sync_index().unwrap();
@@ -518,8 +624,13 @@ struct Stingy<'a>(&'a Store);
 
 impl Replica for Stingy<'_> {
     forward!(0; shape partitions roots children entries records apply);
-    fn segments(&self, p: u32, s: &[(u32, bool)]) -> merkle_index::Result<Vec<Vec<SegmentItem>>> {
-        Replica::segments(self.0, p, s.get(..700).unwrap_or(s))
+    fn segments(
+        &self,
+        p: u32,
+        s: &[(u32, bool)],
+        after: Option<&[u8]>,
+    ) -> merkle_index::Result<SegmentsPage> {
+        Replica::segments(self.0, p, s.get(..700).unwrap_or(s), after)
     }
 }
 

@@ -120,3 +120,83 @@ fn records_at_the_limits_and_a_frame_of_long_keys_cross_the_network() {
     assert_eq!(a.root(0), b.root(0));
     assert_eq!(a.count_keys(0).unwrap(), 302);
 }
+
+/// One segment whose keys alone pass a frame (a tree of two segments, about 300 keys of
+/// 60 KiB in each): the answers page inside the segment, for a client reading whole
+/// segments, for a replica that starts empty (entries with records) and for one that
+/// holds most of the keys (entries compared page by page against its own).
+#[cfg(feature = "net")]
+#[test]
+fn a_segment_larger_than_a_frame_is_exchanged_in_pages() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use merkle_index::net::{self, Client, Key, ServeOptions, Stop};
+    use merkle_index::SyncOptions;
+
+    let tiny = || Options::default().with_segments(2, 2).unwrap();
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (a, b, c) = (
+        Store::open(da.path(), tiny()).unwrap(),
+        Arc::new(Store::open(db.path(), tiny()).unwrap()),
+        Store::open(dc.path(), tiny()).unwrap(),
+    );
+    let key = |i: u32| {
+        let mut key = vec![7u8; 60 << 10];
+        key[..4].copy_from_slice(&i.to_be_bytes());
+        key
+    };
+    for i in 0..600u32 {
+        b.put_versioned(&key(i), b"on the server", 2).unwrap();
+        // `c` holds every key but a few, some older, one it alone has.
+        if i % 100 != 7 {
+            let version = if i % 50 == 3 { 1 } else { 2 };
+            let value: &[u8] = if version == 2 {
+                b"on the server"
+            } else {
+                b"old"
+            };
+            c.put_versioned(&key(i), value, version).unwrap();
+        }
+    }
+    c.put_versioned(&key(10_000), b"only here", 3).unwrap();
+    let secret = Key::from_secret(b"a long shared secret, 16+ bytes").unwrap();
+    let (listener, addr) = net::bind("127.0.0.1:0").unwrap();
+    let stop = Stop::new(addr);
+    let server = std::thread::spawn({
+        let (served, secret, stop) = (Arc::clone(&b), secret.clone(), stop.clone());
+        move || {
+            net::serve(
+                served,
+                listener,
+                secret,
+                ServeOptions::default(),
+                &stop,
+                Arc::new(|_| {}),
+            )
+        }
+    });
+    let peer = Client::connect(&addr.to_string(), &secret, Duration::from_secs(60)).unwrap();
+    // A network replica's whole segments, assembled from pages.
+    let entries = Replica::entries(&peer, 0, &[0, 1]).unwrap();
+    assert_eq!(entries, Replica::entries(&*b, 0, &[0, 1]).unwrap());
+    assert_eq!(entries.iter().map(Vec::len).sum::<usize>(), 600);
+    let report = merkle_index::sync(&a, &peer, 0, &SyncOptions::default()).unwrap();
+    assert_eq!(report.differences, 600);
+    let report = merkle_index::sync(&c, &peer, 0, &SyncOptions::default()).unwrap();
+    // 6 keys missing, 12 older, one only on `c`.
+    assert_eq!(report.differences, 6 + 12 + 1);
+    assert_eq!((report.repaired_local, report.repaired_remote), (18, 1));
+    stop.trigger();
+    server.join().unwrap().unwrap();
+    for store in [&a, &*b, &c] {
+        store.sync_index().unwrap();
+    }
+    assert_eq!(c.root(0), b.root(0));
+    assert_eq!(b.count_keys(0).unwrap(), 601);
+    assert_eq!(a.count_keys(0).unwrap(), 600);
+}

@@ -244,10 +244,10 @@ impl Walker<'_, '_> {
 
     /// Compares the keys of the pending differing segments and reports those that
     /// differ. The remote lists each segment's entries, with the records of segments
-    /// empty here, one answer at a time (it may cut an answer at its byte budget). Our
-    /// entries of up to [`READ_AHEAD`] segments are read while the remote answers the
-    /// first request (over a network while the request is on the wire, between two
-    /// local stores on a second core), the rest as its answers come.
+    /// empty here, one answer at a time (it may cut an answer at its byte budget, even
+    /// inside a segment). Our entries of up to [`READ_AHEAD`] segments are read while the
+    /// remote answers the first request (over a network while the request is on the
+    /// wire, between two local stores on a second core), the rest as its answers come.
     fn flush_segments(&mut self, report: &mut DiffReport) -> Result<()> {
         let pending = std::mem::take(&mut self.segments);
         if pending.is_empty() {
@@ -265,27 +265,32 @@ impl Walker<'_, '_> {
         let (first, mine) = if !ahead.is_empty() {
             std::thread::scope(|scope| {
                 let ours = scope.spawn(|| local.entries(partition, ahead));
-                let theirs = remote.segments(partition, &pending);
+                let theirs = remote.segments(partition, &pending, None);
                 let ours = ours
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                 (theirs, ours)
             })
         } else {
-            (remote.segments(partition, &pending), Ok(Vec::new()))
+            (remote.segments(partition, &pending, None), Ok(Vec::new()))
         };
-        // Ours of the listed segments read so far (`listed[..read]`) and not yet compared.
+        // Ours of the listed segments read so far (`listed[..read]`) and not yet compared
+        // (of a segment the remote answered in part, the keys after its answer's last).
         let mut mine: VecDeque<Vec<Entry>> = mine?.into();
         let mut read = mine.len();
         expect_len("segment entry lists", ahead.len(), read, read)?;
         let mut first = Some(first);
         let mut rest = pending.as_slice();
+        // The last key answered of `rest[0]`, when the remote answered it in part.
+        let mut after: Option<Vec<u8>> = None;
         while !rest.is_empty() {
-            let theirs = match first.take() {
+            let page = match first.take() {
                 Some(answer) => answer?,
-                None => remote.segments(partition, rest)?,
+                None => remote.segments(partition, rest, after.as_deref())?,
             };
             report.round_trips += 1;
+            page.check_order(after.as_deref())?;
+            let theirs = page.lists;
             if theirs.is_empty() || theirs.len() > rest.len() {
                 return Err(Error::Protocol(format!(
                     "asked for {} segments, the remote answered for {}",
@@ -293,9 +298,8 @@ impl Walker<'_, '_> {
                     theirs.len()
                 )));
             }
-            let (done, tail) = rest.split_at(theirs.len());
-            rest = tail;
-            let needed = done.iter().filter(|s| !s.1).count();
+            let answered = theirs.len();
+            let needed = rest[..answered].iter().filter(|s| !s.1).count();
             if mine.len() < needed {
                 let more = listed
                     .get(read..read + needed - mine.len())
@@ -305,17 +309,35 @@ impl Walker<'_, '_> {
                 read += lists.len();
                 mine.extend(lists);
             }
-            report.segments_compared += done.len() as u64;
+            // Where the remote's answer stops inside a segment, the next one starts.
+            after = if page.partial {
+                theirs
+                    .last()
+                    .and_then(|l| l.last())
+                    .map(|i| i.entry.key.clone())
+            } else {
+                None
+            };
             let mut found = Vec::new();
-            for (&(_, with_records), theirs) in done.iter().zip(theirs) {
-                let ours = if with_records {
-                    Vec::new()
-                } else {
-                    mine.pop_front().unwrap_or_default()
+            for (i, (&(_, with_records), theirs)) in rest.iter().zip(theirs).enumerate() {
+                let ours = match (&after, i + 1 == answered) {
+                    _ if with_records => Vec::new(),
+                    // Of a segment answered in part, ours up to the answer's last key.
+                    (Some(last), true) => match mine.front_mut() {
+                        Some(front) => {
+                            let upto = front.partition_point(|e| e.key <= *last);
+                            front.drain(..upto).collect()
+                        }
+                        None => Vec::new(),
+                    },
+                    _ => mine.pop_front().unwrap_or_default(),
                 };
                 report.payload_bytes += theirs.iter().map(|i| i.size() as u64).sum::<u64>();
                 compare_segment(ours, theirs, &mut found);
             }
+            let done = answered - usize::from(page.partial);
+            report.segments_compared += done as u64;
+            rest = rest.get(done..).unwrap_or_default();
             (self.found)(found, report)?;
         }
         Ok(())

@@ -60,6 +60,17 @@ pub struct SegmentItem {
 /// however dense the segments or large the values.
 pub const ANSWER_BUDGET: usize = 8 << 20;
 
+/// One answer of [`Replica::segments`]: the keys of a prefix of the segments asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentsPage {
+    /// Per segment answered, its keys in key order (the first segment's after the
+    /// `after` key of the request).
+    pub lists: Vec<Vec<SegmentItem>>,
+    /// The last list stops before its segment's end (the answer reached its budget
+    /// inside it): the rest of that segment follows its last key.
+    pub partial: bool,
+}
+
 impl SegmentItem {
     /// Roughly the bytes this item takes on the wire (for [`ANSWER_BUDGET`]).
     pub fn size(&self) -> usize {
@@ -68,6 +79,36 @@ impl SegmentItem {
             _ => 0,
         };
         self.entry.key.len() + 40 + record
+    }
+}
+
+impl SegmentsPage {
+    /// Checks that each list's keys increase, the first list's after `after` (the key
+    /// the request started after), and that an answer cut inside a segment ends with a
+    /// key. Otherwise the pages of a segment would overlap or repeat: a key could be
+    /// reported twice, or the same page asked for forever.
+    pub(crate) fn check_order(&self, after: Option<&[u8]>) -> Result<()> {
+        let mut previous = after;
+        for (i, list) in self.lists.iter().enumerate() {
+            if i > 0 {
+                previous = None;
+            }
+            for item in list {
+                let key = item.entry.key.as_slice();
+                if previous.is_some_and(|p| key <= p) {
+                    return Err(Error::Protocol(
+                        "the replica listed a segment's keys out of order, or repeated them".into(),
+                    ));
+                }
+                previous = Some(key);
+            }
+        }
+        if self.partial && self.lists.last().map_or(true, Vec::is_empty) {
+            return Err(Error::Protocol(
+                "the replica cut an answer inside a segment without listing a key of it".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -159,15 +200,28 @@ pub trait Replica: Sync {
     }
     /// The entries of each segment in `segments`, in the same order.
     fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>>;
-    /// The keys of a prefix of `segments` (at least the first; in order): each key's
-    /// entry, and its record too for a segment asked for as `(segment, true)`. A side
-    /// that holds nothing in a segment copies every key of it, so it fetches them in the
-    /// same round trip as the entries (a new replica's bootstrap is one request per page,
-    /// not two). A replica stops early when the answer passes [`ANSWER_BUDGET`]; the
-    /// caller asks again for the rest. The default reads `entries`, then `records`.
-    fn segments(&self, partition: u32, segments: &[(u32, bool)]) -> Result<Vec<Vec<SegmentItem>>> {
+    /// The keys of a prefix of `segments` (in order; at least one key, or at least the
+    /// first segment): each key's entry, and its record too for a segment asked for as
+    /// `(segment, true)`. A side that holds nothing in a segment copies every key of it,
+    /// so it fetches them in the same round trip as the entries (a new replica's
+    /// bootstrap is one request per page, not two). `after`, if given, is the last key
+    /// of the first segment the caller already has: the answer starts after it.
+    ///
+    /// A replica stops before the answer passes [`ANSWER_BUDGET`] bytes, at a key,
+    /// not only at a segment's end: a segment of any size arrives in pages (see
+    /// [`SegmentsPage::partial`]); the caller asks again for the rest. The default reads
+    /// `entries`, then `records`, and never stops early.
+    fn segments(
+        &self,
+        partition: u32,
+        segments: &[(u32, bool)],
+        after: Option<&[u8]>,
+    ) -> Result<SegmentsPage> {
         let ids: Vec<u32> = segments.iter().map(|&(s, _)| s).collect();
-        let lists = self.entries(partition, &ids)?;
+        let mut lists = self.entries(partition, &ids)?;
+        if let (Some(after), Some(first)) = (after, lists.first_mut()) {
+            first.retain(|e| e.key.as_slice() > after);
+        }
         let keys: Vec<Vec<u8>> = lists
             .iter()
             .zip(segments)
@@ -189,7 +243,7 @@ pub trait Replica: Sync {
             )));
         }
         let mut records = records.into_iter();
-        Ok(lists
+        let lists = lists
             .into_iter()
             .zip(segments)
             .map(|(list, &(_, with_records))| {
@@ -200,7 +254,11 @@ pub trait Replica: Sync {
                     })
                     .collect()
             })
-            .collect())
+            .collect();
+        Ok(SegmentsPage {
+            lists,
+            partial: false,
+        })
     }
     /// The records (tombstones included) of `keys`, in the same order.
     fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Lookup>>;
@@ -233,8 +291,13 @@ impl<R: Replica + ?Sized> Replica for &R {
     fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>> {
         (**self).entries(partition, segments)
     }
-    fn segments(&self, partition: u32, segments: &[(u32, bool)]) -> Result<Vec<Vec<SegmentItem>>> {
-        (**self).segments(partition, segments)
+    fn segments(
+        &self,
+        partition: u32,
+        segments: &[(u32, bool)],
+        after: Option<&[u8]>,
+    ) -> Result<SegmentsPage> {
+        (**self).segments(partition, segments, after)
     }
     fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Lookup>> {
         (**self).records(partition, keys)
@@ -277,14 +340,20 @@ impl Replica for Store {
         // One read for all, so segments close together share a range scan.
         let asked: Vec<(u32, bool)> = segments.iter().map(|&s| (s, false)).collect();
         Ok(self
-            .segment_items(partition, &asked, usize::MAX)?
+            .segment_items(partition, &asked, None, usize::MAX)?
+            .lists
             .into_iter()
             .map(|items| items.into_iter().map(|item| item.entry).collect())
             .collect())
     }
 
-    fn segments(&self, partition: u32, segments: &[(u32, bool)]) -> Result<Vec<Vec<SegmentItem>>> {
-        self.segment_items(partition, segments, ANSWER_BUDGET)
+    fn segments(
+        &self,
+        partition: u32,
+        segments: &[(u32, bool)],
+        after: Option<&[u8]>,
+    ) -> Result<SegmentsPage> {
+        self.segment_items(partition, segments, after, ANSWER_BUDGET)
     }
 
     fn records(&self, partition: u32, keys: &[Vec<u8>]) -> Result<Vec<Lookup>> {

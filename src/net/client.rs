@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::exchange::{Applied, Lookup, Repair, Replica, SegmentItem};
+use crate::exchange::{Applied, Lookup, Repair, Replica, SegmentsPage};
 use crate::options::Shape;
 use crate::record::Record;
 use crate::store::Entry;
@@ -151,9 +151,8 @@ fn unexpected(what: &str, got: &Response) -> Error {
     let kind = match got {
         Response::Partitions(_) => "partitions",
         Response::Hashes(_) => "hashes",
-        Response::Entries(_) => "entries",
         Response::Records(_) => "records",
-        Response::Segments(_) => "segments",
+        Response::Segments { .. } => "segments",
         Response::Applied { .. } => "applied",
         Response::Written(_) => "written",
         Response::Descended { .. } => "descended",
@@ -316,36 +315,50 @@ impl Replica for Client {
     }
 
     fn entries(&self, partition: u32, segments: &[u32]) -> Result<Vec<Vec<Entry>>> {
-        paged(
-            segments,
-            MAX_SEGMENTS,
-            |_| 5,
-            "segment entry lists",
-            |page| {
-                let request = Request::Entries {
-                    partition,
-                    segments: page.to_vec(),
-                };
-                match self.call(&request)? {
-                    Response::Entries(e) => Ok(e
-                        .into_iter()
-                        .map(|s| s.into_iter().map(Entry::from).collect())
-                        .collect()),
-                    other => Err(unexpected("entries", &other)),
+        // Whole segments, assembled from as many answers as the server's budget takes.
+        let asked: Vec<(u32, bool)> = segments.iter().map(|&s| (s, false)).collect();
+        let mut out: Vec<Vec<Entry>> = Vec::with_capacity(segments.len());
+        let (mut rest, mut after, mut continued) = (asked.as_slice(), None, false);
+        while !rest.is_empty() {
+            let page = self.segments(partition, rest, after.as_deref())?;
+            page.check_order(after.as_deref())?;
+            let answered = page.lists.len();
+            for (i, list) in page.lists.into_iter().enumerate() {
+                let list = list.into_iter().map(|item| item.entry);
+                match out.last_mut() {
+                    // The rest of a segment the previous answer stopped inside.
+                    Some(last) if i == 0 && continued => last.extend(list),
+                    _ => out.push(list.collect()),
                 }
-            },
-        )
+            }
+            continued = page.partial;
+            after = if page.partial {
+                out.last().and_then(|l| l.last()).map(|e| e.key.clone())
+            } else {
+                None
+            };
+            rest = rest
+                .get(answered - usize::from(page.partial)..)
+                .unwrap_or_default();
+        }
+        Ok(out)
     }
 
-    fn segments(&self, partition: u32, segments: &[(u32, bool)]) -> Result<Vec<Vec<SegmentItem>>> {
+    fn segments(
+        &self,
+        partition: u32,
+        segments: &[(u32, bool)],
+        after: Option<&[u8]>,
+    ) -> Result<SegmentsPage> {
         // One request; the caller asks again for what an answer cut at the budget left.
         let page = segments.get(..MAX_SEGMENTS).unwrap_or(segments);
         let request = Request::Segments {
             partition,
             segments: page.to_vec(),
+            after: after.map(<[u8]>::to_vec),
         };
         match self.call(&request)? {
-            Response::Segments(lists) => {
+            Response::Segments { lists, partial } => {
                 if lists.len() > page.len() || (lists.is_empty() && !page.is_empty()) {
                     return Err(Error::Protocol(format!(
                         "peer answered {} segments for {} asked",
@@ -353,7 +366,7 @@ impl Replica for Client {
                         page.len()
                     )));
                 }
-                Ok(lists
+                let lists = lists
                     .into_iter()
                     .zip(page)
                     .map(|(items, &(_, with_records))| {
@@ -362,7 +375,8 @@ impl Replica for Client {
                             .map(|item| item.into_item(partition, with_records))
                             .collect()
                     })
-                    .collect())
+                    .collect();
+                Ok(SegmentsPage { lists, partial })
             }
             other => Err(unexpected("segments", &other)),
         }

@@ -15,7 +15,7 @@ use crate::store::Entry;
 use crate::Hash;
 
 /// Protocol version in the handshake; each side refuses other versions.
-pub const PROTOCOL: u32 = 5;
+pub const PROTOCOL: u32 = 6;
 
 /// The client's handshake payload.
 #[derive(Debug, Serialize, Deserialize)]
@@ -35,8 +35,8 @@ pub struct Welcome {
 /// Most items (partitions, parents, segments, keys, repairs) in one request; a client
 /// pages through longer lists.
 pub const MAX_ITEMS: usize = 4096;
-/// Most segments in one `Entries` or `Segments` request (they are 4 or 5 bytes each;
-/// the answer is cut at [`ANSWER_BUDGET`] bytes).
+/// Most segments in one `Segments` request (they are 5 bytes each; the answer is cut
+/// at [`ANSWER_BUDGET`] bytes).
 pub const MAX_SEGMENTS: usize = 16_384;
 /// Most child hashes one `Descend` answer holds (4 MiB); the server answers for a
 /// prefix of the request's nodes that fits.
@@ -56,21 +56,19 @@ pub enum Request {
         #[serde(deserialize_with = "bounded::<_, _, MAX_ITEMS>")]
         parents: Vec<u64>,
     },
-    Entries {
-        partition: u32,
-        #[serde(deserialize_with = "bounded::<_, _, MAX_SEGMENTS>")]
-        segments: Vec<u32>,
-    },
     Records {
         partition: u32,
         #[serde(deserialize_with = "bounded::<_, _, MAX_ITEMS>")]
         keys: Vec<Vec<u8>>,
     },
-    /// Entries of segments, with the records of those flagged (see `Replica::segments`).
+    /// Entries of segments, with the records of those flagged, the first segment's
+    /// after the key `after` (see `Replica::segments`).
     Segments {
         partition: u32,
         #[serde(deserialize_with = "bounded::<_, _, MAX_SEGMENTS>")]
         segments: Vec<(u32, bool)>,
+        #[serde(with = "serde_bytes")]
+        after: Option<Vec<u8>>,
     },
     Apply {
         partition: u32,
@@ -99,10 +97,14 @@ pub enum Request {
 pub enum Response {
     Partitions(Vec<u32>),
     Hashes(Vec<[u8; 16]>),
-    Entries(#[serde(deserialize_with = "bounded::<_, _, MAX_SEGMENTS>")] Vec<Vec<WireEntry>>),
     Records(#[serde(deserialize_with = "bounded::<_, _, MAX_ITEMS>")] Vec<WireLookup>),
-    /// Per segment of a prefix of the request, its keys.
-    Segments(#[serde(deserialize_with = "bounded::<_, _, MAX_SEGMENTS>")] Vec<Vec<WireItem>>),
+    /// Per segment of a prefix of the request, its keys; `partial`: the last segment's
+    /// list stops before its end (the answer reached [`ANSWER_BUDGET`]).
+    Segments {
+        #[serde(deserialize_with = "bounded::<_, _, MAX_SEGMENTS>")]
+        lists: Vec<Vec<WireItem>>,
+        partial: bool,
+    },
     Applied {
         written: u64,
         stale: u64,
@@ -353,9 +355,11 @@ mod tests {
     fn answers_over_their_limits_are_refused_by_the_decoder() {
         let answers = |items: usize, segments: usize, nodes: usize| {
             [
-                Response::Entries((0..segments).map(|_| Vec::new()).collect()),
                 Response::Records((0..items).map(|_| WireLookup::Absent).collect()),
-                Response::Segments((0..segments).map(|_| Vec::new()).collect()),
+                Response::Segments {
+                    lists: (0..segments).map(|_| Vec::new()).collect(),
+                    partial: false,
+                },
                 Response::Descended {
                     covered: 1,
                     nodes: vec![(0, Vec::new()); nodes],

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::exchange::Replica;
+use crate::record::MAX_KEY_BYTES;
 use crate::store::Store;
 
 use super::channel::{check_timeout, Channel};
@@ -366,33 +367,26 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
                 nodes: out,
             }
         }
-        Request::Entries {
-            partition,
-            segments,
-        } => {
-            // The segment reader stops at the byte budget; the client asks again for
-            // the rest.
-            let asked: Vec<(u32, bool)> = segments.iter().map(|&s| (s, false)).collect();
-            let lists = store.segments(partition, &asked)?;
-            Response::Entries(
-                lists
-                    .iter()
-                    .map(|items| items.iter().map(|i| (&i.entry).into()).collect())
-                    .collect(),
-            )
-        }
         Request::Segments {
             partition,
             segments,
+            after,
         } => {
+            if after.as_ref().is_some_and(|k| k.len() > MAX_KEY_BYTES) {
+                return Err(Error::InvalidArgument(format!(
+                    "a key to start after of more than {MAX_KEY_BYTES} bytes"
+                )));
+            }
             // The store stops at the byte budget; the client asks again for the rest.
-            let lists = store.segments(partition, &segments)?;
-            Response::Segments(
-                lists
+            let page = store.segments(partition, &segments, after.as_deref())?;
+            Response::Segments {
+                lists: page
+                    .lists
                     .iter()
                     .map(|items| items.iter().map(Into::into).collect())
                     .collect(),
-            )
+                partial: page.partial,
+            }
         }
         Request::Records { partition, keys } => {
             let mut out = Vec::new();
@@ -459,10 +453,6 @@ mod tests {
                     level: 0,
                     parents: vec![0; n],
                 },
-                Request::Entries {
-                    partition: 0,
-                    segments: vec![0; segments],
-                },
                 Request::Descend {
                     partition: 0,
                     level: 1,
@@ -475,6 +465,7 @@ mod tests {
                 Request::Segments {
                     partition: 0,
                     segments: vec![(0, true); segments],
+                    after: None,
                 },
                 Request::Apply {
                     partition: 0,
