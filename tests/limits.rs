@@ -1,8 +1,11 @@
 //! Keys and values at and over the store's limits: refused before anything is written,
 //! and anything at the limits reaches a replica, over the network too.
 
+mod common;
+
+use common::{raw_data_key, with_sled};
 use merkle_index::{
-    Error, Options, Record, Repair, Replica, Store, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    Error, Options, ProblemKind, Record, Repair, Replica, Store, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 
 fn store() -> (tempfile::TempDir, Store) {
@@ -199,4 +202,76 @@ fn a_segment_larger_than_a_frame_is_exchanged_in_pages() {
     assert_eq!(c.root(0), b.root(0));
     assert_eq!(b.count_keys(0).unwrap(), 601);
     assert_eq!(a.count_keys(0).unwrap(), 600);
+}
+
+/// A record stored before the limits existed (written here into sled directly, as
+/// format 2 lays it out): `verify` names it, and a server asked for it answers with an
+/// error instead of ending the connection.
+#[test]
+fn a_record_over_the_limits_from_before_them_is_reported_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    store.put(b"small", b"fine").unwrap();
+    store.close().unwrap();
+    let big = vec![5u8; MAX_VALUE_BYTES + (2 << 20)];
+    with_sled(dir.path(), |db| {
+        // Format byte, flags, version (LE), value hash, value.
+        let mut record = vec![2u8, 0];
+        record.extend_from_slice(&7u64.to_le_bytes());
+        record.extend_from_slice(&merkle_index::value_hash(&big).to_bytes());
+        record.extend_from_slice(&big);
+        let data = db.open_tree("data").unwrap();
+        data.insert(raw_data_key(0, b"legacy", 1 << 20), record)
+            .unwrap();
+    });
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    store.rebuild(&mut |_| {}).unwrap();
+    let report = store.verify(&mut |_| {}).unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let problem = &report.problems[0];
+    assert_eq!(problem.key.as_deref(), Some(&b"legacy"[..]));
+    assert_eq!(
+        problem.kind,
+        ProblemKind::OverLimit {
+            key_bytes: 6,
+            value_bytes: big.len()
+        }
+    );
+    assert!(problem.to_string().contains("cannot reach a replica"));
+    // Quarantine leaves it alone: the record is sound.
+    assert_eq!(store.quarantine(&report).unwrap(), 0);
+
+    #[cfg(feature = "net")]
+    {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use merkle_index::net::{self, Client, Key, ServeOptions, Stop};
+
+        let store = Arc::new(store);
+        let secret = Key::from_secret(b"a long shared secret, 16+ bytes").unwrap();
+        let (listener, addr) = net::bind("127.0.0.1:0").unwrap();
+        let stop = Stop::new(addr);
+        let server = std::thread::spawn({
+            let (served, secret, stop) = (Arc::clone(&store), secret.clone(), stop.clone());
+            move || {
+                net::serve(
+                    served,
+                    listener,
+                    secret,
+                    ServeOptions::default(),
+                    &stop,
+                    Arc::new(|_| {}),
+                )
+            }
+        });
+        let peer = Client::connect(&addr.to_string(), &secret, Duration::from_secs(60)).unwrap();
+        let err = Replica::records(&peer, 0, &[b"legacy".to_vec()]).unwrap_err();
+        assert!(err.to_string().contains("over the frame limit"), "{err}");
+        // The connection goes on.
+        let found = Replica::records(&peer, 0, &[b"small".to_vec()]).unwrap();
+        assert_eq!(found.len(), 1);
+        stop.trigger();
+        server.join().unwrap().unwrap();
+    }
 }

@@ -227,6 +227,26 @@ impl Channel {
     /// Sends one message as one frame; returns the bytes put on the wire.
     pub fn send<T: Serialize>(&mut self, message: &T, timeout: Duration) -> Result<u64> {
         let payload = encode(message)?;
+        self.send_payload(&payload, timeout)
+    }
+
+    /// Sends `message`, or, if it would pass the frame limit, the message `instead`
+    /// makes of its size (an answer that cannot be sent becomes an error the peer reads,
+    /// and the connection goes on).
+    pub fn send_or<T: Serialize>(
+        &mut self,
+        message: &T,
+        instead: impl FnOnce(usize) -> T,
+        timeout: Duration,
+    ) -> Result<u64> {
+        let mut payload = encode(message)?;
+        if payload.len() + 4 > MAX_FRAME {
+            payload = encode(&instead(payload.len()))?;
+        }
+        self.send_payload(&payload, timeout)
+    }
+
+    fn send_payload(&mut self, payload: &[u8], timeout: Duration) -> Result<u64> {
         if payload.len() + 4 > MAX_FRAME {
             return Err(protocol(format!(
                 "message of {} bytes is over the frame limit",
@@ -235,7 +255,7 @@ impl Channel {
         }
         let mut plain = Vec::with_capacity(payload.len() + 4);
         plain.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        plain.extend_from_slice(&payload);
+        plain.extend_from_slice(payload);
         self.stream
             .set_write_timeout(Some(timeout))
             .map_err(|e| io("send", e))?;

@@ -286,7 +286,15 @@ fn connection(
             request => answer(store, request, &options.accept)
                 .unwrap_or_else(|e| Response::Error(e.to_string())),
         };
-        channel.send(&response, options.timeout)?;
+        // Only a record stored before the size limits existed makes an answer too
+        // large; the peer is told so, and the connection goes on.
+        let too_large = |bytes| {
+            Response::Error(format!(
+                "the answer ({bytes} bytes) is over the frame limit: it holds a record over \
+                 the store's size limits (`merkle-index verify` lists them)"
+            ))
+        };
+        channel.send_or(&response, too_large, options.timeout)?;
     }
 }
 

@@ -10,7 +10,7 @@ use crate::hash::{segment_of, value_hash, Hash};
 use crate::index::{key_prefixes, Trees};
 use crate::options::Shape;
 use crate::parallel;
-use crate::record::{split_data_key, RecordHeader};
+use crate::record::{split_data_key, RecordHeader, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::tree::Tree;
 use crate::verify::{Problem, ProblemKind};
 
@@ -220,6 +220,13 @@ fn hash_piece(
             if expected != segment {
                 out.problems
                     .push(problem(ProblemKind::Misplaced { expected }));
+            }
+            let value_bytes = header.value(&value).len();
+            if user_key.len() > MAX_KEY_BYTES || value_bytes > MAX_VALUE_BYTES {
+                out.problems.push(problem(ProblemKind::OverLimit {
+                    key_bytes: user_key.len(),
+                    value_bytes,
+                }));
             }
             let computed = value_hash(header.value(&value));
             if computed != header.value_hash {

@@ -40,6 +40,14 @@ pub enum ProblemKind {
     PartitionMismatch,
     /// A persisted index bucket failed its checksum or could not be decoded.
     BadBucket(String),
+    /// A key or value longer than [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES) or
+    /// [`MAX_VALUE_BYTES`](crate::MAX_VALUE_BYTES) (stored before those limits existed):
+    /// the record is sound but cannot reach a replica, and exchanges of its partition
+    /// fail on it. Not quarantined; rewrite it smaller or delete it.
+    OverLimit {
+        key_bytes: usize,
+        value_bytes: usize,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -74,6 +82,16 @@ impl fmt::Display for Problem {
                 write!(f, "index and data disagree on whether the partition exists")
             }
             ProblemKind::BadBucket(e) => write!(f, "{e}"),
+            ProblemKind::OverLimit {
+                key_bytes,
+                value_bytes,
+            } => write!(
+                f,
+                "key of {key_bytes} bytes and value of {value_bytes} bytes: over the limits \
+                 ({} and {} bytes), so it cannot reach a replica; rewrite it smaller or delete it",
+                crate::MAX_KEY_BYTES,
+                crate::MAX_VALUE_BYTES
+            ),
         }
     }
 }
