@@ -60,9 +60,7 @@ fn keys_and_values_over_their_limits_are_refused_and_nothing_is_written() {
 #[test]
 fn records_at_the_limits_and_a_frame_of_long_keys_cross_the_network() {
     use std::sync::Arc;
-    use std::time::Duration;
 
-    use merkle_index::net::{self, Client, Key, ServeOptions, Stop};
     use merkle_index::{Lookup, SyncOptions};
 
     let ((_da, a), (_db, b)) = (store(), store());
@@ -87,24 +85,9 @@ fn records_at_the_limits_and_a_frame_of_long_keys_cross_the_network() {
     for key in &keys {
         b.put_versioned(key, b"on the server", 2).unwrap();
     }
-    let key = Key::from_secret(b"a long shared secret, 16+ bytes").unwrap();
-    let (listener, addr) = net::bind("127.0.0.1:0").unwrap();
-    let stop = Stop::new(addr);
-    let server = std::thread::spawn({
-        let (served, key, stop) = (Arc::clone(&b), key.clone(), stop.clone());
-        move || {
-            net::serve(
-                served,
-                listener,
-                key,
-                ServeOptions::default(),
-                &stop,
-                Arc::new(|_| {}),
-            )
-        }
-    });
-    let peer = Client::connect(&addr.to_string(), &key, Duration::from_secs(60)).unwrap();
-    let found = Replica::records(&peer, 0, &keys).unwrap();
+    let served = common::serve(Arc::clone(&b));
+    let peer = &served.peer;
+    let found = Replica::records(peer, 0, &keys).unwrap();
     assert_eq!(found.len(), keys.len());
     assert!(found
         .iter()
@@ -114,10 +97,9 @@ fn records_at_the_limits_and_a_frame_of_long_keys_cross_the_network() {
         .map(|k| (k.clone(), Record::value(3, b"replicated")))
         .collect();
     assert_eq!(peer.replicate(0, &writes).unwrap(), 300);
-    let report = merkle_index::sync(&a, &peer, 0, &SyncOptions::default()).unwrap();
+    let report = merkle_index::sync(&a, peer, 0, &SyncOptions::default()).unwrap();
     assert_eq!(report.differences, 302);
-    stop.trigger();
-    server.join().unwrap().unwrap();
+    served.stop();
     a.sync_index().unwrap();
     b.sync_index().unwrap();
     assert_eq!(a.root(0), b.root(0));
@@ -132,9 +114,7 @@ fn records_at_the_limits_and_a_frame_of_long_keys_cross_the_network() {
 #[test]
 fn a_segment_larger_than_a_frame_is_exchanged_in_pages() {
     use std::sync::Arc;
-    use std::time::Duration;
 
-    use merkle_index::net::{self, Client, Key, ServeOptions, Stop};
     use merkle_index::SyncOptions;
 
     let tiny = || Options::default().with_segments(2, 2).unwrap();
@@ -167,35 +147,19 @@ fn a_segment_larger_than_a_frame_is_exchanged_in_pages() {
         }
     }
     c.put_versioned(&key(10_000), b"only here", 3).unwrap();
-    let secret = Key::from_secret(b"a long shared secret, 16+ bytes").unwrap();
-    let (listener, addr) = net::bind("127.0.0.1:0").unwrap();
-    let stop = Stop::new(addr);
-    let server = std::thread::spawn({
-        let (served, secret, stop) = (Arc::clone(&b), secret.clone(), stop.clone());
-        move || {
-            net::serve(
-                served,
-                listener,
-                secret,
-                ServeOptions::default(),
-                &stop,
-                Arc::new(|_| {}),
-            )
-        }
-    });
-    let peer = Client::connect(&addr.to_string(), &secret, Duration::from_secs(60)).unwrap();
+    let served = common::serve(Arc::clone(&b));
+    let peer = &served.peer;
     // A network replica's whole segments, assembled from pages.
-    let entries = Replica::entries(&peer, 0, &[0, 1]).unwrap();
+    let entries = Replica::entries(peer, 0, &[0, 1]).unwrap();
     assert_eq!(entries, Replica::entries(&*b, 0, &[0, 1]).unwrap());
     assert_eq!(entries.iter().map(Vec::len).sum::<usize>(), 600);
-    let report = merkle_index::sync(&a, &peer, 0, &SyncOptions::default()).unwrap();
+    let report = merkle_index::sync(&a, peer, 0, &SyncOptions::default()).unwrap();
     assert_eq!(report.differences, 600);
-    let report = merkle_index::sync(&c, &peer, 0, &SyncOptions::default()).unwrap();
+    let report = merkle_index::sync(&c, peer, 0, &SyncOptions::default()).unwrap();
     // 6 keys missing, 12 older, one only on `c`.
     assert_eq!(report.differences, 6 + 12 + 1);
     assert_eq!((report.repaired_local, report.repaired_remote), (18, 1));
-    stop.trigger();
-    server.join().unwrap().unwrap();
+    served.stop();
     for store in [&a, &*b, &c] {
         store.sync_index().unwrap();
     }
@@ -243,35 +207,13 @@ fn a_record_over_the_limits_from_before_them_is_reported_not_fatal() {
 
     #[cfg(feature = "net")]
     {
-        use std::sync::Arc;
-        use std::time::Duration;
-
-        use merkle_index::net::{self, Client, Key, ServeOptions, Stop};
-
-        let store = Arc::new(store);
-        let secret = Key::from_secret(b"a long shared secret, 16+ bytes").unwrap();
-        let (listener, addr) = net::bind("127.0.0.1:0").unwrap();
-        let stop = Stop::new(addr);
-        let server = std::thread::spawn({
-            let (served, secret, stop) = (Arc::clone(&store), secret.clone(), stop.clone());
-            move || {
-                net::serve(
-                    served,
-                    listener,
-                    secret,
-                    ServeOptions::default(),
-                    &stop,
-                    Arc::new(|_| {}),
-                )
-            }
-        });
-        let peer = Client::connect(&addr.to_string(), &secret, Duration::from_secs(60)).unwrap();
-        let err = Replica::records(&peer, 0, &[b"legacy".to_vec()]).unwrap_err();
+        let served = common::serve(std::sync::Arc::new(store));
+        let peer = &served.peer;
+        let err = Replica::records(peer, 0, &[b"legacy".to_vec()]).unwrap_err();
         assert!(err.to_string().contains("over the frame limit"), "{err}");
         // The connection goes on.
-        let found = Replica::records(&peer, 0, &[b"small".to_vec()]).unwrap();
+        let found = Replica::records(peer, 0, &[b"small".to_vec()]).unwrap();
         assert_eq!(found.len(), 1);
-        stop.trigger();
-        server.join().unwrap().unwrap();
+        served.stop();
     }
 }

@@ -95,3 +95,38 @@ pub fn raw_data_key(partition: u32, key: &[u8], segments: u64) -> Vec<u8> {
     out.extend_from_slice(key);
     out
 }
+
+/// A store served over TCP on a free port, and a client connected to it.
+#[cfg(feature = "net")]
+pub struct Served {
+    pub peer: merkle_index::net::Client,
+    stop: merkle_index::net::Stop,
+    server: std::thread::JoinHandle<merkle_index::Result<()>>,
+}
+
+#[cfg(feature = "net")]
+pub fn serve(store: std::sync::Arc<merkle_index::Store>) -> Served {
+    use merkle_index::net::{self, Client, Key, ServeOptions, Stop};
+    let key = Key::from_secret(b"a long shared secret, 16+ bytes").unwrap();
+    let (listener, addr) = net::bind("127.0.0.1:0").unwrap();
+    let stop = Stop::new(addr);
+    let server = std::thread::spawn({
+        let (key, stop) = (key.clone(), stop.clone());
+        move || {
+            let log: net::Log = std::sync::Arc::new(|_| {});
+            net::serve(store, listener, key, ServeOptions::default(), &stop, log)
+        }
+    });
+    let timeout = std::time::Duration::from_secs(60);
+    let peer = Client::connect(&addr.to_string(), &key, timeout).unwrap();
+    Served { peer, stop, server }
+}
+
+#[cfg(feature = "net")]
+impl Served {
+    /// Stops the server and checks it ended without an error.
+    pub fn stop(self) {
+        self.stop.trigger();
+        self.server.join().unwrap().unwrap();
+    }
+}
