@@ -52,7 +52,7 @@ use store::{clock, dropping, file, flush, meta, record};
 pub const FORMAT_VERSION: u32 = 2;
 
 pub use error::{Corruption, Error, Result};
-pub use exchange::diff::{diff, merged_root, DiffReport, Difference, PAGE};
+pub use exchange::diff::{diff, merged_root, partitions_to_walk, DiffReport, Difference, PAGE};
 pub use exchange::{Applied, Lookup, Repair, Replica, SegmentItem, SegmentsPage, ANSWER_BUDGET};
 pub use flush::FlushStats;
 pub use hash::{entry_hash, segment_of, value_hash, Hash, HASH_BYTES};

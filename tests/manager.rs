@@ -409,3 +409,116 @@ fn a_slow_batch_under_the_byte_cap_does_not_outlast_a_network_peers_idle_timeout
     stop.trigger();
     server.join().unwrap().unwrap();
 }
+
+/// A peer that counts the requests its replica answers (each one round trip over a
+/// network).
+struct Counting(Arc<Store>, Arc<std::sync::atomic::AtomicU64>);
+
+struct CountingReplica<'a>(&'a Store, &'a std::sync::atomic::AtomicU64);
+
+impl CountingReplica<'_> {
+    fn count(&self) {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Replica for CountingReplica<'_> {
+    fn shape(&self) -> merkle_index::Result<merkle_index::Shape> {
+        Replica::shape(self.0)
+    }
+    fn partitions(&self) -> merkle_index::Result<Vec<u32>> {
+        self.count();
+        Replica::partitions(self.0)
+    }
+    fn roots(&self, p: &[u32]) -> merkle_index::Result<Vec<merkle_index::Hash>> {
+        self.count();
+        Replica::roots(self.0, p)
+    }
+    fn children(&self, p: u32, l: u32, n: &[u64]) -> merkle_index::Result<Vec<merkle_index::Hash>> {
+        self.count();
+        Replica::children(self.0, p, l, n)
+    }
+    fn descend(
+        &self,
+        p: u32,
+        l: u32,
+        theirs: &[(u64, merkle_index::Hash)],
+    ) -> merkle_index::Result<Vec<(u64, Vec<merkle_index::Hash>)>> {
+        self.count();
+        Replica::descend(self.0, p, l, theirs)
+    }
+    fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<merkle_index::Entry>>> {
+        self.count();
+        Replica::entries(self.0, p, s)
+    }
+    fn segments(
+        &self,
+        p: u32,
+        s: &[(u32, bool)],
+        after: Option<&[u8]>,
+    ) -> merkle_index::Result<merkle_index::SegmentsPage> {
+        self.count();
+        Replica::segments(self.0, p, s, after)
+    }
+    fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<merkle_index::Lookup>> {
+        self.count();
+        Replica::records(self.0, p, k)
+    }
+    fn apply(
+        &self,
+        p: u32,
+        r: &[merkle_index::Repair],
+    ) -> merkle_index::Result<merkle_index::Applied> {
+        self.count();
+        Replica::apply(self.0, p, r)
+    }
+}
+
+impl Peer for Counting {
+    fn open(&self) -> merkle_index::Result<Box<dyn Replica + Send + '_>> {
+        Ok(Box::new(CountingReplica(&self.0, &self.1)))
+    }
+}
+
+#[test]
+fn partitions_that_agree_cost_one_round_trip_for_all_of_them() {
+    let ((_da, a), (_db, b)) = (store(), store());
+    // 200 partitions alike on both sides, and two that differ.
+    for p in 0..200u32 {
+        for s in [&a, &b] {
+            s.partition(p).put_versioned(b"k", b"v", 1).unwrap();
+        }
+    }
+    a.partition(7).put(b"only on a", b"v").unwrap();
+    b.partition(150).put(b"only on b", b"v").unwrap();
+    roots(&a, &[]); // the index is current (a write not yet hashed waits for the next round)
+    roots(&b, &[]);
+    let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let options = ManagerOptions {
+        interval: Duration::from_secs(3600),
+        ..fast()
+    };
+    let manager = Manager::start(Arc::clone(&a), options).unwrap();
+    let all: BTreeSet<u32> = (0..200).collect();
+    let peer = Counting(Arc::clone(&b), Arc::clone(&requests));
+    manager.set_peer("b", Arc::new(peer), all.clone());
+    let done = || {
+        let status = manager.status();
+        status.exchanges >= 1 && status.peers.iter().all(|p| p.running.is_none())
+    };
+    assert!(wait_until(Duration::from_secs(20), done));
+    let partitions: Vec<u32> = all.into_iter().collect();
+    assert!(roots(&a, &partitions) == roots(&b, &partitions));
+    let status = manager.status();
+    let peer = &status.peers[0];
+    assert_eq!(peer.partitions.len(), 200, "every partition has its status");
+    assert!(peer
+        .partitions
+        .iter()
+        .all(|s| s.last_success_unix_ms.is_some()));
+    // One request for the 200 roots, then a few for each of the two walks (a walk of
+    // agreeing trees would take one each: 200 or more).
+    let asked = requests.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(asked <= 1 + 2 * 6, "{asked} requests");
+    manager.stop();
+}

@@ -82,6 +82,31 @@ pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result
     Ok(report)
 }
 
+/// Of `partitions`, those whose trees a diff or sync has to walk: those whose roots
+/// differ between the two sides, in the same order. One request to each side (a
+/// network client pages a list of thousands) instead of a walk's first round trip per
+/// partition, so a node holding hundreds of partitions that agree pays one round trip
+/// for all of them. A single partition is returned without asking: a walk of agreeing
+/// trees costs that same one round trip.
+pub fn partitions_to_walk(
+    local: &dyn Replica,
+    remote: &dyn Replica,
+    partitions: &[u32],
+) -> Result<Vec<u32>> {
+    if partitions.len() <= 1 {
+        return Ok(partitions.to_vec());
+    }
+    let mine = local.roots(partitions)?;
+    let theirs = remote.roots(partitions)?;
+    expect_len("roots", partitions.len(), mine.len(), theirs.len())?;
+    Ok(partitions
+        .iter()
+        .zip(mine.iter().zip(&theirs))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(&p, _)| p)
+        .collect())
+}
+
 /// Walks the two trees and calls `found` with each page of differing keys (and the
 /// report so far), so a caller can act on them without holding them all. With
 /// `records`, the remote's records of segments empty here come with their entries (a

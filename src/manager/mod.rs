@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::clock::unix_ms;
 use crate::error::{Error, Result};
+use crate::exchange::diff::partitions_to_walk;
 use crate::exchange::Replica;
 use crate::store::Store;
 use crate::sync::{sync, SyncOptions, SyncReport};
@@ -333,18 +334,30 @@ fn exchange(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32]) {
             } else {
                 partitions
             };
+            // One round trip finds the partitions that differ; the rest agree already.
+            let differing = match partitions_to_walk(&*inner.store, remote.as_ref(), partitions) {
+                Ok(d) => d.into_iter().collect::<BTreeSet<u32>>(),
+                Err(e) => {
+                    finish(inner, name, Some(e.to_string()));
+                    return;
+                }
+            };
             for (i, &partition) in partitions.iter().enumerate() {
                 if lock(inner).stopping {
                     break;
                 }
                 let started = Instant::now();
-                let result = sync_one(
-                    inner,
-                    name,
-                    remote.as_ref(),
-                    partition,
-                    partitions.len() - i - 1,
-                );
+                let result = if differing.contains(&partition) {
+                    sync_one(
+                        inner,
+                        name,
+                        remote.as_ref(),
+                        partition,
+                        partitions.len() - i - 1,
+                    )
+                } else {
+                    Ok(SyncReport::default())
+                };
                 let mut state = lock(inner);
                 let Some(p) = state.peers.get_mut(name) else {
                     break; // removed meanwhile

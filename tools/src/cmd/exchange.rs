@@ -152,10 +152,13 @@ pub fn diff(a: Args) -> anyhow::Result<Outcome> {
     let sides = Sides::open(&a)?;
     sides.local.sync_index()?;
     let mut total = 0;
-    let mut round_trips = 0;
     let mut payload = 0;
     let partitions = sides.partitions(a.partition)?;
-    for &p in &partitions {
+    // Partitions whose roots agree are not walked: one round trip for all of them (none
+    // for a single partition, which is walked at once).
+    let to_walk = merkle_index::partitions_to_walk(&sides.local, sides.remote(), &partitions)?;
+    let mut round_trips = u32::from(partitions.len() > 1);
+    for &p in &to_walk {
         let report = merkle_index::diff(&sides.local, sides.remote(), p)?;
         print_diff(&report, a.json);
         total += report.differences.len();
@@ -199,7 +202,9 @@ pub fn sync(a: SyncArgs) -> anyhow::Result<Outcome> {
     // A partition that fails (say, one the peer does not accept) does not stop the
     // others; the command still exits 2 and names it.
     let mut failed: Vec<(u32, String)> = Vec::new();
-    for &p in &partitions {
+    // Partitions whose roots agree are not walked (one round trip for all of them).
+    let to_walk = merkle_index::partitions_to_walk(&sides.local, sides.remote(), &partitions)?;
+    for &p in &to_walk {
         let report = match merkle_index::sync(&sides.local, sides.remote(), p, &options) {
             Ok(report) => report,
             Err(e) => {
