@@ -21,6 +21,11 @@ pub enum Error {
     )]
     NotAStore { path: PathBuf, reason: String },
 
+    /// Another handle holds the store: a running process (a node, a `serve`), or a second
+    /// `open` of the same directory in this one.
+    #[error("the store at {0} is open elsewhere (another process, or opened twice); stop that process or use its handle")]
+    InUse(PathBuf),
+
     /// The options given to `open` disagree with those the store was created with.
     #[error("options mismatch for {what}: the store was created with {stored}, open asked for {requested}; open with the store's own options or create a new store")]
     OptionsMismatch {

@@ -141,7 +141,7 @@ impl Store {
 /// Opens sled, waiting up to a second for its lock: sled's I/O threads release the
 /// database file a moment after the previous handle is dropped, so a close followed at
 /// once by an open (in this process) would otherwise fail. A store held by a live process
-/// still fails, after that second.
+/// still fails, after that second, with [`Error::InUse`].
 fn open_sled(dir: &Path, options: &Options) -> Result<sled::Db> {
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
@@ -150,10 +150,10 @@ fn open_sled(dir: &Path, options: &Options) -> Result<sled::Db> {
             .cache_capacity(options.cache_bytes)
             .open();
         match opened {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && Instant::now() < deadline =>
-            {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if Instant::now() >= deadline {
+                    return Err(Error::InUse(dir.to_path_buf()));
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
             other => return Ok(other?),

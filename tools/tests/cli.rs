@@ -377,6 +377,13 @@ fn bad_input_exits_two_with_a_message_and_writes_nothing() {
     );
     assert_eq!(stdout(&run(&["root", "--db", &db(store.path())])), root);
 
+    // The same store twice: the second open finds it in use, said once.
+    let o = run(&["sync", "--db", &db(store.path()), "--db", &db(store.path())]);
+    assert_eq!(code(&o), 2);
+    let err = stderr(&o);
+    assert!(err.contains("is open elsewhere"), "{err}");
+    assert_eq!(err.matches("open elsewhere").count(), 1, "{err}");
+
     // Usage errors.
     assert_eq!(code(&run(&["stats"])), 2);
     assert_eq!(code(&run(&["frobnicate"])), 2);
