@@ -111,20 +111,57 @@ fn parse_share(text: &str) -> Result<f64, String> {
     }
 }
 
-/// `ADDR` or `ADDR=P1,P2,...`.
+/// `ADDR` or `ADDR=P1,P2,...`, ADDR as `HOST:PORT` (the host is resolved at each
+/// connection, so a name that does not resolve yet is not an error here).
 fn parse_peer(spec: &str) -> anyhow::Result<(String, BTreeSet<u32>)> {
-    let Some((addr, list)) = spec.split_once('=') else {
-        return Ok((spec.to_string(), BTreeSet::new()));
+    let (addr, list) = match spec.split_once('=') {
+        Some((addr, list)) => (addr, Some(list)),
+        None => (spec, None),
+    };
+    let port = addr.rsplit_once(':').filter(|(host, _)| !host.is_empty());
+    if !port.is_some_and(|(_, port)| port.parse::<u16>().is_ok_and(|p| p > 0)) {
+        bail!("--peer {spec}: the address must be HOST:PORT (a port from 1 to 65535)");
+    }
+    let Some(list) = list else {
+        return Ok((addr.to_string(), BTreeSet::new()));
     };
     let partitions = list
         .split(',')
         .map(|p| p.trim().parse::<u32>())
         .collect::<Result<BTreeSet<_>, _>>()
         .with_context(|| format!("--peer {spec}: partitions must be numbers, as ADDR=1,2,3"))?;
-    if addr.is_empty() || partitions.is_empty() {
-        bail!("--peer {spec}: give ADDR or ADDR=P1,P2,...");
-    }
     Ok((addr.to_string(), partitions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_host_port_with_optional_partitions() {
+        let ok = |spec: &str| parse_peer(spec).unwrap();
+        assert_eq!(
+            ok("10.0.0.2:7070"),
+            ("10.0.0.2:7070".into(), BTreeSet::new())
+        );
+        assert_eq!(
+            ok("[::1]:7070=3,1"),
+            ("[::1]:7070".into(), BTreeSet::from([1, 3]))
+        );
+        assert_eq!(ok("node-b.example:9=5").1, BTreeSet::from([5]));
+        for bad in [
+            "bogus",
+            "host:",
+            ":7070",
+            "host:0",
+            "host:70000",
+            "host:7070=",
+            "h:1=x",
+        ] {
+            let err = parse_peer(bad).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("--peer {bad}:")), "{bad}: {err}");
+        }
+    }
 }
 
 /// The status as JSON (durations in milliseconds).
