@@ -410,32 +410,29 @@ fn a_slow_batch_under_the_byte_cap_does_not_outlast_a_network_peers_idle_timeout
     server.join().unwrap().unwrap();
 }
 
-/// A peer that counts the requests its replica answers (each one round trip over a
-/// network).
-struct Counting(Arc<Store>, Arc<std::sync::atomic::AtomicU64>);
+/// A peer whose replica calls `hook` before answering each request (each one round trip
+/// over a network), with the partition it concerns if any; an error from the hook is
+/// the answer.
+type Hook = dyn Fn(Option<u32>) -> merkle_index::Result<()> + Send + Sync;
 
-struct CountingReplica<'a>(&'a Store, &'a std::sync::atomic::AtomicU64);
+struct Hooked(Arc<Store>, Arc<Hook>);
 
-impl CountingReplica<'_> {
-    fn count(&self) {
-        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
+struct HookedReplica<'a>(&'a Store, &'a Hook);
 
-impl Replica for CountingReplica<'_> {
+impl Replica for HookedReplica<'_> {
     fn shape(&self) -> merkle_index::Result<merkle_index::Shape> {
         Replica::shape(self.0)
     }
     fn partitions(&self) -> merkle_index::Result<Vec<u32>> {
-        self.count();
+        (self.1)(None)?;
         Replica::partitions(self.0)
     }
     fn roots(&self, p: &[u32]) -> merkle_index::Result<Vec<merkle_index::Hash>> {
-        self.count();
+        (self.1)(None)?;
         Replica::roots(self.0, p)
     }
     fn children(&self, p: u32, l: u32, n: &[u64]) -> merkle_index::Result<Vec<merkle_index::Hash>> {
-        self.count();
+        (self.1)(Some(p))?;
         Replica::children(self.0, p, l, n)
     }
     fn descend(
@@ -444,11 +441,11 @@ impl Replica for CountingReplica<'_> {
         l: u32,
         theirs: &[(u64, merkle_index::Hash)],
     ) -> merkle_index::Result<Vec<(u64, Vec<merkle_index::Hash>)>> {
-        self.count();
+        (self.1)(Some(p))?;
         Replica::descend(self.0, p, l, theirs)
     }
     fn entries(&self, p: u32, s: &[u32]) -> merkle_index::Result<Vec<Vec<merkle_index::Entry>>> {
-        self.count();
+        (self.1)(Some(p))?;
         Replica::entries(self.0, p, s)
     }
     fn segments(
@@ -457,11 +454,11 @@ impl Replica for CountingReplica<'_> {
         s: &[(u32, bool)],
         after: Option<&[u8]>,
     ) -> merkle_index::Result<merkle_index::SegmentsPage> {
-        self.count();
+        (self.1)(Some(p))?;
         Replica::segments(self.0, p, s, after)
     }
     fn records(&self, p: u32, k: &[Vec<u8>]) -> merkle_index::Result<Vec<merkle_index::Lookup>> {
-        self.count();
+        (self.1)(Some(p))?;
         Replica::records(self.0, p, k)
     }
     fn apply(
@@ -469,14 +466,14 @@ impl Replica for CountingReplica<'_> {
         p: u32,
         r: &[merkle_index::Repair],
     ) -> merkle_index::Result<merkle_index::Applied> {
-        self.count();
+        (self.1)(Some(p))?;
         Replica::apply(self.0, p, r)
     }
 }
 
-impl Peer for Counting {
+impl Peer for Hooked {
     fn open(&self) -> merkle_index::Result<Box<dyn Replica + Send + '_>> {
-        Ok(Box::new(CountingReplica(&self.0, &self.1)))
+        Ok(Box::new(HookedReplica(&self.0, &*self.1)))
     }
 }
 
@@ -494,13 +491,18 @@ fn partitions_that_agree_cost_one_round_trip_for_all_of_them() {
     roots(&a, &[]); // the index is current (a write not yet hashed waits for the next round)
     roots(&b, &[]);
     let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&requests);
+    let count = move |_| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    };
     let options = ManagerOptions {
         interval: Duration::from_secs(3600),
         ..fast()
     };
     let manager = Manager::start(Arc::clone(&a), options).unwrap();
     let all: BTreeSet<u32> = (0..200).collect();
-    let peer = Counting(Arc::clone(&b), Arc::clone(&requests));
+    let peer = Hooked(Arc::clone(&b), Arc::new(count));
     manager.set_peer("b", Arc::new(peer), all.clone());
     let done = || {
         let status = manager.status();
@@ -520,5 +522,50 @@ fn partitions_that_agree_cost_one_round_trip_for_all_of_them() {
     // agreeing trees would take one each: 200 or more).
     let asked = requests.load(std::sync::atomic::Ordering::Relaxed);
     assert!(asked <= 1 + 2 * 6, "{asked} requests");
+    manager.stop();
+}
+
+#[test]
+fn a_partition_that_fails_does_not_keep_the_others_from_their_exchange() {
+    let ((_da, a), (_db, b)) = (store(), store());
+    for p in 0..3u32 {
+        a.partition(p).put(b"only on a", b"v").unwrap();
+    }
+    roots(&a, &[]);
+    // Every request about partition 1 fails, as one holding a record no frame can carry.
+    let fail_one = |p: Option<u32>| match p {
+        Some(1) => Err(Error::Protocol(
+            "peer: partition 1 cannot be answered".into(),
+        )),
+        _ => Ok(()),
+    };
+    let options = ManagerOptions {
+        interval: Duration::from_secs(3600),
+        ..fast()
+    };
+    let manager = Manager::start(Arc::clone(&a), options).unwrap();
+    let peer = Hooked(Arc::clone(&b), Arc::new(fail_one));
+    manager.set_peer("b", Arc::new(peer), BTreeSet::from([0, 1, 2]));
+    let done = || {
+        let status = manager.status();
+        status.exchanges >= 1 && status.peers.iter().all(|p| p.running.is_none())
+    };
+    assert!(wait_until(Duration::from_secs(20), done));
+    assert_eq!(
+        roots(&a, &[0, 2]),
+        roots(&b, &[0, 2]),
+        "partitions 0 and 2 synced"
+    );
+    assert_ne!(roots(&a, &[1]), roots(&b, &[1]));
+    let status = manager.status();
+    let peer = &status.peers[0];
+    let errors: Vec<u64> = peer.partitions.iter().map(|s| s.errors).collect();
+    assert_eq!(errors, [0, 1, 0], "{status:?}");
+    assert!(peer.partitions[1]
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("cannot be answered")));
+    // The peer answered: it is not backed off for one partition's failure.
+    assert_eq!(peer.failures, 0);
     manager.stop();
 }

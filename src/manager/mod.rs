@@ -5,7 +5,9 @@
 //! peers do not synchronize, and sooner on [`Manager::exchange_now`]) and starts it on a
 //! worker thread, with at most one exchange per peer at a time and at most
 //! `max_concurrent` in all. An exchange syncs every partition the peer shares with this
-//! node; a failure backs off exponentially (to `backoff_max`) before the next attempt.
+//! node (one round trip finds those whose roots differ; only they are walked). A peer
+//! that cannot be reached backs off exponentially (to `backoff_max`) before the next
+//! attempt; a partition that fails is recorded and the exchange goes on with the next.
 //! Repairs pass through a shared token bucket (keys/s and bytes/s, changeable while
 //! running): an exchange that reaches the cap waits and continues, it never fails for
 //! it. While the store takes foreground writes, repairs also yield to them: at most
@@ -310,87 +312,95 @@ fn schedule(inner: &Arc<Inner>) {
     }
 }
 
-/// One exchange with one peer: every shared partition in turn.
+/// One exchange with one peer; the peer backs off if it could not be reached.
 fn exchange(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32]) {
-    let mut failed = None;
-    match peer.open() {
-        Err(e) => failed = Some(e.to_string()),
-        Ok(remote) => {
-            // No partitions configured: every partition either side holds now.
-            let discovered;
-            let partitions = if partitions.is_empty() {
-                let mut all = match remote.partitions() {
-                    Ok(p) => p,
-                    Err(e) => {
-                        finish(inner, name, Some(e.to_string()));
-                        return;
-                    }
-                };
-                all.extend(inner.store.partitions());
-                all.sort_unstable();
-                all.dedup();
-                discovered = all;
-                &discovered[..]
-            } else {
-                partitions
-            };
-            // One round trip finds the partitions that differ; the rest agree already.
-            let differing = match partitions_to_walk(&*inner.store, remote.as_ref(), partitions) {
-                Ok(d) => d.into_iter().collect::<BTreeSet<u32>>(),
-                Err(e) => {
-                    finish(inner, name, Some(e.to_string()));
-                    return;
-                }
-            };
-            for (i, &partition) in partitions.iter().enumerate() {
-                if lock(inner).stopping {
-                    break;
-                }
-                let started = Instant::now();
-                let result = if differing.contains(&partition) {
-                    sync_one(
-                        inner,
-                        name,
-                        remote.as_ref(),
-                        partition,
-                        partitions.len() - i - 1,
-                    )
-                } else {
-                    Ok(SyncReport::default())
-                };
-                let mut state = lock(inner);
-                let Some(p) = state.peers.get_mut(name) else {
-                    break; // removed meanwhile
-                };
-                let entry = p
-                    .status
-                    .entry(partition)
-                    .or_insert_with(|| PartitionStatus {
-                        partition,
-                        ..PartitionStatus::default()
-                    });
-                match result {
-                    Ok(report) => {
-                        entry.last_success_unix_ms = Some(unix_ms());
-                        entry.last_duration = Some(started.elapsed());
-                        entry.differences = report.differences;
-                        entry.repaired_local = report.repaired_local;
-                        entry.repaired_remote = report.repaired_remote;
-                        entry.bytes = report.diff.payload_bytes + report.repaired_bytes;
-                        entry.total_repaired_local += report.repaired_local;
-                        entry.total_repaired_remote += report.repaired_remote;
-                    }
-                    Err(e) => {
-                        entry.errors += 1;
-                        entry.last_error = Some(e.to_string());
-                        failed = Some(e.to_string());
-                        break; // the connection is suspect; back off and retry later
-                    }
-                }
-            }
+    let unreachable = sync_partitions(inner, name, peer, partitions)
+        .err()
+        .map(|e| e.to_string());
+    finish(inner, name, unreachable);
+}
+
+/// Syncs every partition shared with `peer` whose roots differ. A partition that fails
+/// is recorded in its status and the exchange goes on with the next one, over a new
+/// connection (the failure may have broken the old one): one partition that cannot be
+/// exchanged does not keep the others from it. An error here means the peer could not
+/// be reached (no connection, or its partitions or roots could not be read).
+fn sync_partitions(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32]) -> Result<()> {
+    let mut remote = peer.open()?;
+    // No partitions configured: every partition either side holds now.
+    let discovered;
+    let partitions = if partitions.is_empty() {
+        let mut all = remote.partitions()?;
+        all.extend(inner.store.partitions());
+        all.sort_unstable();
+        all.dedup();
+        discovered = all;
+        &discovered[..]
+    } else {
+        partitions
+    };
+    // One round trip finds the partitions that differ; the rest agree already.
+    let differing: BTreeSet<u32> = partitions_to_walk(&*inner.store, remote.as_ref(), partitions)?
+        .into_iter()
+        .collect();
+    for (i, &partition) in partitions.iter().enumerate() {
+        if lock(inner).stopping {
+            break;
+        }
+        let started = Instant::now();
+        let result = if differing.contains(&partition) {
+            let left = partitions.len() - i - 1;
+            sync_one(inner, name, remote.as_ref(), partition, left)
+        } else {
+            Ok(SyncReport::default())
+        };
+        let failed = result.is_err();
+        if !record(inner, name, partition, started, result) {
+            break; // the peer was removed meanwhile
+        }
+        if failed {
+            remote = peer.open()?;
         }
     }
-    finish(inner, name, failed);
+    Ok(())
+}
+
+/// Records one partition's sync in its peer's status; false if the peer is gone.
+fn record(
+    inner: &Inner,
+    name: &str,
+    partition: u32,
+    started: Instant,
+    result: Result<SyncReport>,
+) -> bool {
+    let mut state = lock(inner);
+    let Some(p) = state.peers.get_mut(name) else {
+        return false;
+    };
+    let entry = p
+        .status
+        .entry(partition)
+        .or_insert_with(|| PartitionStatus {
+            partition,
+            ..PartitionStatus::default()
+        });
+    match result {
+        Ok(report) => {
+            entry.last_success_unix_ms = Some(unix_ms());
+            entry.last_duration = Some(started.elapsed());
+            entry.differences = report.differences;
+            entry.repaired_local = report.repaired_local;
+            entry.repaired_remote = report.repaired_remote;
+            entry.bytes = report.diff.payload_bytes + report.repaired_bytes;
+            entry.total_repaired_local += report.repaired_local;
+            entry.total_repaired_remote += report.repaired_remote;
+        }
+        Err(e) => {
+            entry.errors += 1;
+            entry.last_error = Some(e.to_string());
+        }
+    }
+    true
 }
 
 /// Ends an exchange: frees its slot and schedules the peer's next one.
