@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use merkle_index::net::{self, Client, Key, NetPeer, ServeOptions, Stop};
+use merkle_index::net::{self, Client, Key, NetPeer, Stop};
 use merkle_index::{Manager, ManagerOptions, Status};
 use serde_json::json;
 
+use super::serve::Serving;
 use crate::Outcome;
 
 #[derive(clap::Args)]
@@ -19,12 +20,8 @@ pub struct Args {
     /// Store directory (created if missing or empty).
     #[arg(long)]
     db: PathBuf,
-    /// Address to serve peers on (port 0 picks one; the address is printed).
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    listen: String,
-    /// Pre-shared key file, the same on every node.
-    #[arg(long)]
-    key_file: PathBuf,
+    #[command(flatten)]
+    serving: Serving,
     /// A peer to exchange with: ADDR, or ADDR=P1,P2,... for the partitions it shares
     /// with this node (default: every partition either side holds). Repeatable.
     #[arg(long = "peer")]
@@ -45,15 +42,6 @@ pub struct Args {
     /// most at this fraction of their rate (0 to 1; 0: only the caps apply).
     #[arg(long, default_value_t = 0.1, value_parser = parse_share)]
     repair_share: f64,
-    /// Deadline for handshakes and frames, in milliseconds (at least 1, at most one day).
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    timeout_ms: u64,
-    /// Also accept writes to these partitions before this store holds them.
-    #[arg(long, value_delimiter = ',', conflicts_with = "accept_any")]
-    accept_partitions: Vec<u32>,
-    /// Accept writes to any partition.
-    #[arg(long)]
-    accept_any: bool,
     /// Also serve the manager's status as Prometheus metrics over plain HTTP at
     /// `http://ADDR/metrics` (port 0 picks a free port; the address is printed).
     #[arg(long, value_name = "ADDR")]
@@ -202,7 +190,7 @@ pub fn status_json(status: &Status) -> serde_json::Value {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    let key = Key::from_file(&a.key_file)?;
+    let key = Key::from_file(&a.serving.key_file)?;
     let peers = a
         .peers
         .iter()
@@ -212,10 +200,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         &a.db,
         merkle_index::Options::default(),
     )?);
-    let (listener, addr) = net::bind(&a.listen)?;
+    let (listener, addr) = net::bind(&a.serving.listen)?;
     let stop = Stop::new(addr);
     super::serve::stop_on_signals(&stop, "node")?;
-    let timeout = Duration::from_millis(a.timeout_ms);
+    let timeout = a.serving.timeout();
     let manager = Arc::new(Manager::start(
         Arc::clone(&store),
         ManagerOptions {
@@ -244,12 +232,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         let manager = Arc::clone(&manager);
         Arc::new(move || status_json(&manager.status()).to_string())
     };
-    let options = ServeOptions {
-        timeout,
-        accept: super::serve::accept(a.accept_any, &a.accept_partitions),
-        status: Some(status),
-        ..ServeOptions::default()
-    };
+    let options = a.serving.options(Some(status));
     net::serve(
         Arc::clone(&store),
         listener,

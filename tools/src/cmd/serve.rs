@@ -10,19 +10,27 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::Outcome;
-use merkle_index::net::{self as server, Accept, Key, ServeOptions, Stop};
+use merkle_index::net::{self as server, Accept, Key, ServeOptions, StatusFn, Stop};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Store directory.
     #[arg(long)]
     db: PathBuf,
+    #[command(flatten)]
+    serving: Serving,
+}
+
+/// What `serve` and `node` share: where to listen, the key, deadlines, connection caps,
+/// and the partitions peers may write to.
+#[derive(clap::Args)]
+pub struct Serving {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:7070")]
-    listen: String,
-    /// Pre-shared key file (at least 16 bytes), the same as the peers'.
+    pub listen: String,
+    /// Pre-shared key file (at least 16 bytes), the same on every node.
     #[arg(long)]
-    key_file: PathBuf,
+    pub key_file: PathBuf,
     /// Deadline for a whole handshake, a whole frame, and a peer's next request, in
     /// milliseconds (at least 1, at most one day).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -42,20 +50,39 @@ pub struct Args {
     accept_any: bool,
 }
 
+impl Serving {
+    /// The deadline of handshakes, frames and requests.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The server's options, with `status` answering status requests.
+    pub fn options(&self, status: Option<StatusFn>) -> ServeOptions {
+        let accept = if self.accept_any {
+            Accept::Any
+        } else if self.accept_partitions.is_empty() {
+            Accept::Existing
+        } else {
+            Accept::Listed(self.accept_partitions.iter().copied().collect())
+        };
+        ServeOptions {
+            timeout: self.timeout(),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_per_address: usize::try_from(self.max_per_address).unwrap_or(usize::MAX),
+            accept,
+            status,
+        }
+    }
+}
+
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    let key = Key::from_file(&a.key_file)?;
+    let key = Key::from_file(&a.serving.key_file)?;
     let store = Arc::new(super::open(&a.db)?);
-    let (listener, addr) = server::bind(&a.listen)?;
+    let (listener, addr) = server::bind(&a.serving.listen)?;
     let stop = Stop::new(addr);
     stop_on_signals(&stop, "serve")?;
     outln!("listening on {addr}");
-    let options = ServeOptions {
-        timeout: Duration::from_millis(a.timeout_ms),
-        max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
-        max_per_address: usize::try_from(a.max_per_address).unwrap_or(usize::MAX),
-        accept: accept(a.accept_any, &a.accept_partitions),
-        status: None,
-    };
+    let options = a.serving.options(None);
     server::serve(
         Arc::clone(&store),
         listener,
@@ -84,15 +111,4 @@ pub fn stop_on_signals(stop: &Stop, who: &'static str) -> anyhow::Result<()> {
         })
         .context("spawn the signal thread")?;
     Ok(())
-}
-
-/// The partitions peers may write to, from `--accept-any` / `--accept-partitions`.
-pub fn accept(any: bool, listed: &[u32]) -> Accept {
-    if any {
-        Accept::Any
-    } else if listed.is_empty() {
-        Accept::Existing
-    } else {
-        Accept::Listed(listed.iter().copied().collect())
-    }
 }
