@@ -44,6 +44,8 @@ enum Command {
     Stats(cmd::StoreArgs),
     /// Remove a partition for good: its data, index and marks (durably).
     DropPartition(cmd::drop::Args),
+    /// Remove tombstones held for longer than a grace period (durably).
+    PurgeTombstones(cmd::purge::Args),
     /// Print a partition's root hash.
     Root(cmd::root::Args),
     /// Recompute everything from the data and report problems (exit 1 if any).
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::Stats(a) => cmd::stats::run(a),
         Command::Root(a) => cmd::root::run(a),
         Command::DropPartition(a) => cmd::drop::run(a),
+        Command::PurgeTombstones(a) => cmd::purge::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Rebuild(a) => cmd::rebuild::run(a),
         Command::Dump(a) => cmd::dump::run(a),

@@ -185,6 +185,40 @@ fn put_get_delete_and_exit_codes() {
         code(&run(&["get", "--db", &path, "--partition", "2", "apple"])),
         1
     );
+    // The tombstone stays until it is older than the grace period given.
+    let keys = |path: &str| {
+        json(&run(&["stats", "--db", path, "--json"]))["partitions"][0]["keys"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(keys(&path), 1);
+    let kept = json(&run(&[
+        "purge-tombstones",
+        "--db",
+        &path,
+        "--grace",
+        "1h",
+        "--json",
+    ]));
+    assert_eq!((kept["purged"].as_u64(), keys(&path)), (Some(0), 1));
+    let purged = run(&["purge-tombstones", "--db", &path, "--grace", "0s"]);
+    assert_eq!(code(&purged), 0);
+    assert!(
+        stdout(&purged).contains("purged 1 tombstones"),
+        "{}",
+        stdout(&purged)
+    );
+    assert_eq!(keys(&path), 0);
+    let root = stdout(&run(&["root", "--db", &path, "--partition", "2"]));
+    assert!(
+        root.trim()
+            .trim_start_matches("0x")
+            .chars()
+            .all(|c| c == '0'),
+        "{root}"
+    );
+    let o = run(&["purge-tombstones", "--db", &path, "--grace", "soon"]);
+    assert_eq!(code(&o), 2);
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod exchange;
 pub mod kv;
 pub mod load;
 pub mod node;
+pub mod purge;
 pub mod rebuild;
 pub mod root;
 pub mod serve;
