@@ -65,6 +65,6 @@ pub use options::{Options, Shape};
 pub use record::{Record, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use recovery::{OpenReport, Recovery};
 pub use scan::Progress;
-pub use store::{Entry, Partition, RebuildReport, Store};
+pub use store::{Entry, Partition, RebuildReport, Records, Store};
 pub use sync::{newest_wins, sync, Resolver, SyncOptions, SyncReport, Winner};
 pub use verify::{Problem, ProblemKind, VerifyReport};

@@ -252,6 +252,13 @@ fn rot_is_refused_on_read_quarantined_by_verify_and_restored_by_sync() {
         }
         other => panic!("expected a value hash error, got {other:?}"),
     }
+    // An iteration hands it out as an error item and goes on with the rest.
+    let (good, bad): (Vec<_>, Vec<_>) = a.partition(0).records().partition(Result::is_ok);
+    assert_eq!((good.len(), bad.len()), (49, 1));
+    assert!(matches!(
+        &bad[0],
+        Err(Error::Corrupt(Corruption::ValueHash { .. }))
+    ));
     // Invisible to the trees (the entry hash uses the stored value hash), and a sync
     // neither fails nor ships the rot.
     let report = sync(&a, &b, 0, &SyncOptions::default()).unwrap();

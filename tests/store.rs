@@ -277,3 +277,39 @@ fn a_drop_cut_short_by_a_crash_is_finished_on_open() {
     assert_eq!(store.root(0), root0);
     assert!(store.verify(&mut |_| {}).unwrap().is_ok());
 }
+
+/// A partition's records are every key written to it, once, with its latest record
+/// (tombstones included), and nothing of the partitions beside it.
+#[test]
+fn records_iterates_one_partition_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    let mut model = Model::new();
+    for i in 0..500u32 {
+        let key = format!("key-{}", i % 300).into_bytes();
+        let version = u64::from(i) + 1;
+        for p in [4, 5, 6] {
+            store
+                .partition(p)
+                .put_versioned(&key, &i.to_le_bytes(), version)
+                .unwrap();
+        }
+        model.insert(key, (version, false, i.to_le_bytes().to_vec()));
+    }
+    for i in (0..300u32).step_by(7) {
+        let key = format!("key-{i}").into_bytes();
+        store.partition(5).delete_versioned(&key, 1000).unwrap();
+        model.insert(key, (1000, true, Vec::new()));
+    }
+    let listed: Model = store
+        .partition(5)
+        .records()
+        .map(|item| {
+            let (key, record) = item.unwrap();
+            (key, (record.version, record.tombstone, record.value))
+        })
+        .collect();
+    assert_eq!(store.partition(5).records().count(), 300, "each key once");
+    assert_eq!(listed, model);
+    assert_eq!(store.partition(7).records().count(), 0);
+}

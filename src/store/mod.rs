@@ -8,10 +8,12 @@ pub(crate) mod meta;
 mod open;
 mod partition;
 pub(crate) mod record;
+mod records;
 mod segments;
 mod write;
 
 pub use partition::Partition;
+pub use records::Records;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -4,7 +4,7 @@ use crate::error::Result;
 use crate::hash::Hash;
 use crate::record::{Record, RecordHeader};
 
-use super::Store;
+use super::{Records, Store};
 
 /// Reads and writes of one partition.
 #[derive(Clone, Copy)]
@@ -76,6 +76,17 @@ impl Partition<'_> {
     /// The stored record of `key`, tombstones included.
     pub fn get_record(&self, key: &[u8]) -> Result<Option<Record>> {
         self.store.read(self.id, key)
+    }
+
+    /// Every record stored in this partition with its key, tombstones included, in the
+    /// order of the tree (by segment, so by placement hash, not by key). A record whose
+    /// bytes fail their hash is an error item and the iteration goes on. Writes made
+    /// while it runs may or may not be seen; each record seen is whole.
+    pub fn records(&self) -> Records {
+        Records {
+            scan: self.store.index.data.scan_prefix(self.id.to_be_bytes()),
+            partition: self.id,
+        }
     }
 
     /// The partition's root hash.
