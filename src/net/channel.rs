@@ -271,14 +271,28 @@ impl Channel {
         Ok(wire.len() as u64)
     }
 
-    /// Receives one frame, whole, before `timeout` runs out; `Ok(None)` if the peer
-    /// closed the connection cleanly between frames (or `idle` passed before a frame
-    /// began, when `idle` is given).
+    /// Receives one frame, whole, before `timeout` runs out, and decodes it; `Ok(None)`
+    /// if the peer closed the connection cleanly between frames (or `idle` passed before
+    /// a frame began, when `idle` is given).
     pub fn recv<T: DeserializeOwned>(
         &mut self,
         timeout: Duration,
         idle: Option<Duration>,
     ) -> Result<Option<T>> {
+        match self.recv_payload(timeout, idle)? {
+            Some(payload) => decode(&payload).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`recv`](Self::recv) without the decoding: the frame's message bytes. A frame
+    /// that arrived whole leaves the channel in step even if its message does not
+    /// decode.
+    pub fn recv_payload(
+        &mut self,
+        timeout: Duration,
+        idle: Option<Duration>,
+    ) -> Result<Option<Vec<u8>>> {
         // Wait for the first byte (the peer may be thinking), then the whole frame.
         let mut first = [0u8; 1];
         let wait = idle.unwrap_or(timeout);
@@ -338,7 +352,8 @@ impl Channel {
                 if plain.len() > want {
                     return Err(protocol("frame longer than its length"));
                 }
-                return decode(&plain[4..]).map(Some);
+                plain.drain(..4);
+                return Ok(Some(plain));
             }
             let mut len = [0u8; 2];
             read_by(&mut self.stream, &mut len, deadline, "receive")?;

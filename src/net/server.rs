@@ -13,7 +13,7 @@ use crate::exchange::Replica;
 use crate::record::MAX_KEY_BYTES;
 use crate::store::Store;
 
-use super::channel::{check_timeout, Channel};
+use super::channel::{check_timeout, decode, Channel};
 use super::key::Key;
 use super::proto::{
     self, Hello, Request, Response, Welcome, ANSWER_BUDGET, MAX_DESCEND_HASHES, MAX_DESCEND_NODES,
@@ -274,16 +274,20 @@ fn connection(
         if stop.is_set() {
             return Ok(requests);
         }
-        let Some(request) = channel.recv::<Request>(options.timeout, Some(options.timeout))? else {
+        let Some(payload) = channel.recv_payload(options.timeout, Some(options.timeout))? else {
             return Ok(requests);
         };
         requests += 1;
-        let response = match request {
-            Request::Status => match &options.status {
+        // A request that does not decode (a list over its limit, a kind of request this
+        // version does not know) is answered with the reason; the frame was whole, so
+        // the connection stays in step.
+        let response = match decode::<Request>(&payload) {
+            Err(e) => Response::Error(e.to_string()),
+            Ok(Request::Status) => match &options.status {
                 Some(status) => Response::Status(status()),
                 None => Response::Error("this server runs no manager".into()),
             },
-            request => answer(store, request, &options.accept)
+            Ok(request) => answer(store, request, &options.accept)
                 .unwrap_or_else(|e| Response::Error(e.to_string())),
         };
         // Only a record stored before the size limits existed makes an answer too
@@ -592,5 +596,51 @@ mod tests {
                 "{shown}: {err}"
             );
         }
+    }
+
+    /// A request that does not decode gets an answer saying why, and the connection
+    /// goes on: a client that pages wrongly or speaks a newer request learns the reason
+    /// instead of finding the connection closed.
+    #[test]
+    fn an_undecodable_request_is_answered_and_the_connection_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Options::default()).unwrap());
+        store.partition(3).put(b"k", b"v").unwrap();
+        let key = Key::from_secret(b"a long shared secret, 16+ bytes").unwrap();
+        let (listener, addr) = bind("127.0.0.1:0").unwrap();
+        let stop = Stop::new(addr);
+        let server = std::thread::spawn({
+            let (store, key, stop) = (Arc::clone(&store), key.clone(), stop.clone());
+            move || {
+                serve(
+                    store,
+                    listener,
+                    key,
+                    ServeOptions::default(),
+                    &stop,
+                    Arc::new(|_| {}),
+                )
+            }
+        });
+        let timeout = Duration::from_secs(10);
+        let stream = TcpStream::connect(addr).unwrap();
+        let hello = Hello { protocol: PROTOCOL };
+        let (mut channel, _): (Channel, Welcome) =
+            Channel::connect(stream, &key, &hello, timeout).unwrap();
+        let mut ask = |request: &Request| {
+            channel.send(request, timeout).unwrap();
+            channel.recv::<Response>(timeout, None).unwrap().unwrap()
+        };
+        match ask(&Request::Roots(vec![3; MAX_ITEMS + 1])) {
+            Response::Error(e) => assert!(e.contains("over its limit"), "{e}"),
+            other => panic!("not an error: {other:?}"),
+        }
+        match ask(&Request::Partitions) {
+            Response::Partitions(p) => assert_eq!(p, [3]),
+            other => panic!("the connection did not go on: {other:?}"),
+        }
+        drop(channel);
+        stop.trigger();
+        server.join().unwrap().unwrap();
     }
 }
