@@ -1,10 +1,11 @@
 //! `demo`: the seed's story end to end, with nodes as processes and no manual sync.
 //!
-//! Three `merkle-index node` processes hold the shopping-cart partition, each running the
-//! anti-entropy manager against the others every second. A coordinator (this process)
-//! sends every cart update to all three as replication messages; a few are lost; node 3
-//! is killed with SIGKILL in the middle of the writes and restarted (crash recovery); a
-//! fourth node joins empty. Nobody types `sync`: the managers converge every replica.
+//! Three `merkle-index node` processes hold the shopping carts, spread over 16 partitions
+//! as a ring would spread them, each running the anti-entropy manager against the others
+//! every second. A coordinator (this process) sends every cart update to all three as
+//! replication messages; a few are lost; node 3 is killed with SIGKILL in the middle of
+//! the writes and restarted (crash recovery); a fourth node joins empty. Nobody types
+//! `sync`: the managers converge every replica.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -14,12 +15,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use merkle_index::net::{Client, Key};
-use merkle_index::{Hash, Record, Replica};
+use merkle_index::{merged_root, Hash, Record, Replica};
 
 use crate::Outcome;
 
 const CARTS: u64 = 300;
-const PARTITION: u32 = 7;
+const PARTITIONS: u32 = 16;
 const UPDATES: u64 = 1500;
 const BATCH: u64 = 50;
 const NODES: usize = 4;
@@ -34,12 +35,19 @@ pub struct Args {
     dir: Option<PathBuf>,
 }
 
-/// Update `i` of the cart stream: which cart, and its new contents.
-fn update(i: u64) -> (Vec<u8>, Vec<u8>) {
+/// Update `i` of the cart stream: the cart's partition, the cart, its new contents.
+fn update(i: u64) -> (u32, Vec<u8>, Vec<u8>) {
     let cart = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % CARTS;
     let key = format!("cart-{cart:04}");
     let value = format!("cart {cart}: {} items after update {i}", i % 9 + 1);
-    (key.into_bytes(), value.into_bytes())
+    let partition = (cart % u64::from(PARTITIONS)) as u32;
+    (partition, key.into_bytes(), value.into_bytes())
+}
+
+/// Every partition, as a list for `--accept-partitions` and `--peer ADDR=...`.
+fn partition_list() -> String {
+    let all: Vec<String> = (0..PARTITIONS).map(|p| p.to_string()).collect();
+    all.join(",")
 }
 
 fn lost_for(node: usize, i: u64) -> bool {
@@ -70,10 +78,10 @@ impl Nodes {
             .args(["--listen", &self.addr(n), "--interval", "1s"])
             .arg("--key-file")
             .arg(self.root.join("key"))
-            .args(["--accept-partitions", &PARTITION.to_string()]);
+            .args(["--accept-partitions", &partition_list()]);
         for other in (0..NODES).filter(|&o| o != n) {
             cmd.arg("--peer")
-                .arg(format!("{}={PARTITION}", self.addr(other)));
+                .arg(format!("{}={}", self.addr(other), partition_list()));
         }
         // Each node's log goes to its own file, so the story stays readable.
         let log = File::create(self.root.join(format!("node-{}.log", n + 1)))?;
@@ -128,13 +136,15 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Each node's root of all the partitions (their roots merged), if it answers.
 fn roots(nodes: &Nodes, key: &Key) -> Vec<Option<Hash>> {
+    let all: Vec<u32> = (0..PARTITIONS).collect();
     (0..NODES)
         .map(|n| {
             Client::connect(&nodes.addr(n), key, Duration::from_secs(5))
-                .and_then(|c| c.roots(&[PARTITION]))
+                .and_then(|c| c.roots(&all))
                 .ok()
-                .and_then(|r| r.first().copied())
+                .map(|r| merged_root(&r))
         })
         .collect()
 }
@@ -173,7 +183,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         children: (0..NODES).map(|_| None).collect(),
     };
     outln!(
-        "merkle-index demo: the shopping-cart partition ({PARTITION}) on {} node processes in {}",
+        "merkle-index demo: shopping carts in {PARTITIONS} partitions on {} node processes in {}",
         NODES,
         root.display()
     );
@@ -181,7 +191,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         nodes.start(n)?;
     }
     outln!(
-        "  nodes 1-3 run `merkle-index node`: each serves the others over an encrypted channel and its\n  anti-entropy manager exchanges with them every second (Merkle trees of 1,048,576 segments)"
+        "  nodes 1-3 run `merkle-index node`: each serves the others over an encrypted channel and its\n  anti-entropy manager exchanges with them every second (a Merkle tree of 1,048,576 segments\n  per partition; the roots shown are each node's partitions merged)"
     );
 
     // 1. The coordinator replicates every update to every node; some messages are lost.
@@ -208,26 +218,32 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             nodes.start(LATE)?;
             outln!("3. node {} joined empty at update {i}", LATE + 1);
         }
-        let batch: Vec<(u64, Vec<u8>, Record)> = (i..(i + BATCH).min(UPDATES))
+        let batch: Vec<(u64, u32, Vec<u8>, Record)> = (i..(i + BATCH).min(UPDATES))
             .map(|u| {
-                let (k, v) = update(u);
-                (u, k, Record::value(((base + u) << 16) | 1, &v))
+                let (p, k, v) = update(u);
+                (u, p, k, Record::value(((base + u) << 16) | 1, &v))
             })
             .collect();
         for n in 0..NODES {
-            let kept: Vec<(Vec<u8>, Record)> = batch
-                .iter()
-                .filter(|(u, _, _)| !lost_for(n, *u))
-                .map(|(_, k, r)| (k.clone(), r.clone()))
-                .collect();
-            lost += (batch.len() - kept.len()) as u64;
-            let sent = nodes.children[n]
+            let client = nodes.children[n]
                 .is_some()
                 .then(|| Client::connect(&nodes.addr(n), &key, Duration::from_secs(5)))
-                .and_then(Result::ok)
-                .map(|c| c.replicate(PARTITION, &kept));
-            if !matches!(sent, Some(Ok(_))) {
-                down += kept.len() as u64;
+                .and_then(Result::ok);
+            for partition in 0..PARTITIONS {
+                let kept: Vec<(Vec<u8>, Record)> = batch
+                    .iter()
+                    .filter(|(u, p, _, _)| *p == partition && !lost_for(n, *u))
+                    .map(|(_, _, k, r)| (k.clone(), r.clone()))
+                    .collect();
+                let sent = batch.iter().filter(|(_, p, _, _)| *p == partition).count();
+                lost += (sent - kept.len()) as u64;
+                if kept.is_empty() {
+                    continue;
+                }
+                let delivered = client.as_ref().map(|c| c.replicate(partition, &kept));
+                if !matches!(delivered, Some(Ok(_))) {
+                    down += kept.len() as u64;
+                }
             }
         }
         i += BATCH;
