@@ -569,3 +569,26 @@ fn a_partition_that_fails_does_not_keep_the_others_from_their_exchange() {
     assert_eq!(peer.failures, 0);
     manager.stop();
 }
+
+/// A peer whose trees have another shape cannot be exchanged with at all: it backs off
+/// as an unreachable one does, after one comparison, not one failure per partition.
+#[test]
+fn a_peer_with_other_trees_backs_off_at_once() {
+    let (_da, a) = store();
+    let db = tempfile::tempdir().unwrap();
+    let b = Arc::new(Store::open(db.path(), merkle_index::Options::default()).unwrap());
+    for p in 0..3u32 {
+        a.partition(p).put(b"k", b"v").unwrap();
+        b.partition(p).put(b"k", b"w").unwrap();
+    }
+    let manager = Manager::start(Arc::clone(&a), fast()).unwrap();
+    manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0, 1, 2]));
+    let backed_off = || manager.status().peers.iter().any(|p| p.failures >= 2);
+    assert!(wait_until(Duration::from_secs(20), backed_off));
+    let status = manager.status();
+    assert!(
+        status.peers[0].partitions.iter().all(|s| s.errors == 0),
+        "{status:?}"
+    );
+    manager.stop();
+}

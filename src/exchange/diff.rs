@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::error::{Error, Result};
 use crate::exchange::{Lookup, Replica, SegmentItem};
+use crate::options::Shape;
 use crate::store::Entry;
 use crate::{Hash, HASH_BYTES};
 
@@ -87,12 +88,14 @@ pub fn diff(local: &dyn Replica, remote: &dyn Replica, partition: u32) -> Result
 /// network client pages a list of thousands) instead of a walk's first round trip per
 /// partition, so a node holding hundreds of partitions that agree pays one round trip
 /// for all of them. A single partition is returned without asking: a walk of agreeing
-/// trees costs that same one round trip.
+/// trees costs that same one round trip. Replicas whose trees differ in shape are an
+/// error here already, as in every walk.
 pub fn partitions_to_walk(
     local: &dyn Replica,
     remote: &dyn Replica,
     partitions: &[u32],
 ) -> Result<Vec<u32>> {
+    same_shape(local, remote)?;
     if partitions.len() <= 1 {
         return Ok(partitions.to_vec());
     }
@@ -107,6 +110,18 @@ pub fn partitions_to_walk(
         .collect())
 }
 
+/// The shape both replicas' trees have; trees of different shapes cannot be compared.
+fn same_shape(local: &dyn Replica, remote: &dyn Replica) -> Result<Shape> {
+    let (shape, remote_shape) = (local.shape()?, remote.shape()?);
+    if shape != remote_shape {
+        return Err(Error::InvalidArgument(format!(
+            "replicas have different trees: width {} x {} levels here, width {} x {} levels there",
+            shape.width, shape.levels, remote_shape.width, remote_shape.levels
+        )));
+    }
+    Ok(shape)
+}
+
 /// Walks the two trees and calls `found` with each page of differing keys (and the
 /// report so far), so a caller can act on them without holding them all. With
 /// `records`, the remote's records of segments empty here come with their entries (a
@@ -119,14 +134,7 @@ pub(super) fn walk(
     report: &mut DiffReport,
     found: &mut dyn FnMut(Vec<Found>, &mut DiffReport) -> Result<()>,
 ) -> Result<()> {
-    let shape = local.shape()?;
-    let remote_shape = remote.shape()?;
-    if shape != remote_shape {
-        return Err(Error::InvalidArgument(format!(
-            "replicas have different trees: width {} x {} levels here, width {} x {} levels there",
-            shape.width, shape.levels, remote_shape.width, remote_shape.levels
-        )));
-    }
+    let shape = same_shape(local, remote)?;
     // Round trip 1: our root; the remote answers with its level 1 if the roots differ.
     let mine = local.roots(&[partition])?;
     expect_len("roots", 1, mine.len(), 1)?;
