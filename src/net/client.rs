@@ -15,8 +15,8 @@ use crate::Hash;
 use super::channel::{check_timeout, Channel, MAX_FRAME};
 use super::key::Key;
 use super::proto::{
-    Hello, Request, Response, Welcome, WireRepair, WireWrite, MAX_DESCEND_NODES, MAX_ITEMS,
-    MAX_SEGMENTS, PROTOCOL,
+    Hello, Request, Response, Welcome, WireRepair, WireWrite, MAX_DESCEND_HASHES,
+    MAX_DESCEND_NODES, MAX_ITEMS, MAX_SEGMENTS, PROTOCOL,
 };
 
 /// A connection to a peer's [`serve`](super::serve), usable wherever a [`Replica`] is.
@@ -248,8 +248,8 @@ impl Replica for Client {
 
     fn children(&self, partition: u32, level: u32, parents: &[u64]) -> Result<Vec<Hash>> {
         let width = self.shape.width as usize;
-        // An answer of MAX_ITEMS parents' children stays far below the frame limit.
-        let per_request = (MAX_FRAME / 32 / width).clamp(1, MAX_ITEMS);
+        // As many parents as the server answers for: at most MAX_DESCEND_HASHES children.
+        let per_request = (MAX_DESCEND_HASHES / width).clamp(1, MAX_ITEMS);
         let mut out = Vec::with_capacity(parents.len() * width);
         for page in parents.chunks(per_request) {
             let request = Request::Children {

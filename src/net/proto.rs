@@ -38,8 +38,10 @@ pub const MAX_ITEMS: usize = 4096;
 /// Most segments in one `Segments` request (they are 5 bytes each; the answer is cut
 /// at [`ANSWER_BUDGET`] bytes).
 pub const MAX_SEGMENTS: usize = 16_384;
-/// Most child hashes one `Descend` answer holds (4 MiB); the server answers for a
-/// prefix of the request's nodes that fits.
+/// Most child hashes one `Descend` or `Children` answer holds (4 MiB): the server
+/// answers a descent for a prefix of its nodes that fits, and refuses a `Children`
+/// request for more parents than that (a client asks for at most this many divided by
+/// the tree's width).
 pub const MAX_DESCEND_HASHES: usize = 1 << 18;
 /// Most nodes in one `Descend` request (6 MiB).
 pub const MAX_DESCEND_NODES: usize = 1 << 18;

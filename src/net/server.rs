@@ -331,9 +331,17 @@ fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> 
             partition,
             level,
             parents,
-        } => Response::Hashes(proto::hashes(&Replica::children(
-            store, partition, level, &parents,
-        )?)),
+        } => {
+            // Children of a few thousand parents are millions of hashes in a wide tree:
+            // bounded before they are read.
+            let hashes = parents.len().saturating_mul(store.shape().width as usize);
+            if hashes > MAX_DESCEND_HASHES {
+                return Err(too_many("child hashes asked", hashes));
+            }
+            Response::Hashes(proto::hashes(&Replica::children(
+                store, partition, level, &parents,
+            )?))
+        }
         Request::Descend {
             partition,
             level,
@@ -518,6 +526,22 @@ mod tests {
         };
         let err = answer(&store, decoded(&spread).unwrap(), &Accept::Any).unwrap_err();
         assert!(err.to_string().contains("in one request"), "{err}");
+        // Children are bounded by the hashes they make: in a tree of width 65,536, four
+        // parents at most (a few thousand would be gigabytes).
+        let wide_dir = tempfile::tempdir().unwrap();
+        let wide = Options::default().with_segments(1 << 16, 1 << 16).unwrap();
+        let wide = Store::open(wide_dir.path(), wide).unwrap();
+        let children = |n: usize| Request::Children {
+            partition: 0,
+            level: 0,
+            parents: vec![0; n],
+        };
+        match answer(&wide, children(4), &Accept::Any).unwrap() {
+            Response::Hashes(h) => assert_eq!(h.len(), 4 << 16),
+            other => panic!("{other:?}"),
+        }
+        let err = answer(&wide, children(5), &Accept::Any).unwrap_err();
+        assert!(err.to_string().contains("child hashes asked"), "{err}");
         // A partition the store does not hold is not written unless accepted.
         let repair = |key: &[u8]| proto::WireRepair {
             key: key.to_vec(),
