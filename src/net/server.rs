@@ -290,12 +290,14 @@ fn connection(
             Ok(request) => answer(store, request, &options.accept)
                 .unwrap_or_else(|e| Response::Error(e.to_string())),
         };
-        // Only a record stored before the size limits existed makes an answer too
-        // large; the peer is told so, and the connection goes on.
+        // Answers are bounded to fit a frame, but for a record stored before the size
+        // limits existed (or a status of very many partitions); the peer is told, and
+        // the connection goes on.
         let too_large = |bytes| {
             Response::Error(format!(
-                "the answer ({bytes} bytes) is over the frame limit: it holds a record over \
-                 the store's size limits (`merkle-index verify` lists them)"
+                "the answer ({bytes} bytes) is over the frame limit: a record over the \
+                 store's size limits (`merkle-index verify` lists them), or a status of \
+                 very many partitions"
             ))
         };
         channel.send_or(&response, too_large, options.timeout)?;
