@@ -592,3 +592,45 @@ fn a_peer_with_other_trees_backs_off_at_once() {
     );
     manager.stop();
 }
+
+/// A peer whose versions run ahead of this node's clock by more than its drift bound:
+/// the repairs are refused every time, and the status says so, not only that the
+/// partition differs.
+#[test]
+fn repairs_refused_for_a_skewed_clock_show_in_the_status() {
+    let (_da, a) = store();
+    let db = tempfile::tempdir().unwrap();
+    let lenient = small_options().max_clock_drift(Duration::from_secs(10 * 3600));
+    let b = Arc::new(Store::open(db.path(), lenient).unwrap());
+    let ahead = common::hlc_now_plus(Duration::from_secs(2 * 3600));
+    b.partition(0)
+        .put_versioned(b"from the future", b"v", ahead)
+        .unwrap();
+    b.sync_index().unwrap();
+    let options = ManagerOptions {
+        interval: Duration::from_secs(3600),
+        ..fast()
+    };
+    let manager = Manager::start(Arc::clone(&a), options).unwrap();
+    manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0]));
+    let done = || {
+        let status = manager.status();
+        status.exchanges >= 1 && status.peers.iter().all(|p| p.running.is_none())
+    };
+    assert!(wait_until(Duration::from_secs(20), done));
+    let status = manager.status();
+    let partition = &status.peers[0].partitions[0];
+    assert_eq!(
+        (
+            partition.differences,
+            partition.repaired_local,
+            partition.refused
+        ),
+        (1, 0, 1),
+        "{status:?}"
+    );
+    assert!(status
+        .to_prometheus()
+        .contains("merkle_index_last_exchange_refused{peer=\"b\",partition=\"0\"} 1"));
+    manager.stop();
+}

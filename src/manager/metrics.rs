@@ -93,6 +93,18 @@ impl Status {
             per_partition(&|s| Some(s.differences as f64)),
         );
         family(
+            "last_exchange_refused",
+            "gauge",
+            "Repairs the last successful exchange of the partition could not write: a version too far ahead of a clock, or bytes not matching their hash.",
+            per_partition(&|s| Some(s.refused as f64)),
+        );
+        family(
+            "last_exchange_corrupt",
+            "gauge",
+            "Corrupt records the last successful exchange of the partition found on either side.",
+            per_partition(&|s| Some(s.corrupt as f64)),
+        );
+        family(
             "last_exchange_bytes",
             "gauge",
             "Payload and repair bytes of the last successful exchange of the partition.",

@@ -391,6 +391,9 @@ fn record(
             entry.differences = report.differences;
             entry.repaired_local = report.repaired_local;
             entry.repaired_remote = report.repaired_remote;
+            entry.refused = report.refused_local.saturating_add(report.refused_remote);
+            entry.skipped = report.skipped;
+            entry.corrupt = report.corrupt_local.saturating_add(report.corrupt_remote);
             entry.bytes = report.diff.payload_bytes + report.repaired_bytes;
             entry.total_repaired_local += report.repaired_local;
             entry.total_repaired_remote += report.repaired_remote;

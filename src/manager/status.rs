@@ -16,6 +16,14 @@ pub struct PartitionStatus {
     /// Keys written here and there by it.
     pub repaired_local: u64,
     pub repaired_remote: u64,
+    /// Repairs it could not write, on either side: refused (a version further ahead of
+    /// the receiving node's clock than its `max_clock_drift`, or bytes not matching
+    /// their hash), or skipped because the key changed meanwhile (the next exchange
+    /// retries those). Refusals that persist mean a peer with a skewed clock.
+    pub refused: u64,
+    pub skipped: u64,
+    /// Records found corrupt on either side (never shipped; `verify` names them).
+    pub corrupt: u64,
     /// Tree and entry payload bytes received, plus repair bytes, in it.
     pub bytes: u64,
     /// Totals over every successful exchange since the manager started.
