@@ -221,14 +221,14 @@ fn hash_piece(
                 out.problems
                     .push(problem(ProblemKind::Misplaced { expected }));
             }
-            let value_bytes = header.value(&value).len();
-            if user_key.len() > MAX_KEY_BYTES || value_bytes > MAX_VALUE_BYTES {
+            let stored = header.value(&value);
+            if user_key.len() > MAX_KEY_BYTES || stored.len() > MAX_VALUE_BYTES {
                 out.problems.push(problem(ProblemKind::OverLimit {
                     key_bytes: user_key.len(),
-                    value_bytes,
+                    value_bytes: stored.len(),
                 }));
             }
-            let computed = value_hash(header.value(&value));
+            let computed = value_hash(stored);
             if computed != header.value_hash {
                 out.problems.push(problem(ProblemKind::ValueHash {
                     stored: header.value_hash,
