@@ -46,7 +46,10 @@ mod server;
 pub use channel::{HANDSHAKE_MAX, MAX_FRAME};
 pub use client::{Client, NetPeer};
 pub use key::Key;
-pub use proto::{MAX_DESCEND_HASHES, MAX_DESCEND_NODES, MAX_ITEMS, MAX_SEGMENTS, PROTOCOL};
+pub use proto::{
+    MAX_DESCEND_HASHES, MAX_DESCEND_NODES, MAX_HASHES, MAX_ITEMS, MAX_PARTITIONS, MAX_SEGMENTS,
+    PROTOCOL,
+};
 pub use server::{bind, serve, Accept, Log, ServeOptions, StatusFn, Stop};
 
 // One record with the longest key and value, in any message that carries it, fits a

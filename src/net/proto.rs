@@ -35,6 +35,12 @@ pub struct Welcome {
 /// Most items (partitions, parents, segments, keys, repairs) in one request; a client
 /// pages through longer lists.
 pub const MAX_ITEMS: usize = 4096;
+/// Most partitions one `Partitions` answer lists (4 MiB of them in memory); a store that
+/// holds more answers with an error, and its peers name their partitions instead.
+pub const MAX_PARTITIONS: usize = 1 << 20;
+/// Most hashes one `Hashes` answer holds: a `Children` answer's bound, which is larger
+/// than a `Roots` answer's.
+pub const MAX_HASHES: usize = MAX_DESCEND_HASHES;
 /// Most segments in one `Segments` request (they are 5 bytes each; the answer is cut
 /// at [`ANSWER_BUDGET`] bytes).
 pub const MAX_SEGMENTS: usize = 16_384;
@@ -97,8 +103,8 @@ pub enum Request {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Response {
-    Partitions(Vec<u32>),
-    Hashes(Vec<[u8; 16]>),
+    Partitions(#[serde(deserialize_with = "bounded::<_, _, MAX_PARTITIONS>")] Vec<u32>),
+    Hashes(#[serde(deserialize_with = "bounded::<_, _, MAX_HASHES>")] Vec<[u8; 16]>),
     Records(#[serde(deserialize_with = "bounded::<_, _, MAX_ITEMS>")] Vec<WireLookup>),
     /// Per segment of a prefix of the request, its keys; `partial`: the last segment's
     /// list stops before its end (the answer reached [`ANSWER_BUDGET`]).
@@ -356,8 +362,11 @@ mod tests {
     #[test]
     fn answers_over_their_limits_are_refused_by_the_decoder() {
         let answers = |items: usize, segments: usize, nodes: usize| {
+            let more = usize::from(items > MAX_ITEMS);
             [
                 Response::Records((0..items).map(|_| WireLookup::Absent).collect()),
+                Response::Partitions(vec![0; MAX_PARTITIONS + more]),
+                Response::Hashes(vec![[0; 16]; MAX_HASHES + more]),
                 Response::Segments {
                     lists: (0..segments).map(|_| Vec::new()).collect(),
                     partial: false,

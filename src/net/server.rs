@@ -17,7 +17,7 @@ use super::channel::{check_timeout, decode, Channel};
 use super::key::Key;
 use super::proto::{
     self, Hello, Request, Response, Welcome, ANSWER_BUDGET, MAX_DESCEND_HASHES, MAX_DESCEND_NODES,
-    PROTOCOL,
+    MAX_PARTITIONS, PROTOCOL,
 };
 
 /// Which partitions peers may write to (`Apply`). Reads of any partition are answered
@@ -327,7 +327,17 @@ fn too_many(what: &str, n: usize) -> Error {
 
 fn answer(store: &Store, request: Request, accept: &Accept) -> Result<Response> {
     Ok(match request {
-        Request::Partitions => Response::Partitions(Replica::partitions(store)?),
+        Request::Partitions => {
+            let partitions = Replica::partitions(store)?;
+            if partitions.len() > MAX_PARTITIONS {
+                return Err(Error::InvalidArgument(format!(
+                    "this store holds {} partitions, more than one answer lists ({MAX_PARTITIONS}); \
+                     give its peers their partitions",
+                    partitions.len()
+                )));
+            }
+            Response::Partitions(partitions)
+        }
         Request::Roots(p) => Response::Hashes(proto::hashes(&store.roots(&p)?)),
         Request::Children {
             partition,
