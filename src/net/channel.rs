@@ -279,20 +279,18 @@ impl Channel {
         timeout: Duration,
         idle: Option<Duration>,
     ) -> Result<Option<T>> {
-        match self.recv_payload(timeout, idle)? {
-            Some(payload) => decode(&payload).map(Some),
-            None => Ok(None),
-        }
+        self.recv_with(timeout, idle, decode)?.transpose()
     }
 
-    /// [`recv`](Self::recv) without the decoding: the frame's message bytes. A frame
-    /// that arrived whole leaves the channel in step even if its message does not
-    /// decode.
-    pub fn recv_payload(
+    /// [`recv`](Self::recv), handing the frame's message bytes to `read` instead of
+    /// decoding them: a frame that arrived whole leaves the channel in step whatever
+    /// `read` makes of its message (one that does not decode can be answered).
+    pub fn recv_with<R>(
         &mut self,
         timeout: Duration,
         idle: Option<Duration>,
-    ) -> Result<Option<Vec<u8>>> {
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>> {
         // Wait for the first byte (the peer may be thinking), then the whole frame.
         let mut first = [0u8; 1];
         let wait = idle.unwrap_or(timeout);
@@ -352,8 +350,7 @@ impl Channel {
                 if plain.len() > want {
                     return Err(protocol("frame longer than its length"));
                 }
-                plain.drain(..4);
-                return Ok(Some(plain));
+                return Ok(Some(read(plain.get(4..).unwrap_or_default())));
             }
             let mut len = [0u8; 2];
             read_by(&mut self.stream, &mut len, deadline, "receive")?;

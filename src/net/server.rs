@@ -274,14 +274,15 @@ fn connection(
         if stop.is_set() {
             return Ok(requests);
         }
-        let Some(payload) = channel.recv_payload(options.timeout, Some(options.timeout))? else {
+        let received = channel.recv_with(options.timeout, Some(options.timeout), decode)?;
+        let Some(request) = received else {
             return Ok(requests);
         };
         requests += 1;
         // A request that does not decode (a list over its limit, a kind of request this
         // version does not know) is answered with the reason; the frame was whole, so
         // the connection stays in step.
-        let response = match decode::<Request>(&payload) {
+        let response = match request {
             Err(e) => Response::Error(e.to_string()),
             Ok(Request::Status) => match &options.status {
                 Some(status) => Response::Status(status()),
