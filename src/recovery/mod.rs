@@ -249,14 +249,17 @@ pub(crate) fn recover(
         .iter()
         .map(|r| f64::from(r.count) * nonzero(r.partition).max(1) as f64 / shape.segments as f64)
         .sum();
-    let total: f64 = trees
-        .values()
-        .map(|t| t.nonzero_segments().max(1) as f64)
-        .sum();
-    if to_rehash > FULL_REBUILD_FRACTION * total.max(1.0) {
-        let reason = format!(
-            "{marked} segments marked since the last checkpoint (about {to_rehash:.0} of {total:.0} keys); one full scan is cheaper"
-        );
+    let total: u64 = trees.values().map(|t| t.nonzero_segments().max(1)).sum();
+    if to_rehash > FULL_REBUILD_FRACTION * total.max(1) as f64 {
+        let reason = if trees.is_empty() {
+            format!(
+                "{marked} segments marked and no index checkpointed yet; one full scan is cheaper"
+            )
+        } else {
+            format!(
+                "{marked} segments marked since the last checkpoint (about {to_rehash:.0} of {total} keys); one full scan is cheaper"
+            )
+        };
         return full_rebuild(out, data, shape, reason);
     }
     out.trees = trees;
