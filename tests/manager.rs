@@ -192,6 +192,11 @@ fn a_failing_peer_backs_off_and_others_keep_going() {
         .all(|s| s.last_success_unix_ms.is_none()));
     // Backoff doubles: after 3+ failures the next attempt is further away than the base.
     assert!(down.failures >= 3);
+    // The status says why.
+    let why = down.last_error.as_deref().unwrap_or_default();
+    assert!(why.contains("connection refused (test peer)"), "{why}");
+    let b_status = status.peers.iter().find(|p| p.name == "b").unwrap();
+    assert_eq!(b_status.last_error, None);
     manager.remove_peer("down");
     assert_eq!(manager.status().peers.len(), 1);
 }
@@ -590,6 +595,8 @@ fn a_peer_with_other_trees_backs_off_at_once() {
         status.peers[0].partitions.iter().all(|s| s.errors == 0),
         "{status:?}"
     );
+    let why = status.peers[0].last_error.as_deref().unwrap_or_default();
+    assert!(why.contains("different trees"), "{why}");
     manager.stop();
 }
 

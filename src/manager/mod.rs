@@ -56,6 +56,7 @@ struct PeerState {
     status: BTreeMap<u32, PartitionStatus>,
     running: Option<Running>,
     failures: u32,
+    last_error: Option<String>,
     due: Instant,
 }
 
@@ -140,6 +141,7 @@ impl Manager {
                         status: BTreeMap::new(),
                         running: None,
                         failures: 0,
+                        last_error: None,
                         due: Instant::now(),
                     },
                 );
@@ -205,6 +207,7 @@ impl Manager {
                     .collect(),
                     running: p.running.clone(),
                     failures: p.failures,
+                    last_error: p.last_error.clone(),
                     next_in: p.due.saturating_duration_since(now),
                 })
                 .collect(),
@@ -417,6 +420,7 @@ fn finish(inner: &Inner, name: &str, failed: Option<String>) {
         p.running = None;
         if failed.is_some() {
             p.failures = p.failures.saturating_add(1);
+            p.last_error = failed;
             let factor = 1u32 << p.failures.min(16).saturating_sub(1);
             p.due = Instant::now()
                 + options
@@ -425,6 +429,7 @@ fn finish(inner: &Inner, name: &str, failed: Option<String>) {
                     .min(options.backoff_max);
         } else {
             p.failures = 0;
+            p.last_error = None;
             p.due = Instant::now() + options.interval.mul_f64(1.0 + jitter);
         }
     }

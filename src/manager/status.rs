@@ -58,6 +58,10 @@ pub struct PeerStatus {
     pub running: Option<Running>,
     /// Failed exchanges in a row (0 after a success).
     pub failures: u32,
+    /// Why the last of those failed (the peer could not be reached, refused the
+    /// connection or its key, or holds trees of another shape); `None` after a success.
+    /// A partition's own failures are in its [`PartitionStatus`].
+    pub last_error: Option<String>,
     /// Time until its next exchange is due (zero if due or running).
     pub next_in: Duration,
 }

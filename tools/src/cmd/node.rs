@@ -164,6 +164,7 @@ pub fn status_json(status: &Status) -> serde_json::Value {
         "peers": status.peers.iter().map(|p| json!({
             "peer": p.name,
             "failures": p.failures,
+            "last_error": p.last_error,
             "next_in_ms": ms(p.next_in),
             "running": p.running.as_ref().map(|r| json!({
                 "partition": r.partition,
