@@ -641,3 +641,44 @@ fn repairs_refused_for_a_skewed_clock_show_in_the_status() {
         .contains("merkle_index_last_exchange_refused{peer=\"b\",partition=\"0\"} 1"));
     manager.stop();
 }
+
+/// Peers given no partition list bring their other partitions only while this node
+/// holds fewer than `max_partitions`, however many exchanges run at once; the rest are
+/// left out and counted. Before the cap, a peer could make a node create any number.
+#[test]
+fn peers_without_a_list_fill_this_node_only_up_to_max_partitions() {
+    let ((_da, a), (_db, b), (_dc, c)) = (store(), store(), store());
+    for p in [100, 101] {
+        a.partition(p).put(b"own", b"a").unwrap();
+    }
+    for p in 0..10 {
+        b.partition(p).put(b"k", b"b").unwrap();
+        c.partition(p + 10).put(b"k", b"c").unwrap();
+    }
+    b.partition(100).put(b"shared", b"b").unwrap();
+    let manager = Manager::start(
+        Arc::clone(&a),
+        ManagerOptions {
+            max_partitions: 6,
+            ..fast()
+        },
+    )
+    .unwrap();
+    manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::new());
+    manager.set_peer("c", Arc::new(Arc::clone(&c)), BTreeSet::new());
+    let settled = || {
+        let status = manager.status();
+        status.exchanges >= 6 && status.peers.iter().map(|p| p.left_out).sum::<u64>() == 16
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), settled),
+        "{:?}",
+        manager.status()
+    );
+    a.sync_index().unwrap();
+    assert_eq!(a.partitions().len(), 6, "{:?}", a.partitions());
+    // What this node held is still exchanged.
+    assert!(a.partition(100).get(b"shared").unwrap().is_some());
+    assert!(b.partition(101).get(b"own").unwrap().is_some());
+    manager.stop();
+}

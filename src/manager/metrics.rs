@@ -51,6 +51,12 @@ impl Status {
             peers(&|p| f64::from(p.failures)),
         );
         family(
+            "peer_partitions_left_out",
+            "gauge",
+            "Partitions the peer holds that its last exchange left out (max_partitions).",
+            peers(&|p| p.left_out as f64),
+        );
+        family(
             "peer_exchange_running",
             "gauge",
             "1 while an exchange with the peer runs.",
@@ -183,6 +189,7 @@ mod tests {
                         ..PartitionStatus::default()
                     },
                 ],
+                left_out: 12,
                 ..PeerStatus::default()
             }],
             exchanges: 9,
@@ -198,6 +205,7 @@ mod tests {
             format!("merkle_index_last_exchange_duration_seconds{{{peer},partition=\"3\"}} 0.25"),
             format!("merkle_index_repaired_local_keys_total{{{peer},partition=\"3\"}} 7"),
             format!("merkle_index_last_exchange_differences{{{peer},partition=\"4\"}} 0"),
+            format!("merkle_index_peer_partitions_left_out{{{peer}}} 12"),
         ] {
             assert!(
                 text.lines().any(|l| l == expected),

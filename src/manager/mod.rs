@@ -57,6 +57,7 @@ struct PeerState {
     running: Option<Running>,
     failures: u32,
     last_error: Option<String>,
+    left_out: u64,
     due: Instant,
 }
 
@@ -70,6 +71,8 @@ struct State {
     throttle: Throttle,
     /// Draws for the jitter (a small xorshift; no need for a random crate).
     seed: u64,
+    /// Partitions that running exchanges may create here (see [`discover`]).
+    adopting: usize,
 }
 
 struct Inner {
@@ -103,6 +106,7 @@ impl Manager {
                 options,
                 throttle: Throttle::new(Instant::now()),
                 seed: unix_ms() | 1,
+                adopting: 0,
             }),
             wake: Condvar::new(),
         });
@@ -142,6 +146,7 @@ impl Manager {
                         running: None,
                         failures: 0,
                         last_error: None,
+                        left_out: 0,
                         due: Instant::now(),
                     },
                 );
@@ -208,6 +213,7 @@ impl Manager {
                     running: p.running.clone(),
                     failures: p.failures,
                     last_error: p.last_error.clone(),
+                    left_out: p.left_out,
                     next_in: p.due.saturating_duration_since(now),
                 })
                 .collect(),
@@ -332,12 +338,9 @@ fn sync_partitions(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32
     let mut remote = peer.open()?;
     // No partitions configured: every partition either side holds now.
     let discovered;
+    let _adopting;
     let partitions = if partitions.is_empty() {
-        let mut all = remote.partitions()?;
-        all.extend(inner.store.partitions());
-        all.sort_unstable();
-        all.dedup();
-        discovered = all;
+        (discovered, _adopting) = discover(inner, name, remote.as_ref())?;
         &discovered[..]
     } else {
         partitions
@@ -366,6 +369,57 @@ fn sync_partitions(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32
         }
     }
     Ok(())
+}
+
+/// The partitions to exchange with a peer given no list: every one this node holds, and
+/// those only the peer holds while there is room for them under `max_partitions`
+/// (lowest first). The room is reserved until the returned guard drops, so exchanges
+/// running at once cannot together take on more; the peer's status counts the rest.
+fn discover<'a>(
+    inner: &'a Inner,
+    name: &str,
+    remote: &dyn Replica,
+) -> Result<(Vec<u32>, Adopting<'a>)> {
+    let theirs: BTreeSet<u32> = remote.partitions()?.into_iter().collect();
+    let mut state = lock(inner);
+    // Read under the lock: an exchange that releases its room has made its partitions
+    // visible first (see `Adopting::drop`).
+    let mut all: BTreeSet<u32> = inner.store.partitions().into_iter().collect();
+    let room = state
+        .options
+        .max_partitions
+        .saturating_sub(all.len() + state.adopting);
+    let new: Vec<u32> = theirs.difference(&all).copied().collect();
+    let adopt = new.len().min(room);
+    state.adopting += adopt;
+    all.extend(&new[..adopt]);
+    if let Some(p) = state.peers.get_mut(name) {
+        p.left_out = (new.len() - adopt) as u64;
+    }
+    let partitions = all.into_iter().collect();
+    Ok((
+        partitions,
+        Adopting {
+            inner,
+            count: adopt,
+        },
+    ))
+}
+
+/// Room reserved for partitions an exchange may create here.
+struct Adopting<'a> {
+    inner: &'a Inner,
+    count: usize,
+}
+
+impl Drop for Adopting<'_> {
+    fn drop(&mut self) {
+        if self.count > 0 {
+            // The partitions it created count among the store's own from now on.
+            let _ = self.inner.store.sync_index();
+            lock(self.inner).adopting -= self.count;
+        }
+    }
 }
 
 /// Records one partition's sync in its peer's status; false if the peer is gone.

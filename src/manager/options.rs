@@ -29,6 +29,12 @@ pub struct ManagerOptions {
     /// zero or NaN: the caps alone; above 1 counts as 1). Measured with
     /// `examples/repair_impact.rs`: see the README.
     pub repair_share: Option<f64>,
+    /// Partitions a peer given no partition list may make this node hold (default
+    /// 4,096). Such a peer exchanges every partition either side holds, and one that
+    /// only the peer holds is created here by its first repair; past this many (counting
+    /// those held already and those other exchanges are taking on), the peer's other
+    /// partitions are left out and counted in [`PeerStatus::left_out`](super::PeerStatus::left_out).
+    pub max_partitions: usize,
 }
 
 /// Foreground writes per second above which repairs yield ([`ManagerOptions::repair_share`]);
@@ -74,6 +80,7 @@ impl Default for ManagerOptions {
             max_repair_keys_per_sec: None,
             max_repair_bytes_per_sec: None,
             repair_share: Some(0.1),
+            max_partitions: 4096,
         }
     }
 }

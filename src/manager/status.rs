@@ -62,6 +62,9 @@ pub struct PeerStatus {
     /// connection or its key, or holds trees of another shape); `None` after a success.
     /// A partition's own failures are in its [`PartitionStatus`].
     pub last_error: Option<String>,
+    /// Partitions the peer holds that its last exchange left out: it was given no
+    /// partition list, and this node already held [`ManagerOptions::max_partitions`](super::ManagerOptions::max_partitions).
+    pub left_out: u64,
     /// Time until its next exchange is due (zero if due or running).
     pub next_in: Duration,
 }

@@ -42,6 +42,10 @@ pub struct Args {
     /// most at this fraction of their rate (0 to 1; 0: only the caps apply).
     #[arg(long, default_value_t = 0.1, value_parser = parse_share)]
     repair_share: f64,
+    /// Partitions a peer without a partition list may make this node hold; its other
+    /// partitions are left out (counted in the status as `left_out`).
+    #[arg(long, default_value_t = 4096)]
+    max_partitions: usize,
     /// Also serve the manager's status as Prometheus metrics over plain HTTP at
     /// `http://ADDR/metrics` (port 0 picks a free port; the address is printed).
     #[arg(long, value_name = "ADDR")]
@@ -165,6 +169,7 @@ pub fn status_json(status: &Status) -> serde_json::Value {
             "peer": p.name,
             "failures": p.failures,
             "last_error": p.last_error,
+            "left_out": p.left_out,
             "next_in_ms": ms(p.next_in),
             "running": p.running.as_ref().map(|r| json!({
                 "partition": r.partition,
@@ -216,6 +221,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             max_repair_keys_per_sec: a.max_repair_keys_per_sec,
             max_repair_bytes_per_sec: a.max_repair_bytes_per_sec,
             repair_share: (a.repair_share > 0.0).then_some(a.repair_share),
+            max_partitions: a.max_partitions,
             ..ManagerOptions::default()
         },
     )?);
