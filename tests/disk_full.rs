@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use merkle_index::{Options, Store};
 
@@ -69,7 +70,8 @@ const PARTITIONS: u64 = 8;
 fn flushed_writes_survive_a_full_disk() {
     let disk = SmallDisk::mount(20 * 1024);
     let db = disk.path.join("store");
-    let store = Store::open(&db, Options::default()).unwrap();
+    let options = Options::default().checkpoint_interval(Duration::from_millis(50));
+    let store = Store::open(&db, options).unwrap();
     let value = [7u8; 100];
     let mut flushed = 0;
     let mut failures = 0;
@@ -98,6 +100,13 @@ fn flushed_writes_survive_a_full_disk() {
     }
     assert_eq!(failures, 100, "the disk never filled");
     assert!(flushed > 10_000, "only {flushed} keys fitted");
+    // The periodic checkpoints on the hasher thread fail too, and the store says why.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.checkpoint_error().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let why = store.checkpoint_error().unwrap_or_default();
+    assert!(why.contains("No space left"), "checkpoint error: {why:?}");
     // Space comes back; the store that met the error is closed (it may fail to), then
     // reopened as after a crash.
     disk.resize(400 * 1024);

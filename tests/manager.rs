@@ -197,6 +197,7 @@ fn a_failing_peer_backs_off_and_others_keep_going() {
     assert!(why.contains("connection refused (test peer)"), "{why}");
     let b_status = status.peers.iter().find(|p| p.name == "b").unwrap();
     assert_eq!(b_status.last_error, None);
+    assert_eq!(status.store_checkpoint_error, None);
     manager.remove_peer("down");
     assert_eq!(manager.status().peers.len(), 1);
 }

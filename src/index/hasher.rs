@@ -300,6 +300,11 @@ impl Worker {
         if result.is_ok() {
             self.dirty = false;
         }
+        *self
+            .index
+            .checkpoint_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = result.as_ref().err().map(|e| e.to_string());
         result
     }
 }

@@ -45,6 +45,8 @@ pub(crate) struct Index {
     /// Only the hasher thread takes this for writing, and only briefly.
     trees: RwLock<Trees>,
     pub(crate) last_checkpoint: Mutex<Option<CheckpointInfo>>,
+    /// Why the last checkpoint failed, until one succeeds.
+    pub(crate) checkpoint_error: Mutex<Option<String>>,
 }
 
 impl Index {
@@ -80,6 +82,7 @@ impl Index {
             clock,
             trees: RwLock::new(trees),
             last_checkpoint: Mutex::new(last),
+            checkpoint_error: Mutex::new(None),
         })
     }
 

@@ -30,6 +30,15 @@ impl Status {
             vec![(String::new(), self.foreground_writes_per_sec as f64)],
         );
         family(
+            "store_checkpoint_failing",
+            "gauge",
+            "1 while the store's checkpoints fail (see the status for why), else 0.",
+            vec![(
+                String::new(),
+                f64::from(u8::from(self.store_checkpoint_error.is_some())),
+            )],
+        );
+        family(
             "repair_keys_per_second_allowed",
             "gauge",
             "The repair rate allowed now (absent: unlimited).",
@@ -194,6 +203,7 @@ mod tests {
             }],
             exchanges: 9,
             repair_keys_per_sec_now: Some(500),
+            store_checkpoint_error: Some("disk full".into()),
             ..Status::default()
         };
         let text = status.to_prometheus();
@@ -201,6 +211,7 @@ mod tests {
         for expected in [
             "merkle_index_exchanges_total 9".to_string(),
             "merkle_index_repair_keys_per_second_allowed 500".to_string(),
+            "merkle_index_store_checkpoint_failing 1".to_string(),
             format!("merkle_index_last_success_timestamp_seconds{{{peer},partition=\"3\"}} 1.5"),
             format!("merkle_index_last_exchange_duration_seconds{{{peer},partition=\"3\"}} 0.25"),
             format!("merkle_index_repaired_local_keys_total{{{peer},partition=\"3\"}} 7"),

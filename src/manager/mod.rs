@@ -222,6 +222,7 @@ impl Manager {
             max_repair_bytes_per_sec: state.options.max_repair_bytes_per_sec,
             foreground_writes_per_sec: state.throttle.foreground_rate(),
             repair_keys_per_sec_now: state.throttle.key_rate_now(&state.options),
+            store_checkpoint_error: self.inner.store.checkpoint_error(),
         }
     }
 

@@ -85,4 +85,7 @@ pub struct Status {
     /// The repair rate allowed now: the key cap, lowered while foreground writes are
     /// busy (`None`: unlimited).
     pub repair_keys_per_sec_now: Option<u64>,
+    /// The store's [`checkpoint_error`](crate::Store::checkpoint_error): why its last
+    /// checkpoint failed, if none has succeeded since (a full or failing disk).
+    pub store_checkpoint_error: Option<String>,
 }

@@ -252,6 +252,19 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Why the last checkpoint failed, if none has succeeded since. The hasher thread
+    /// checkpoints every [`Options::checkpoint_interval`] and retries after a failure
+    /// (the buckets stay dirty and the marks in place, so nothing is lost), but says so
+    /// only here: a disk that is full or failing shows first as this. Flushed writes stay durable meanwhile, and
+    /// a crash recovers the index from the marks as usual.
+    pub fn checkpoint_error(&self) -> Option<String> {
+        self.index
+            .checkpoint_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Heap bytes held by the in-memory trees.
     pub fn index_memory_bytes(&self) -> usize {
         self.index.trees().values().map(|t| t.memory_bytes()).sum()

@@ -165,6 +165,7 @@ pub fn status_json(status: &Status) -> serde_json::Value {
         "max_repair_bytes_per_sec": status.max_repair_bytes_per_sec,
         "foreground_writes_per_sec": status.foreground_writes_per_sec,
         "repair_keys_per_sec_now": status.repair_keys_per_sec_now,
+        "store_checkpoint_error": status.store_checkpoint_error,
         "peers": status.peers.iter().map(|p| json!({
             "peer": p.name,
             "failures": p.failures,
