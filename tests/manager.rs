@@ -683,3 +683,93 @@ fn peers_without_a_list_fill_this_node_only_up_to_max_partitions() {
     assert!(b.partition(101).get(b"own").unwrap().is_some());
     manager.stop();
 }
+
+/// A partition given away leaves every peer's list, and neither a listed nor a
+/// discovering peer brings it back; naming it in a list again takes it back.
+#[test]
+fn a_dropped_partition_stays_given_away_until_listed_again() {
+    let ((_da, a), (_db, b), (_dc, c)) = (store(), store(), store());
+    for p in [0, 1] {
+        a.partition(p).put(b"a", b"a").unwrap();
+        b.partition(p).put(b"b", b"b").unwrap();
+        c.partition(p).put(b"c", b"c").unwrap();
+    }
+    let manager = Manager::start(Arc::clone(&a), fast()).unwrap();
+    manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0, 1]));
+    manager.set_peer("c", Arc::new(Arc::clone(&c)), BTreeSet::new());
+    let holds = |s: &Store, p: u32, k: &[u8]| s.partition(p).get(k).unwrap().is_some();
+    let converged = || [b"a", b"b", b"c"].iter().all(|k| holds(&a, 1, &k[..]));
+    assert!(wait_until(Duration::from_secs(20), converged));
+
+    assert_eq!(manager.drop_partition(1).unwrap(), 3);
+    let before = manager.status().exchanges;
+    manager.exchange_now(None);
+    assert!(wait_until(Duration::from_secs(20), || manager
+        .status()
+        .exchanges
+        >= before + 4));
+    a.sync_index().unwrap();
+    assert_eq!(a.partitions(), vec![0]);
+    assert_eq!(a.count_keys(1).unwrap(), 0);
+    let status = manager.status();
+    for peer in &status.peers {
+        assert!(
+            peer.partitions.iter().all(|s| s.partition == 0),
+            "{status:?}"
+        );
+    }
+    // The peers keep theirs (a drop is local).
+    assert!(holds(&b, 1, b"b") && holds(&c, 1, b"c"));
+
+    manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0, 1]));
+    manager.exchange_now(Some("b"));
+    assert!(wait_until(Duration::from_secs(20), || holds(&a, 1, b"b")));
+    manager.stop();
+}
+
+/// A drop waits for an exchange that is repairing the partition: otherwise the rest of
+/// that exchange would write part of the partition back after the drop.
+#[test]
+fn a_drop_waits_for_the_exchange_repairing_the_partition() {
+    let ((_da, a), (_db, b)) = (store(), store());
+    for i in 0..200u32 {
+        b.partition(1).put(&i.to_be_bytes(), b"v").unwrap();
+    }
+    // The peer holds its first request about partition 1 until told to go on.
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(Some((entered_tx, go_rx)));
+    let hook = move |partition: Option<u32>| {
+        if partition == Some(1) {
+            if let Some((entered, go)) = gate.lock().unwrap().take() {
+                entered.send(()).unwrap();
+                go.recv().unwrap();
+            }
+        }
+        Ok(())
+    };
+    let manager = Arc::new(Manager::start(Arc::clone(&a), fast()).unwrap());
+    let peer = Hooked(Arc::clone(&b), Arc::new(hook));
+    manager.set_peer("b", Arc::new(peer), BTreeSet::from([1]));
+    entered.recv_timeout(Duration::from_secs(20)).unwrap();
+
+    let (dropped_tx, dropped) = std::sync::mpsc::channel();
+    let dropping = {
+        let manager = Arc::clone(&manager);
+        std::thread::spawn(move || dropped_tx.send(manager.drop_partition(1).unwrap()).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let early = dropped.try_recv().is_ok();
+    go.send(()).unwrap();
+    assert!(!early, "the drop did not wait");
+    dropped.recv_timeout(Duration::from_secs(20)).unwrap();
+    dropping.join().unwrap();
+    a.sync_index().unwrap();
+    assert_eq!(a.count_keys(1).unwrap(), 0);
+    assert!(a.root(1).is_zero());
+    // And no later exchange brings it back.
+    manager.exchange_now(None);
+    std::thread::sleep(Duration::from_millis(500));
+    a.sync_index().unwrap();
+    assert_eq!(a.count_keys(1).unwrap(), 0);
+}

@@ -52,7 +52,9 @@ impl Peer for Arc<Store> {
 
 struct PeerState {
     peer: Arc<dyn Peer>,
-    partitions: BTreeSet<u32>,
+    /// The partitions it shares with this node; `None`: every partition either side
+    /// holds (discovery).
+    partitions: Option<BTreeSet<u32>>,
     status: BTreeMap<u32, PartitionStatus>,
     running: Option<Running>,
     failures: u32,
@@ -73,6 +75,13 @@ struct State {
     seed: u64,
     /// Partitions that running exchanges may create here (see [`discover`]).
     adopting: usize,
+    /// Partitions being dropped now: no exchange starts on them.
+    dropping: BTreeSet<u32>,
+    /// Partitions exchanges are repairing now, with how many exchanges.
+    syncing: BTreeMap<u32, usize>,
+    /// Partitions given away by [`Manager::drop_partition`]: discovery does not take them
+    /// on again while this node holds nothing of them.
+    given_away: BTreeSet<u32>,
 }
 
 struct Inner {
@@ -107,6 +116,9 @@ impl Manager {
                 throttle: Throttle::new(Instant::now()),
                 seed: unix_ms() | 1,
                 adopting: 0,
+                dropping: BTreeSet::new(),
+                syncing: BTreeMap::new(),
+                given_away: BTreeSet::new(),
             }),
             wake: Condvar::new(),
         });
@@ -128,11 +140,15 @@ impl Manager {
     /// side holds at the time of each exchange.
     pub fn set_peer(&self, name: &str, peer: Arc<dyn Peer>, partitions: BTreeSet<u32>) {
         let mut state = lock(&self.inner);
+        let partitions = (!partitions.is_empty()).then_some(partitions);
+        if let Some(list) = &partitions {
+            state.given_away.retain(|p| !list.contains(p));
+        }
         match state.peers.get_mut(name) {
             Some(p) => {
                 p.peer = peer;
-                if !partitions.is_empty() {
-                    p.status.retain(|id, _| partitions.contains(id));
+                if let Some(list) = &partitions {
+                    p.status.retain(|id, _| list.contains(id));
                 }
                 p.partitions = partitions;
             }
@@ -153,6 +169,36 @@ impl Manager {
             }
         }
         self.inner.wake.notify_all();
+    }
+
+    /// Gives `partition` away (a node does when the ring changes): takes it off every
+    /// peer's list, keeps discovery from taking it on again while this node holds
+    /// nothing of it, waits for an exchange repairing it now to finish with it, then
+    /// drops it from the store ([`Store::drop_partition`]). Without this, an exchange
+    /// running at the time of a drop would write part of the partition back. A peer
+    /// whose list held only this partition keeps an empty list (it is not turned into a
+    /// discovering peer). Naming the partition in a list again takes it back.
+    pub fn drop_partition(&self, partition: u32) -> Result<u64> {
+        let mut state = lock(&self.inner);
+        state.dropping.insert(partition);
+        state.given_away.insert(partition);
+        for p in state.peers.values_mut() {
+            if let Some(list) = &mut p.partitions {
+                list.remove(&partition);
+            }
+            p.status.remove(&partition);
+        }
+        while state.syncing.contains_key(&partition) {
+            state = self
+                .inner
+                .wake
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        drop(state);
+        let dropped = self.inner.store.drop_partition(partition);
+        lock(&self.inner).dropping.remove(&partition);
+        dropped
     }
 
     /// Forgets a peer (an exchange running with it finishes first).
@@ -196,11 +242,10 @@ impl Manager {
                 .iter()
                 .map(|(name, p)| PeerStatus {
                     name: name.clone(),
-                    partitions: if p.partitions.is_empty() {
+                    partitions: match &p.partitions {
+                        Some(list) => list.iter().copied().collect(),
                         // Discovering: the partitions exchanged so far.
-                        p.status.keys().copied().collect::<Vec<_>>()
-                    } else {
-                        p.partitions.iter().copied().collect()
+                        None => p.status.keys().copied().collect::<Vec<_>>(),
                     }
                     .into_iter()
                     .map(|id| {
@@ -278,10 +323,12 @@ fn schedule(inner: &Arc<Inner>) {
             let Some(p) = state.peers.get_mut(&name) else {
                 continue;
             };
-            let partitions: Vec<u32> = p.partitions.iter().copied().collect();
+            let partitions: Option<Vec<u32>> =
+                p.partitions.as_ref().map(|l| l.iter().copied().collect());
+            let listed = partitions.as_deref().unwrap_or_default();
             p.running = Some(Running {
-                partition: partitions.first().copied().unwrap_or(0),
-                partitions_left: partitions.len().saturating_sub(1),
+                partition: listed.first().copied().unwrap_or(0),
+                partitions_left: listed.len().saturating_sub(1),
                 ..Running::default()
             });
             let peer = Arc::clone(&p.peer);
@@ -291,7 +338,7 @@ fn schedule(inner: &Arc<Inner>) {
                 .name(format!("exchange {name}"))
                 .spawn({
                     let name = name.clone();
-                    move || exchange(&worker, &name, peer.as_ref(), &partitions)
+                    move || exchange(&worker, &name, peer.as_ref(), partitions.as_deref())
                 });
             if spawned.is_err() {
                 state.running -= 1;
@@ -323,41 +370,52 @@ fn schedule(inner: &Arc<Inner>) {
 }
 
 /// One exchange with one peer; the peer backs off if it could not be reached.
-fn exchange(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32]) {
+fn exchange(inner: &Inner, name: &str, peer: &dyn Peer, partitions: Option<&[u32]>) {
     let unreachable = sync_partitions(inner, name, peer, partitions)
         .err()
         .map(|e| e.to_string());
     finish(inner, name, unreachable);
 }
 
-/// Syncs every partition shared with `peer` whose roots differ. A partition that fails
-/// is recorded in its status and the exchange goes on with the next one, over a new
-/// connection (the failure may have broken the old one): one partition that cannot be
-/// exchanged does not keep the others from it. An error here means the peer could not
-/// be reached (no connection, or its partitions or roots could not be read).
-fn sync_partitions(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32]) -> Result<()> {
+/// Syncs every partition shared with `peer` (`None`: discovered) whose roots differ. A
+/// partition that fails is recorded in its status and the exchange goes on with the next
+/// one, over a new connection (the failure may have broken the old one): one partition
+/// that cannot be exchanged does not keep the others from it. An error here means the
+/// peer could not be reached (no connection, or its partitions or roots could not be
+/// read).
+fn sync_partitions(
+    inner: &Inner,
+    name: &str,
+    peer: &dyn Peer,
+    partitions: Option<&[u32]>,
+) -> Result<()> {
     let mut remote = peer.open()?;
-    // No partitions configured: every partition either side holds now.
     let discovered;
     let _adopting;
-    let partitions = if partitions.is_empty() {
-        (discovered, _adopting) = discover(inner, name, remote.as_ref())?;
-        &discovered[..]
-    } else {
-        partitions
+    let partitions = match partitions {
+        Some(listed) => listed,
+        None => {
+            (discovered, _adopting) = discover(inner, name, remote.as_ref())?;
+            &discovered[..]
+        }
     };
     // One round trip finds the partitions that differ; the rest agree already.
     let differing: BTreeSet<u32> = partitions_to_walk(&*inner.store, remote.as_ref(), partitions)?
         .into_iter()
         .collect();
     for (i, &partition) in partitions.iter().enumerate() {
-        if lock(inner).stopping {
-            break;
+        let differs = differing.contains(&partition);
+        match claim(inner, name, partition, differs) {
+            Claim::Stop => break,
+            Claim::Skip => continue,
+            Claim::Go => {}
         }
         let started = Instant::now();
-        let result = if differing.contains(&partition) {
+        let result = if differs {
             let left = partitions.len() - i - 1;
-            sync_one(inner, name, remote.as_ref(), partition, left)
+            let result = sync_one(inner, name, remote.as_ref(), partition, left);
+            release(inner, partition);
+            result
         } else {
             Ok(SyncReport::default())
         };
@@ -372,6 +430,53 @@ fn sync_partitions(inner: &Inner, name: &str, peer: &dyn Peer, partitions: &[u32
     Ok(())
 }
 
+enum Claim {
+    Go,
+    Skip,
+    Stop,
+}
+
+/// Whether an exchange goes on to `partition`, decided under the lock that
+/// [`Manager::drop_partition`] takes: not while the manager stops or the peer is gone,
+/// nor for a partition being dropped, taken off the peer's list since the exchange
+/// began, or given away (unless this node holds it again). One to be repaired is marked
+/// as such until [`record`], so a drop waits for it.
+fn claim(inner: &Inner, name: &str, partition: u32, repairs: bool) -> Claim {
+    let mut state = lock(inner);
+    if state.stopping {
+        return Claim::Stop;
+    }
+    let given_away = state.given_away.contains(&partition);
+    let dropping = state.dropping.contains(&partition);
+    let Some(p) = state.peers.get_mut(name) else {
+        return Claim::Stop;
+    };
+    let off_list = match &p.partitions {
+        Some(list) => !list.contains(&partition),
+        None => given_away && inner.store.root(partition).is_zero(),
+    };
+    if dropping || off_list {
+        return Claim::Skip;
+    }
+    if repairs {
+        *state.syncing.entry(partition).or_default() += 1;
+    }
+    Claim::Go
+}
+
+/// Ends what [`claim`] marked: the exchange has finished repairing `partition`.
+fn release(inner: &Inner, partition: u32) {
+    let mut state = lock(inner);
+    if let Some(n) = state.syncing.get_mut(&partition) {
+        *n -= 1;
+        if *n == 0 {
+            state.syncing.remove(&partition);
+            // A drop waiting for this partition may go on.
+            inner.wake.notify_all();
+        }
+    }
+}
+
 /// The partitions to exchange with a peer given no list: every one this node holds, and
 /// those only the peer holds while there is room for them under `max_partitions`
 /// (lowest first). The room is reserved until the returned guard drops, so exchanges
@@ -382,6 +487,8 @@ fn discover<'a>(
     remote: &dyn Replica,
 ) -> Result<(Vec<u32>, Adopting<'a>)> {
     let theirs: BTreeSet<u32> = remote.partitions()?.into_iter().collect();
+    // A partition written here but not yet hashed has no tree yet: count it.
+    inner.store.sync_index()?;
     let mut state = lock(inner);
     // Read under the lock: an exchange that releases its room has made its partitions
     // visible first (see `Adopting::drop`).
@@ -390,7 +497,11 @@ fn discover<'a>(
         .options
         .max_partitions
         .saturating_sub(all.len() + state.adopting);
-    let new: Vec<u32> = theirs.difference(&all).copied().collect();
+    let new: Vec<u32> = theirs
+        .difference(&all)
+        .filter(|p| !state.given_away.contains(p))
+        .copied()
+        .collect();
     let adopt = new.len().min(room);
     state.adopting += adopt;
     all.extend(&new[..adopt]);
