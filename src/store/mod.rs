@@ -365,7 +365,9 @@ impl Store {
     /// Removes a partition for good: its data, index, marks and quarantined records,
     /// durably (a node gives a partition away when the ring changes). Writes to any
     /// partition wait meanwhile; a crash part-way finishes the drop at the next open.
-    /// Returns how many records the partition held.
+    /// Returns how many records the partition held. Under a running
+    /// [`Manager`](crate::Manager), use [`Manager::drop_partition`](crate::Manager::drop_partition),
+    /// which keeps its exchanges from writing the partition back.
     pub fn drop_partition(&self, partition: u32) -> Result<u64> {
         let _paused = self.index.gate.pause();
         // On the hasher thread, so no checkpoint can persist the partition meanwhile.
