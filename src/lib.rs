@@ -45,7 +45,7 @@ mod store;
 // their modules are named from the crate root so every file says `crate::tree`.
 use exchange::sync;
 use index::{base, bucket, gate, hasher, level, marks, page, parallel, snapshot, tree};
-use recovery::{migrate, scan, verify};
+use recovery::{migrate, scan, scrub, verify};
 use store::{clock, dropping, file, flush, meta, record};
 
 /// Version of the on-disk format written by this build (see `FORMAT.md`).
@@ -57,7 +57,7 @@ pub use exchange::{Applied, Lookup, Repair, Replica, SegmentItem, SegmentsPage, 
 pub use flush::FlushStats;
 pub use hash::{entry_hash, segment_of, value_hash, Hash, HASH_BYTES};
 pub use manager::{
-    Manager, ManagerOptions, PartitionStatus, Peer, PeerStatus, Running, Status,
+    Manager, ManagerOptions, PartitionStatus, Peer, PeerStatus, Running, ScrubStatus, Status,
     BUSY_WRITES_PER_SEC,
 };
 pub use meta::CheckpointInfo;
@@ -65,6 +65,7 @@ pub use options::{Options, Shape};
 pub use record::{Record, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use recovery::{OpenReport, Recovery};
 pub use scan::Progress;
+pub use scrub::{ScrubCursor, ScrubPage};
 pub use store::{Entry, Partition, RebuildReport, Records, Store};
 pub use sync::{newest_wins, sync, Resolver, SyncOptions, SyncReport, Winner};
 pub use verify::{Problem, ProblemKind, VerifyReport};

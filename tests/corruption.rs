@@ -481,3 +481,119 @@ fn a_bad_base_listing_or_record_makes_recovery_read_every_bucket() {
         store.close().unwrap();
     }
 }
+
+/// A scrub, page by page, finds what verify finds among the records (a rotten value,
+/// an undecodable header) and quarantines them; a sync then restores both.
+#[test]
+fn a_scrub_in_pages_finds_what_verify_finds_and_quarantines_it() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    twins(da.path(), db.path());
+    edit_record(da.path(), b"k7", |b| *b.last_mut().unwrap() ^= 0x01);
+    edit_record(da.path(), b"k9", |b| b.truncate(5));
+    let (a, b) = (
+        Store::open(da.path(), small_options()).unwrap(),
+        Store::open(db.path(), small_options()).unwrap(),
+    );
+    let mut expected: Vec<String> = a
+        .verify(&mut |_| {})
+        .unwrap()
+        .problems
+        .iter()
+        .filter(|p| !matches!(p.kind, ProblemKind::SegmentHash { .. }))
+        .map(|p| p.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(expected.len(), 2, "{expected:?}");
+
+    let (mut cursor, mut checked, mut quarantined, mut pages) = (None, 0, 0, 0);
+    let mut found = Vec::new();
+    loop {
+        let page = a.scrub(cursor.as_ref(), 7).unwrap();
+        assert!(page.checked <= 7);
+        checked += page.checked;
+        quarantined += page.quarantined;
+        found.extend(page.problems.iter().map(|p| p.to_string()));
+        pages += 1;
+        cursor = page.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    found.sort();
+    assert_eq!((checked, pages), (50, 8));
+    assert_eq!(found, expected);
+    assert_eq!(quarantined, 2);
+    assert_eq!(a.get(b"k7").unwrap(), None);
+    // A second pass finds nothing left.
+    let again = a.scrub(None, 100).unwrap();
+    assert_eq!(
+        (again.checked, again.problems.len(), again.next),
+        (48, 0, None)
+    );
+
+    a.sync_index().unwrap();
+    let report = sync(&a, &b, 0, &SyncOptions::default()).unwrap();
+    assert_eq!(report.repaired_local, 2, "{report:?}");
+    assert_eq!(a.get(b"k7").unwrap(), Some(b"good value".to_vec()));
+    assert_eq!(a.get(b"k9").unwrap(), Some(b"good value".to_vec()));
+    assert!(a.verify(&mut |_| {}).unwrap().is_ok());
+}
+
+/// Rot leaves the trees equal, so exchanges alone never repair it; the manager's scrub
+/// quarantines it and the next exchange restores it.
+#[test]
+fn the_managers_scrub_lets_an_exchange_repair_rot() {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use merkle_index::{Manager, ManagerOptions};
+
+    let wait_until = |limit: Duration, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + limit;
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        done()
+    };
+    let good = |s: &Store| s.get(b"k7").ok().flatten() == Some(b"good value".to_vec());
+    for scrub in [None, Some(500)] {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        twins(da.path(), db.path());
+        edit_record(da.path(), b"k7", |b| *b.last_mut().unwrap() ^= 0x01);
+        let a = Arc::new(Store::open(da.path(), small_options()).unwrap());
+        let b = Arc::new(Store::open(db.path(), small_options()).unwrap());
+        let options = ManagerOptions {
+            interval: Duration::from_millis(50),
+            scrub_keys_per_sec: scrub,
+            ..ManagerOptions::default()
+        };
+        let manager = Manager::start(Arc::clone(&a), options).unwrap();
+        manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0]));
+        match scrub {
+            None => {
+                // Ten exchanges find the trees equal and leave the rot where it is.
+                assert!(wait_until(Duration::from_secs(20), &|| manager
+                    .status()
+                    .exchanges
+                    >= 10));
+                assert!(matches!(a.get(b"k7"), Err(Error::Corrupt(_))));
+                assert_eq!(manager.status().scrub.keys_per_sec, None);
+            }
+            Some(_) => {
+                assert!(wait_until(Duration::from_secs(20), &|| good(&a)));
+                let status = manager.status().scrub;
+                assert_eq!(status.keys_per_sec, Some(500));
+                assert_eq!((status.problems, status.quarantined), (1, 1), "{status:?}");
+                assert!(status.last_problem.unwrap().contains("k7"));
+                // The scrub goes on over the whole store, pass after pass.
+                assert!(wait_until(Duration::from_secs(20), &|| manager
+                    .status()
+                    .scrub
+                    .passes
+                    >= 1));
+            }
+        }
+        manager.stop();
+    }
+}

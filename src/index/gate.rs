@@ -22,7 +22,8 @@ pub(crate) struct Gate {
 pub(crate) struct Pass<'a> {
     gate: &'a Gate,
     pub(crate) epoch: u64,
-    _shared: RwLockReadGuard<'a, ()>,
+    /// The share of the pause a write holds (none for the pause's own holder).
+    _shared: Option<RwLockReadGuard<'a, ()>>,
 }
 
 impl Gate {
@@ -36,6 +37,16 @@ impl Gate {
 
     pub(crate) fn enter(&self) -> Pass<'_> {
         let shared = self.pause.read().unwrap_or_else(|p| p.into_inner());
+        self.enter_epoch(Some(shared))
+    }
+
+    /// A pass for the holder of the pause: a write it makes while the others wait still
+    /// belongs to an epoch, and a checkpoint of that epoch waits for it.
+    pub(crate) fn enter_paused<'a>(&'a self, _paused: &RwLockWriteGuard<'a, ()>) -> Pass<'a> {
+        self.enter_epoch(None)
+    }
+
+    fn enter_epoch<'a>(&'a self, shared: Option<RwLockReadGuard<'a, ()>>) -> Pass<'a> {
         loop {
             let epoch = self.epoch.load(SeqCst);
             self.inside[(epoch & 1) as usize].fetch_add(1, SeqCst);

@@ -29,6 +29,30 @@ impl Status {
             "Foreground writes per second, as last measured while repairs ran.",
             vec![(String::new(), self.foreground_writes_per_sec as f64)],
         );
+        for (name, help, value) in [
+            (
+                "scrub_checked_keys_total",
+                "Records the background scrub checked.",
+                self.scrub.checked,
+            ),
+            (
+                "scrub_passes_total",
+                "Full passes of the background scrub over the store.",
+                self.scrub.passes,
+            ),
+            (
+                "scrub_problems_total",
+                "Problems the background scrub found (see the status for the last).",
+                self.scrub.problems,
+            ),
+            (
+                "scrub_quarantined_total",
+                "Bad records the background scrub quarantined for an exchange to restore.",
+                self.scrub.quarantined,
+            ),
+        ] {
+            family(name, "counter", help, vec![(String::new(), value as f64)]);
+        }
         family(
             "store_checkpoint_failing",
             "gauge",
@@ -204,6 +228,10 @@ mod tests {
             exchanges: 9,
             repair_keys_per_sec_now: Some(500),
             store_checkpoint_error: Some("disk full".into()),
+            scrub: crate::ScrubStatus {
+                quarantined: 3,
+                ..Default::default()
+            },
             ..Status::default()
         };
         let text = status.to_prometheus();
@@ -212,6 +240,7 @@ mod tests {
             "merkle_index_exchanges_total 9".to_string(),
             "merkle_index_repair_keys_per_second_allowed 500".to_string(),
             "merkle_index_store_checkpoint_failing 1".to_string(),
+            "merkle_index_scrub_quarantined_total 3".to_string(),
             format!("merkle_index_last_success_timestamp_seconds{{{peer},partition=\"3\"}} 1.5"),
             format!("merkle_index_last_exchange_duration_seconds{{{peer},partition=\"3\"}} 0.25"),
             format!("merkle_index_repaired_local_keys_total{{{peer},partition=\"3\"}} 7"),

@@ -19,11 +19,12 @@ mod exchange;
 mod metrics;
 mod options;
 mod partitions;
+mod scrub;
 mod status;
 mod throttle;
 
 pub use options::{ManagerOptions, BUSY_WRITES_PER_SEC};
-pub use status::{PartitionStatus, PeerStatus, Running, Status};
+pub use status::{PartitionStatus, PeerStatus, Running, ScrubStatus, Status};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -83,6 +84,7 @@ struct State {
     /// Partitions given away by [`Manager::drop_partition`]: discovery does not take them
     /// on again while this node holds nothing of them.
     given_away: BTreeSet<u32>,
+    scrub: ScrubStatus,
 }
 
 struct Inner {
@@ -95,6 +97,7 @@ struct Inner {
 pub struct Manager {
     inner: Arc<Inner>,
     scheduler: Option<JoinHandle<()>>,
+    scrubber: Option<JoinHandle<()>>,
 }
 
 fn lock(inner: &Inner) -> MutexGuard<'_, State> {
@@ -120,6 +123,7 @@ impl Manager {
                 dropping: BTreeSet::new(),
                 syncing: BTreeMap::new(),
                 given_away: BTreeSet::new(),
+                scrub: ScrubStatus::default(),
             }),
             wake: Condvar::new(),
         });
@@ -130,10 +134,13 @@ impl Manager {
                 .spawn(move || schedule(&inner))
                 .map_err(|e| Error::io("spawn anti-entropy manager thread", e))?
         };
-        Ok(Manager {
+        let mut manager = Manager {
             inner,
             scheduler: Some(scheduler),
-        })
+            scrubber: None,
+        };
+        manager.scrubber = scrub::start(&manager.inner)?;
+        Ok(manager)
     }
 
     /// Adds a peer, or changes its partitions (its next exchange stays scheduled). A new
@@ -269,6 +276,7 @@ impl Manager {
             foreground_writes_per_sec: state.throttle.foreground_rate(),
             repair_keys_per_sec_now: state.throttle.key_rate_now(&state.options),
             store_checkpoint_error: self.inner.store.checkpoint_error(),
+            scrub: state.scrub.clone(),
         }
     }
 
@@ -283,8 +291,11 @@ impl Manager {
             state.stopping = true;
             self.inner.wake.notify_all();
         }
-        if let Some(scheduler) = self.scheduler.take() {
-            let _ = scheduler.join();
+        for thread in [self.scheduler.take(), self.scrubber.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = thread.join();
         }
         let mut state = lock(&self.inner);
         while state.running > 0 {

@@ -88,4 +88,25 @@ pub struct Status {
     /// The store's [`checkpoint_error`](crate::Store::checkpoint_error): why its last
     /// checkpoint failed, if none has succeeded since (a full or failing disk).
     pub store_checkpoint_error: Option<String>,
+    /// The background scrub.
+    pub scrub: ScrubStatus,
+}
+
+/// The background scrub ([`ManagerOptions::scrub_keys_per_sec`](super::ManagerOptions::scrub_keys_per_sec)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubStatus {
+    /// Its rate in records a second (`None`: off).
+    pub keys_per_sec: Option<u64>,
+    /// Records checked since the manager started.
+    pub checked: u64,
+    /// Full passes over the store finished, and when the last one did (unix ms).
+    pub passes: u64,
+    pub last_pass_unix_ms: Option<u64>,
+    /// Problems found (as [`Store::verify`](crate::Store::verify) words them), the last
+    /// one, and how many records were quarantined for an exchange to restore.
+    pub problems: u64,
+    pub last_problem: Option<String>,
+    pub quarantined: u64,
+    /// Why the last scrub page failed, if the last one did.
+    pub last_error: Option<String>,
 }

@@ -3,6 +3,7 @@
 
 pub(crate) mod migrate;
 pub(crate) mod scan;
+pub(crate) mod scrub;
 pub(crate) mod verify;
 
 use std::fs;

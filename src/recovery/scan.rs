@@ -6,13 +6,13 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::error::Result;
-use crate::hash::{segment_of, value_hash, Hash};
+use crate::hash::Hash;
 use crate::index::{key_prefixes, Trees};
 use crate::options::Shape;
 use crate::parallel;
-use crate::record::{split_data_key, RecordHeader, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::record::{split_data_key, RecordHeader};
 use crate::tree::Tree;
-use crate::verify::{Problem, ProblemKind};
+use crate::verify::{check_record, Problem, ProblemKind};
 
 /// How far a long scan has got, for progress bars.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,25 +216,9 @@ fn hash_piece(
             }
         };
         if check_values {
-            let expected = segment_of(user_key, shape.segments);
-            if expected != segment {
-                out.problems
-                    .push(problem(ProblemKind::Misplaced { expected }));
-            }
-            let stored = header.value(&value);
-            if user_key.len() > MAX_KEY_BYTES || stored.len() > MAX_VALUE_BYTES {
-                out.problems.push(problem(ProblemKind::OverLimit {
-                    key_bytes: user_key.len(),
-                    value_bytes: stored.len(),
-                }));
-            }
-            let computed = value_hash(stored);
-            if computed != header.value_hash {
-                out.problems.push(problem(ProblemKind::ValueHash {
-                    stored: header.value_hash,
-                    computed,
-                }));
-            }
+            check_record(shape, segment, user_key, &value, &header, &mut |kind| {
+                out.problems.push(problem(kind))
+            });
         }
         out.max_version = out.max_version.max(header.version);
         let entry = header.entry_hash(partition, user_key);

@@ -5,7 +5,10 @@ use std::fmt;
 
 use crate::bucket::{self, BucketId};
 use crate::error::Result;
+use crate::hash::{segment_of, value_hash};
 use crate::index::Index;
+use crate::options::Shape;
+use crate::record::{RecordHeader, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::scan::{hash_small_pieces, scan_all, Piece, Progress};
 use crate::Hash;
 
@@ -93,6 +96,38 @@ impl fmt::Display for Problem {
                 crate::MAX_VALUE_BYTES
             ),
         }
+    }
+}
+
+/// What verify checks of one record whose header decoded, beyond what the index
+/// holds: that its key's placement gives its segment, that key and value are within
+/// today's limits, and that the value matches its stored hash. Calls `found` with each
+/// problem.
+pub(crate) fn check_record(
+    shape: Shape,
+    segment: u32,
+    user_key: &[u8],
+    record: &[u8],
+    header: &RecordHeader,
+    found: &mut dyn FnMut(ProblemKind),
+) {
+    let expected = segment_of(user_key, shape.segments);
+    if expected != segment {
+        found(ProblemKind::Misplaced { expected });
+    }
+    let stored = header.value(record);
+    if user_key.len() > MAX_KEY_BYTES || stored.len() > MAX_VALUE_BYTES {
+        found(ProblemKind::OverLimit {
+            key_bytes: user_key.len(),
+            value_bytes: stored.len(),
+        });
+    }
+    let computed = value_hash(stored);
+    if computed != header.value_hash {
+        found(ProblemKind::ValueHash {
+            stored: header.value_hash,
+            computed,
+        });
     }
 }
 

@@ -30,8 +30,9 @@ use crate::meta::CheckpointInfo;
 use crate::options::{Options, Shape};
 use crate::record::{data_key, Record, RecordHeader};
 use crate::recovery::{OpenReport, SLED_DIR};
-use crate::scan::{scan_all, Progress};
-use crate::verify::{verify, ProblemKind, VerifyReport};
+use crate::scan::{hash_small_pieces, scan_all, Piece, Progress};
+use crate::scrub::{self, ScrubCursor, ScrubPage};
+use crate::verify::{verify, Problem, ProblemKind, VerifyReport};
 
 /// A durable key-value store with a Merkle index per partition.
 ///
@@ -288,9 +289,14 @@ impl Store {
     /// in the quarantine for inspection. A record rewritten since `report` was made is
     /// left alone. Returns how many records were moved.
     pub fn quarantine(&self, report: &VerifyReport) -> Result<u64> {
+        self.quarantine_problems(&report.problems)
+    }
+
+    /// [`Store::quarantine`] of a list of problems (verify's, or a scrub's).
+    pub(crate) fn quarantine_problems(&self, problems: &[Problem]) -> Result<u64> {
         let index = &*self.index;
         let mut moved = 0;
-        for problem in &report.problems {
+        for problem in problems {
             let still_bad: fn(&[u8]) -> bool = match problem.kind {
                 ProblemKind::ValueHash { .. } => |b| {
                     matches!(
@@ -309,6 +315,10 @@ impl Store {
                 Some((p, s)) if problem.kind != ProblemKind::BadDataKey => data_key(p, s, key),
                 _ => key.clone(),
             };
+            if let (ProblemKind::BadRecord(_), Some((p, s))) = (&problem.kind, placed) {
+                moved += u64::from(self.quarantine_undecodable(p, s, &raw)?);
+                continue;
+            }
             let pass = index.gate.enter();
             if let Some((p, s)) = placed {
                 index.marks.mark(pass.epoch, p, s)?;
@@ -339,6 +349,62 @@ impl Store {
             moved += 1;
         }
         Ok(moved)
+    }
+
+    /// Checks up to `max_keys` records after `from` (from the first, with `None`) as
+    /// [`Store::verify`] checks each record (its value against its hash, its header, its
+    /// placement, its sizes) and quarantines the bad ones, so the next exchange with a
+    /// good replica restores them: a rotten value leaves the index as it was, so without
+    /// this no exchange would ever repair it. Writes go on meanwhile; a record rewritten
+    /// since it was read is left alone. Call it again with the page's `next` until that
+    /// is `None` for a full pass; the anti-entropy manager does so at a set rate
+    /// ([`ManagerOptions::scrub_keys_per_sec`](crate::ManagerOptions::scrub_keys_per_sec)).
+    pub fn scrub(&self, from: Option<&ScrubCursor>, max_keys: usize) -> Result<ScrubPage> {
+        let mut page = scrub::check_page(&self.index.data, self.index.shape, from, max_keys)?;
+        page.quarantined = self.quarantine_problems(&page.problems)?;
+        Ok(page)
+    }
+
+    /// Quarantines an undecodable record and makes its segment's hash that of its data
+    /// again: the index may still count the record as it was before its header rotted,
+    /// and that cannot be read back to take it out. Writes wait meanwhile (it is rare).
+    fn quarantine_undecodable(&self, partition: u32, segment: u32, raw: &[u8]) -> Result<bool> {
+        let index = &*self.index;
+        let paused = index.gate.pause();
+        let pass = index.gate.enter_paused(&paused);
+        index.marks.mark(pass.epoch, partition, segment)?;
+        // Every update sent so far is applied, and no write can send another.
+        self.hasher.barrier()?;
+        let Some(current) = index.data.get(raw)? else {
+            return Ok(false);
+        };
+        if RecordHeader::decode(&current, String::new).is_ok() {
+            return Ok(false); // rewritten since it was found
+        }
+        index.quarantine.insert(raw, current)?;
+        index.data.remove(raw)?;
+        let piece = Piece {
+            partition,
+            first: segment,
+            count: 1,
+        };
+        let data: Hash = hash_small_pieces(&index.data, index.shape, vec![piece])?
+            .iter()
+            .flat_map(|hashed| &hashed.hashes)
+            .fold(Hash::ZERO, |sum, &(_, h)| sum ^ h);
+        let counted = index
+            .trees()
+            .get(&partition)
+            .map_or(Hash::ZERO, |t| t.segment(segment));
+        if data != counted {
+            self.hasher.send(Msg::Update {
+                partition,
+                segment,
+                delta: data ^ counted,
+            })?;
+        }
+        drop(pass);
+        Ok(true)
     }
 
     /// Records held in the quarantine (see [`Store::quarantine`]).

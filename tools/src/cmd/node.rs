@@ -46,6 +46,10 @@ pub struct Args {
     /// partitions are left out (counted in the status as `left_out`).
     #[arg(long, default_value_t = 4096)]
     max_partitions: usize,
+    /// Records a second the background scrub checks against their hashes (0: off); a
+    /// rotten value is quarantined and the next exchange restores it from a peer.
+    #[arg(long, default_value_t = 2000)]
+    scrub_keys_per_sec: u64,
     /// Also serve the manager's status as Prometheus metrics over plain HTTP at
     /// `http://ADDR/metrics` (port 0 picks a free port; the address is printed).
     #[arg(long, value_name = "ADDR")]
@@ -166,6 +170,16 @@ pub fn status_json(status: &Status) -> serde_json::Value {
         "foreground_writes_per_sec": status.foreground_writes_per_sec,
         "repair_keys_per_sec_now": status.repair_keys_per_sec_now,
         "store_checkpoint_error": status.store_checkpoint_error,
+        "scrub": json!({
+            "keys_per_sec": status.scrub.keys_per_sec,
+            "checked": status.scrub.checked,
+            "passes": status.scrub.passes,
+            "last_pass_unix_ms": status.scrub.last_pass_unix_ms,
+            "problems": status.scrub.problems,
+            "last_problem": status.scrub.last_problem,
+            "quarantined": status.scrub.quarantined,
+            "last_error": status.scrub.last_error,
+        }),
         "peers": status.peers.iter().map(|p| json!({
             "peer": p.name,
             "failures": p.failures,
@@ -223,6 +237,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             max_repair_bytes_per_sec: a.max_repair_bytes_per_sec,
             repair_share: (a.repair_share > 0.0).then_some(a.repair_share),
             max_partitions: a.max_partitions,
+            scrub_keys_per_sec: Some(a.scrub_keys_per_sec),
             ..ManagerOptions::default()
         },
     )?);
