@@ -185,3 +185,61 @@ fn a_format_1_store_migrates_its_tombstones_on_open() {
         "{err}"
     );
 }
+
+/// A version from `ago` in the past, on the store's clock.
+fn hlc_ago(ago: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    ((now - ago).as_millis() as u64) << 16
+}
+
+/// With a tombstone grace, a sync does not hand a tombstone older than the grace back to
+/// a replica that purged it (it would start its grace again there, and the two would
+/// pass it back and forth forever); a younger one is still copied.
+#[test]
+fn a_purged_tombstone_past_the_grace_is_not_handed_back() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a, b) = (open(&dirs[0]), open(&dirs[1]));
+    let deleted = hlc_ago(Duration::from_secs(10));
+    for s in [&a, &b] {
+        s.partition(0)
+            .put_versioned(b"gone", b"v", deleted - 1)
+            .unwrap();
+        s.partition(0).delete_versioned(b"gone", deleted).unwrap();
+        s.partition(0).put(b"kept", b"v").unwrap();
+    }
+    b.partition(0).put(b"only on b", b"v").unwrap();
+    assert_eq!(a.purge_tombstones(0, Duration::ZERO).unwrap(), 1);
+    synced(&[&a, &b]);
+    let past = SyncOptions {
+        tombstone_grace: Some(Duration::from_secs(5)),
+        ..SyncOptions::default()
+    };
+    let report = sync(&a, &b, 0, &past).unwrap();
+    assert_eq!(
+        (report.differences, report.expired, report.repaired_local),
+        (2, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(a.partition(0).get_record(b"gone").unwrap(), None);
+    // Ten seconds old is within a grace of a minute: copied, as without a grace.
+    synced(&[&a]);
+    let within = SyncOptions {
+        tombstone_grace: Some(Duration::from_secs(60)),
+        ..SyncOptions::default()
+    };
+    let report = sync(&a, &b, 0, &within).unwrap();
+    assert_eq!(
+        (report.expired, report.repaired_local),
+        (0, 1),
+        "{report:?}"
+    );
+    assert!(
+        a.partition(0)
+            .get_record(b"gone")
+            .unwrap()
+            .unwrap()
+            .tombstone
+    );
+}

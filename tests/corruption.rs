@@ -508,7 +508,7 @@ fn a_scrub_in_pages_finds_what_verify_finds_and_quarantines_it() {
     let (mut cursor, mut checked, mut quarantined, mut pages) = (None, 0, 0, 0);
     let mut found = Vec::new();
     loop {
-        let page = a.scrub(cursor.as_ref(), 7).unwrap();
+        let page = a.scrub(cursor.as_ref(), 7, None).unwrap();
         assert!(page.checked <= 7);
         checked += page.checked;
         quarantined += page.quarantined;
@@ -525,7 +525,7 @@ fn a_scrub_in_pages_finds_what_verify_finds_and_quarantines_it() {
     assert_eq!(quarantined, 2);
     assert_eq!(a.get(b"k7").unwrap(), None);
     // A second pass finds nothing left.
-    let again = a.scrub(None, 100).unwrap();
+    let again = a.scrub(None, 100, None).unwrap();
     assert_eq!(
         (again.checked, again.problems.len(), again.next),
         (48, 0, None)

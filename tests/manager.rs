@@ -130,6 +130,25 @@ fn options_out_of_range_are_refused_at_start_and_the_longest_interval_runs() {
             jitter: -0.1,
             ..fast()
         },
+        ManagerOptions {
+            tombstone_grace: Some(Duration::ZERO),
+            ..fast()
+        },
+        ManagerOptions {
+            tombstone_grace: Some(year * 2),
+            ..fast()
+        },
+        // Purging is the scrub's: a grace without it is refused, not ignored.
+        ManagerOptions {
+            tombstone_grace: Some(Duration::from_secs(3600)),
+            scrub_keys_per_sec: None,
+            ..fast()
+        },
+        ManagerOptions {
+            tombstone_grace: Some(Duration::from_secs(3600)),
+            scrub_keys_per_sec: Some(0),
+            ..fast()
+        },
     ];
     for options in refused {
         let shown = format!("{options:?}");
@@ -772,4 +791,50 @@ fn a_drop_waits_for_the_exchange_repairing_the_partition() {
     std::thread::sleep(Duration::from_millis(500));
     a.sync_index().unwrap();
     assert_eq!(a.count_keys(1).unwrap(), 0);
+}
+
+/// Two nodes that purge tombstones after a grace: a delete reaches both, both purge it,
+/// and it stays purged (neither hands it back to the other). Without the exchanges'
+/// grace rule the tombstones bounce: each node's copy restarts the other's grace.
+#[test]
+fn purged_tombstones_stay_purged_on_both_nodes() {
+    let ((_da, a), (_db, b)) = (store(), store());
+    let options = || ManagerOptions {
+        interval: Duration::from_millis(30),
+        scrub_keys_per_sec: Some(5_000),
+        tombstone_grace: Some(Duration::from_millis(300)),
+        ..fast()
+    };
+    // The scrubs pass every second, half a second apart, so a purges each tombstone
+    // about half a second before b does (or after), and exchanges run in between.
+    let on_a = Manager::start(Arc::clone(&a), options()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let on_b = Manager::start(Arc::clone(&b), options()).unwrap();
+    on_a.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0]));
+    on_b.set_peer("a", Arc::new(Arc::clone(&a)), BTreeSet::from([0]));
+    for i in 0..40u32 {
+        a.partition(0).put(&i.to_be_bytes(), b"v").unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(10), || b
+        .count_keys(0)
+        .unwrap()
+        == 40));
+    for i in 0..40u32 {
+        a.partition(0).delete(&i.to_be_bytes()).unwrap();
+    }
+    let empty = |s: &Store| s.count_keys(0).unwrap() == 0;
+    assert!(
+        wait_until(Duration::from_secs(20), || empty(&a) && empty(&b)),
+        "a holds {}, b {}",
+        a.count_keys(0).unwrap(),
+        b.count_keys(0).unwrap()
+    );
+    // A few more graces' worth of exchanges and scrubs: nothing comes back.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(empty(&a) && empty(&b));
+    assert!(roots(&a, &[0])[0].is_zero() && roots(&b, &[0])[0].is_zero());
+    let purged = on_a.status().scrub.purged + on_b.status().scrub.purged;
+    assert!(purged >= 80, "purged {purged}");
+    on_a.stop();
+    on_b.stop();
 }

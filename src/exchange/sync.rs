@@ -54,6 +54,13 @@ pub struct SyncOptions<'a> {
     pub throttle: Option<&'a (dyn Fn(u64, u64) -> bool + Sync)>,
     /// Called after each batch with the report so far (progress for status displays).
     pub progress: Option<&'a (dyn Fn(&SyncReport) + Sync)>,
+    /// For replicas that purge tombstones after this grace: a winning tombstone whose
+    /// version is older than it (versions read as the store's clock, unix ms << 16) is
+    /// not copied to a side that does not hold the key, which may have purged it. Copied
+    /// there, it would start its grace again, and tombstones would bounce between
+    /// replicas that purge at different moments forever. Counted in
+    /// [`SyncReport::expired`]. `None` (the default): every winner is copied.
+    pub tombstone_grace: Option<Duration>,
 }
 
 impl Default for SyncOptions<'_> {
@@ -64,6 +71,7 @@ impl Default for SyncOptions<'_> {
             resolver: &newest_wins,
             throttle: None,
             progress: None,
+            tombstone_grace: None,
         }
     }
 }
@@ -94,6 +102,9 @@ pub struct SyncReport {
     pub corrupt_remote: u64,
     /// Key and value bytes of the repairs sent to either side.
     pub repaired_bytes: u64,
+    /// Tombstones past [`SyncOptions::tombstone_grace`] not copied to a side that does
+    /// not hold their key.
+    pub expired: u64,
 }
 
 /// Diffs one partition and repairs both sides: each differing key gets the record the
@@ -268,6 +279,14 @@ fn repair(
             .then(|| f.remote_record.take())
     })?;
     let (mut to_local, mut to_remote) = (Vec::new(), Vec::new());
+    // Versions at or below this are tombstones a purging replica may have dropped.
+    let expired_below = options.tombstone_grace.map(|grace| {
+        let now = crate::clock::unix_ms() << 16;
+        now.saturating_sub(crate::clock::hlc_span(grace))
+    });
+    let expired = |record: &Record| {
+        record.tombstone && expired_below.is_some_and(|below| record.version < below)
+    };
     for ((f, l), r) in chunk.into_iter().zip(mine).zip(theirs) {
         let d = f.difference;
         let expected_local = d.local.as_ref().map(|e| e.hash);
@@ -281,6 +300,10 @@ fn repair(
         match (options.resolver)(&d.key, l.as_ref(), r.as_ref()) {
             Winner::Local => {
                 if let Some(record) = l {
+                    if d.remote.is_none() && expired(&record) {
+                        report.expired += 1;
+                        continue;
+                    }
                     to_remote.push(Repair {
                         key: d.key,
                         expected: expected_remote,
@@ -290,6 +313,10 @@ fn repair(
             }
             Winner::Remote => {
                 if let Some(record) = r {
+                    if d.local.is_none() && expired(&record) {
+                        report.expired += 1;
+                        continue;
+                    }
                     to_local.push(Repair {
                         key: d.key,
                         expected: expected_local,

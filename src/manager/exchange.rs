@@ -177,10 +177,12 @@ fn sync_one(
         let state = lock(inner);
         state.throttle.batch(&state.options)
     };
+    let tombstone_grace = lock(inner).options.tombstone_grace;
     let options = SyncOptions {
         batch: batch as usize,
         throttle: Some(&throttle),
         progress: Some(&progress),
+        tombstone_grace,
         ..SyncOptions::default()
     };
     sync(inner.store.as_ref(), remote, partition, &options)

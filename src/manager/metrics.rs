@@ -50,6 +50,11 @@ impl Status {
                 "Bad records the background scrub quarantined for an exchange to restore.",
                 self.scrub.quarantined,
             ),
+            (
+                "scrub_purged_tombstones_total",
+                "Tombstones the background scrub purged (held past tombstone_grace).",
+                self.scrub.purged,
+            ),
         ] {
             family(name, "counter", help, vec![(String::new(), value as f64)]);
         }

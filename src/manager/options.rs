@@ -42,6 +42,15 @@ pub struct ManagerOptions {
     /// a good replica. A record costs 0.8 us of one core from sled's cache, 5.5 us cold
     /// (measured on a 1M-key store).
     pub scrub_keys_per_sec: Option<u64>,
+    /// Purge tombstones this long after this node learned of them (default `None`:
+    /// kept until [`Store::purge_tombstones`](crate::Store::purge_tombstones) is
+    /// called). The scrub removes them as it passes them, so this needs the scrub on,
+    /// and exchanges then do not copy a tombstone whose version is older than the grace
+    /// to a replica without the key (see [`SyncOptions::tombstone_grace`](crate::SyncOptions::tombstone_grace)):
+    /// otherwise replicas that purge at different moments would hand it back to each
+    /// other forever. A tombstone must outlive the longest time a replica can go without
+    /// an exchange, or what it deleted can come back from that replica.
+    pub tombstone_grace: Option<Duration>,
 }
 
 /// Foreground writes per second above which repairs yield ([`ManagerOptions::repair_share`]);
@@ -64,6 +73,18 @@ impl ManagerOptions {
                 return Err(Error::InvalidOptions(format!(
                     "{name} ({wait:?}) must be positive and at most 365 days"
                 )));
+            }
+        }
+        if let Some(grace) = self.tombstone_grace {
+            if grace.is_zero() || grace > MAX_INTERVAL {
+                return Err(Error::InvalidOptions(format!(
+                    "tombstone_grace ({grace:?}) must be positive and at most 365 days"
+                )));
+            }
+            if !self.scrub_keys_per_sec.is_some_and(|r| r > 0) {
+                return Err(Error::InvalidOptions(
+                    "tombstone_grace needs the scrub (scrub_keys_per_sec), which purges".into(),
+                ));
             }
         }
         if !(0.0..=1.0).contains(&self.jitter) {
@@ -89,6 +110,7 @@ impl Default for ManagerOptions {
             repair_share: Some(0.1),
             max_partitions: 4096,
             scrub_keys_per_sec: Some(2_000),
+            tombstone_grace: None,
         }
     }
 }

@@ -22,11 +22,11 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// Starts the scrub thread if the options ask for one.
 pub(super) fn start(inner: &Arc<Inner>) -> Result<Option<JoinHandle<()>>> {
-    let rate = {
+    let (rate, grace) = {
         let mut state = lock(inner);
         let rate = state.options.scrub_keys_per_sec.filter(|&r| r > 0);
         state.scrub.keys_per_sec = rate;
-        rate
+        (rate, state.options.tombstone_grace)
     };
     let Some(rate) = rate else {
         return Ok(None);
@@ -34,21 +34,19 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<Option<JoinHandle<()>>> {
     let inner = Arc::clone(inner);
     std::thread::Builder::new()
         .name("scrub".into())
-        .spawn(move || run(&inner, rate))
+        .spawn(move || run(&inner, rate, grace))
         .map(Some)
         .map_err(|e| Error::io("spawn scrub thread", e))
 }
 
-fn run(inner: &Inner, rate: u64) {
+fn run(inner: &Inner, rate: u64, grace: Option<Duration>) {
     let page_keys = (rate / PAGES_PER_SEC).clamp(1, MAX_PAGE);
     let mut cursor = None;
     let mut pass_started = Instant::now();
     loop {
         let started = Instant::now();
-        let result = inner.store.scrub(
-            cursor.as_ref(),
-            usize::try_from(page_keys).unwrap_or(usize::MAX),
-        );
+        let page_len = usize::try_from(page_keys).unwrap_or(usize::MAX);
+        let result = inner.store.scrub(cursor.as_ref(), page_len, grace);
         let wait = {
             let mut state = lock(inner);
             let scrub = &mut state.scrub;
@@ -57,6 +55,7 @@ fn run(inner: &Inner, rate: u64) {
                     scrub.checked += page.checked;
                     scrub.problems += page.problems.len() as u64;
                     scrub.quarantined += page.quarantined;
+                    scrub.purged += page.purged;
                     if let Some(problem) = page.problems.last() {
                         scrub.last_problem = Some(problem.to_string());
                     }

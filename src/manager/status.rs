@@ -107,6 +107,8 @@ pub struct ScrubStatus {
     pub problems: u64,
     pub last_problem: Option<String>,
     pub quarantined: u64,
+    /// Tombstones purged, held longer than `tombstone_grace`.
+    pub purged: u64,
     /// Why the last scrub page failed, if the last one did.
     pub last_error: Option<String>,
 }

@@ -27,17 +27,28 @@ pub struct ScrubPage {
     /// [`Store::quarantine`](crate::Store::quarantine); a record over the size limits
     /// is reported, not moved).
     pub quarantined: u64,
+    /// Tombstones removed, held longer than the scrub's `purge_after`.
+    pub purged: u64,
     /// Where the next page starts; `None` when this page reached the end of the store.
     pub next: Option<ScrubCursor>,
 }
 
+/// A tombstone a page passed, with the header it had.
+pub(crate) struct Tombstone {
+    pub partition: u32,
+    pub key: Vec<u8>,
+    pub header: RecordHeader,
+}
+
 /// Checks up to `max_keys` records of `data` after `from`, as verify checks each one
-/// (see [`Store::scrub`](crate::Store::scrub), which also quarantines what it finds).
+/// (see [`Store::scrub`](crate::Store::scrub), which also quarantines what it finds),
+/// and lists the sound tombstones it passed in `tombstones`.
 pub(crate) fn check_page(
     data: &sled::Tree,
     shape: Shape,
     from: Option<&ScrubCursor>,
     max_keys: usize,
+    tombstones: &mut Vec<Tombstone>,
 ) -> Result<ScrubPage> {
     let max_keys = max_keys.max(1);
     let start = from.map_or(Bound::Unbounded, |c| Bound::Excluded(c.0.clone()));
@@ -54,20 +65,28 @@ pub(crate) fn check_page(
                 kind: ProblemKind::BadDataKey,
             }),
             Some((partition, segment, user_key)) => {
-                let mut found = |kind| {
-                    page.problems.push(Problem {
-                        partition: Some(partition),
-                        segment: Some(segment),
-                        key: Some(user_key.to_vec()),
-                        kind,
-                    })
-                };
+                let mut kinds = Vec::new();
                 match RecordHeader::decode(&record, String::new) {
                     Ok(header) => {
-                        check_record(shape, segment, user_key, &record, &header, &mut found)
+                        check_record(shape, segment, user_key, &record, &header, &mut |k| {
+                            kinds.push(k)
+                        });
+                        if header.tombstone && kinds.is_empty() {
+                            tombstones.push(Tombstone {
+                                partition,
+                                key: user_key.to_vec(),
+                                header,
+                            });
+                        }
                     }
-                    Err(e) => found(ProblemKind::BadRecord(e.to_string())),
+                    Err(e) => kinds.push(ProblemKind::BadRecord(e.to_string())),
                 }
+                page.problems.extend(kinds.into_iter().map(|kind| Problem {
+                    partition: Some(partition),
+                    segment: Some(segment),
+                    key: Some(user_key.to_vec()),
+                    kind,
+                }));
             }
         }
         last = Some(key);

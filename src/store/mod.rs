@@ -18,6 +18,7 @@ pub use records::Records;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::Corruption;
 use crate::error::{Error, Result};
@@ -355,13 +356,29 @@ impl Store {
     /// [`Store::verify`] checks each record (its value against its hash, its header, its
     /// placement, its sizes) and quarantines the bad ones, so the next exchange with a
     /// good replica restores them: a rotten value leaves the index as it was, so without
-    /// this no exchange would ever repair it. Writes go on meanwhile; a record rewritten
+    /// this no exchange would ever repair it. With `purge_after`, it also removes the
+    /// tombstones it passes that this store learned of longer ago than that, as
+    /// [`Store::purge_tombstones`] does. Writes go on meanwhile; a record rewritten
     /// since it was read is left alone. Call it again with the page's `next` until that
     /// is `None` for a full pass; the anti-entropy manager does so at a set rate
     /// ([`ManagerOptions::scrub_keys_per_sec`](crate::ManagerOptions::scrub_keys_per_sec)).
-    pub fn scrub(&self, from: Option<&ScrubCursor>, max_keys: usize) -> Result<ScrubPage> {
-        let mut page = scrub::check_page(&self.index.data, self.index.shape, from, max_keys)?;
+    pub fn scrub(
+        &self,
+        from: Option<&ScrubCursor>,
+        max_keys: usize,
+        purge_after: Option<Duration>,
+    ) -> Result<ScrubPage> {
+        let mut tombstones = Vec::new();
+        let (data, shape) = (&self.index.data, self.index.shape);
+        let mut page = scrub::check_page(data, shape, from, max_keys, &mut tombstones)?;
         page.quarantined = self.quarantine_problems(&page.problems)?;
+        if let Some(grace) = purge_after {
+            let now = crate::clock::unix_ms();
+            for t in &tombstones {
+                let purged = self.purge_if_past(t.partition, &t.key, &t.header, grace, now)?;
+                page.purged += u64::from(purged);
+            }
+        }
         Ok(page)
     }
 

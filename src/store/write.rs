@@ -191,7 +191,6 @@ impl Store {
     /// A tombstone must outlive the longest time a replica can go without a sync, or the
     /// value it deleted can come back from a replica that missed the delete.
     pub fn purge_tombstones(&self, partition: u32, grace: Duration) -> Result<u64> {
-        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         let now = crate::clock::unix_ms();
         let mut purged = 0;
         for item in self.index.data.scan_prefix(partition.to_be_bytes()) {
@@ -202,12 +201,27 @@ impl Store {
             let Ok(h) = RecordHeader::decode(&v, String::new) else {
                 continue;
             };
-            if h.tombstone && h.deleted_ms.saturating_add(grace_ms) <= now {
-                let expected = Some(h.entry_hash(partition, key));
-                purged += u64::from(self.swap(partition, key, expected, None)?);
-            }
+            purged += u64::from(self.purge_if_past(partition, key, &h, grace, now)?);
         }
         Ok(purged)
+    }
+
+    /// Removes the record of `key` if it is (still) the tombstone `header`, learned of
+    /// here more than `grace` before `now` (unix ms). True if removed.
+    pub(crate) fn purge_if_past(
+        &self,
+        partition: u32,
+        key: &[u8],
+        header: &RecordHeader,
+        grace: Duration,
+        now: u64,
+    ) -> Result<bool> {
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        if !header.tombstone || header.deleted_ms.saturating_add(grace_ms) > now {
+            return Ok(false);
+        }
+        let expected = Some(header.entry_hash(partition, key));
+        self.swap(partition, key, expected, None)
     }
 
     pub(crate) fn read(&self, partition: u32, key: &[u8]) -> Result<Option<Record>> {

@@ -50,6 +50,11 @@ pub struct Args {
     /// rotten value is quarantined and the next exchange restores it from a peer.
     #[arg(long, default_value_t = 2000)]
     scrub_keys_per_sec: u64,
+    /// Purge tombstones this long after this node learned of them (e.g. 10d; default:
+    /// never). Needs the scrub, which purges as it passes them. A tombstone must outlive
+    /// the longest time a replica can go without an exchange.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    tombstone_grace: Option<Duration>,
     /// Also serve the manager's status as Prometheus metrics over plain HTTP at
     /// `http://ADDR/metrics` (port 0 picks a free port; the address is printed).
     #[arg(long, value_name = "ADDR")]
@@ -178,6 +183,7 @@ pub fn status_json(status: &Status) -> serde_json::Value {
             "problems": status.scrub.problems,
             "last_problem": status.scrub.last_problem,
             "quarantined": status.scrub.quarantined,
+            "purged": status.scrub.purged,
             "last_error": status.scrub.last_error,
         }),
         "peers": status.peers.iter().map(|p| json!({
@@ -238,6 +244,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             repair_share: (a.repair_share > 0.0).then_some(a.repair_share),
             max_partitions: a.max_partitions,
             scrub_keys_per_sec: Some(a.scrub_keys_per_sec),
+            tombstone_grace: a.tombstone_grace,
             ..ManagerOptions::default()
         },
     )?);
