@@ -484,6 +484,8 @@ fn demo_tells_the_whole_story() {
     assert!(out.contains("joined empty"), "{out}");
     assert!(out.contains("nobody typed `sync`"), "{out}");
     assert!(out.contains("all four nodes are equal"), "{out}");
+    assert!(out.contains("rots on its disk"), "{out}");
+    assert!(out.contains("(1 quarantined) and an exchange"), "{out}");
     assert!(out.contains("in 16 partitions"), "{out}");
     // The nodes' logs go to files, never into the story.
     assert!(!out.contains("merkle-index serve:"), "{out}");

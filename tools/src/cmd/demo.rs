@@ -4,9 +4,12 @@
 //! as a ring would spread them, each running the anti-entropy manager against the others
 //! every second. A coordinator (this process) sends every cart update to all three as
 //! replication messages; a few are lost; node 3 is killed with SIGKILL in the middle of
-//! the writes and restarted (crash recovery); a fourth node joins empty. Nobody types
-//! `sync`: the managers converge every replica.
+//! the writes, a bit of one of its values rots on disk while it is down, and it is
+//! restarted (crash recovery); a fourth node joins empty. Nobody types `sync`: the
+//! managers converge every replica, and node 3's scrub finds the rot so that an exchange
+//! restores the value.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use merkle_index::net::{Client, Key};
-use merkle_index::{merged_root, Hash, Record, Replica};
+use merkle_index::{merged_root, Hash, Lookup, Record, Replica};
 
 use crate::Outcome;
 
@@ -53,6 +56,46 @@ fn partition_list() -> String {
 fn lost_for(node: usize, i: u64) -> bool {
     // A few replication messages never arrive: about 1 in 40 per node.
     (i * 7 + node as u64 * 13).is_multiple_of(40)
+}
+
+/// The cart whose value rots on node `KILLED` while it is down: one whose last update
+/// reached that node before it was killed, so no later write replaces the rotten copy.
+fn rot_victim() -> Option<(u32, Vec<u8>)> {
+    let mut last = BTreeMap::new();
+    for i in 0..UPDATES {
+        let (partition, key, _) = update(i);
+        last.insert(key, (partition, i));
+    }
+    last.into_iter()
+        .find(|(_, (_, i))| *i < UPDATES / 3 && !lost_for(KILLED, *i))
+        .map(|(key, (partition, _))| (partition, key))
+}
+
+/// Flips a bit of the stored value of `key` in a stopped node's store, as a failing disk
+/// might: the record's bytes in sled, laid out as FORMAT.md says (the data key is the
+/// partition and the key's segment, big-endian, then the key; the value ends the record).
+fn rot(store: &Path, segments: u64, partition: u32, key: &[u8]) -> anyhow::Result<()> {
+    let db = sled::open(store.join("sled")).context("open the stopped node's sled")?;
+    let data = db.open_tree("data")?;
+    let mut raw = partition.to_be_bytes().to_vec();
+    raw.extend_from_slice(&merkle_index::segment_of(key, segments).to_be_bytes());
+    raw.extend_from_slice(key);
+    let mut record = data
+        .get(&raw)?
+        .context("the cart is not on the node")?
+        .to_vec();
+    if let Some(last) = record.last_mut() {
+        *last ^= 0x01;
+    }
+    data.insert(raw, record)?;
+    db.flush()?;
+    Ok(())
+}
+
+/// The record of `key` on node `n`, as it answers for it.
+fn lookup(nodes: &Nodes, key: &Key, n: usize, partition: u32, cart: &[u8]) -> Option<Lookup> {
+    let client = Client::connect(&nodes.addr(n), key, Duration::from_secs(5)).ok()?;
+    client.records(partition, &[cart.to_vec()]).ok()?.pop()
 }
 
 fn short(h: Hash) -> String {
@@ -200,6 +243,11 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     outln!(
         "\n1. the coordinator sends {UPDATES} cart updates to every node; about 1 in 40 replication messages is lost"
     );
+    let segments = Client::connect(&nodes.addr(0), &key, Duration::from_secs(5))
+        .and_then(|c| c.shape())?
+        .segments;
+    let victim = rot_victim().context("no cart to rot")?;
+    let cart = String::from_utf8_lossy(&victim.1).into_owned();
     let mut i = 0;
     while i < UPDATES {
         if i == UPDATES / 3 {
@@ -207,6 +255,11 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             outln!(
                 "\n2. node {} was killed (SIGKILL) after update {i}; its messages are lost while it is down",
                 KILLED + 1
+            );
+            let store = nodes.root.join(format!("node-{}", KILLED + 1));
+            rot(&store, segments, victim.0, &victim.1)?;
+            outln!(
+                "   while it is down, a bit of {cart}'s value rots on its disk (its replicas still agree on the key:\n   the index holds the hash stored beside the value, so no exchange would notice)"
             );
         }
         if i == 2 * UPDATES / 3 {
@@ -277,6 +330,34 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         started.elapsed().as_secs_f64()
     );
     show(&now);
+
+    // 6. The rot: node 3's scrub finds it, and an exchange restores the value.
+    let good = lookup(&nodes, &key, 0, victim.0, &victim.1);
+    let restored = loop {
+        let here = lookup(&nodes, &key, KILLED, victim.0, &victim.1);
+        if matches!(here, Some(Lookup::Found(_))) && here == good {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if !restored {
+        bail!(
+            "node {} still has the rotten {cart} after 60 s; logs in {}",
+            KILLED + 1,
+            root.display()
+        );
+    }
+    let client = Client::connect(&nodes.addr(KILLED), &key, Duration::from_secs(5))?;
+    let status: serde_json::Value = serde_json::from_str(&client.status()?)?;
+    outln!(
+        "\n6. node {}'s scrub checked {} records, found the rotten {cart} ({} quarantined) and an exchange\n   restored it from a replica: it reads as on node 1 again",
+        KILLED + 1,
+        status["scrub"]["checked"],
+        status["scrub"]["quarantined"]
+    );
     let mut repaired = 0u64;
     for n in 0..NODES {
         let client = Client::connect(&nodes.addr(n), &key, Duration::from_secs(5))?;
