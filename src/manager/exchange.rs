@@ -104,6 +104,7 @@ fn record(
             entry.refused = report.refused_local.saturating_add(report.refused_remote);
             entry.skipped = report.skipped;
             entry.corrupt = report.corrupt_local.saturating_add(report.corrupt_remote);
+            entry.expired = report.expired;
             entry.bytes = report.diff.payload_bytes + report.repaired_bytes;
             entry.total_repaired_local += report.repaired_local;
             entry.total_repaired_remote += report.repaired_remote;

@@ -149,6 +149,12 @@ impl Status {
             per_partition(&|s| Some(s.corrupt as f64)),
         );
         family(
+            "last_exchange_expired",
+            "gauge",
+            "Tombstones past tombstone_grace the last successful exchange of the partition did not copy to a side without the key.",
+            per_partition(&|s| Some(s.expired as f64)),
+        );
+        family(
             "last_exchange_bytes",
             "gauge",
             "Payload and repair bytes of the last successful exchange of the partition.",

@@ -24,6 +24,9 @@ pub struct PartitionStatus {
     pub skipped: u64,
     /// Records found corrupt on either side (never shipped; `verify` names them).
     pub corrupt: u64,
+    /// Tombstones past `tombstone_grace` it did not copy to a side without the key (a
+    /// difference that stays until the side holding them purges them).
+    pub expired: u64,
     /// Tree and entry payload bytes received, plus repair bytes, in it.
     pub bytes: u64,
     /// Totals over every successful exchange since the manager started.

@@ -209,6 +209,7 @@ pub fn status_json(status: &Status) -> serde_json::Value {
                 "refused": s.refused,
                 "skipped": s.skipped,
                 "corrupt": s.corrupt,
+                "expired": s.expired,
                 "bytes": s.bytes,
                 "total_repaired_local": s.total_repaired_local,
                 "total_repaired_remote": s.total_repaired_remote,
