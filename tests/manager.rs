@@ -138,6 +138,11 @@ fn options_out_of_range_are_refused_at_start_and_the_longest_interval_runs() {
             tombstone_grace: Some(year * 2),
             ..fast()
         },
+        // A tombstone must outlive the time between exchanges.
+        ManagerOptions {
+            tombstone_grace: Some(Duration::from_millis(100)),
+            ..fast()
+        },
         // Purging is the scrub's: a grace without it is refused, not ignored.
         ManagerOptions {
             tombstone_grace: Some(Duration::from_secs(3600)),
@@ -837,4 +842,69 @@ fn purged_tombstones_stay_purged_on_both_nodes() {
     assert!(purged >= 80, "purged {purged}");
     on_a.stop();
     on_b.stop();
+}
+
+/// A peer that can be switched off.
+struct Flaky(Arc<Store>, Arc<std::sync::atomic::AtomicBool>);
+
+impl Peer for Flaky {
+    fn open(&self) -> merkle_index::Result<Box<dyn Replica + Send + '_>> {
+        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(Box::new(&*self.0))
+        } else {
+            Err(Error::Protocol("connection refused (test peer)".into()))
+        }
+    }
+}
+
+/// With a tombstone grace, a peer out of reach for longer than the grace may hold keys
+/// deleted and purged here meanwhile: it is held, not exchanged with, until added again.
+/// A shorter outage changes nothing.
+#[test]
+fn a_peer_gone_longer_than_the_tombstone_grace_is_held_until_added_again() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let ((_da, a), (_db, b)) = (store(), store());
+    let up = Arc::new(AtomicBool::new(true));
+    let options = ManagerOptions {
+        interval: Duration::from_millis(30),
+        tombstone_grace: Some(Duration::from_millis(800)),
+        ..fast()
+    };
+    let manager = Manager::start(Arc::clone(&a), options).unwrap();
+    let peer = || Arc::new(Flaky(Arc::clone(&b), Arc::clone(&up)));
+    manager.set_peer("b", peer(), BTreeSet::from([0]));
+    let synced = |key: &[u8]| a.partition(0).get(key).unwrap().is_some();
+    b.partition(0).put(b"first", b"v").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || synced(b"first")));
+
+    // Away for less than the grace: exchanges resume.
+    up.store(false, SeqCst);
+    std::thread::sleep(Duration::from_millis(200));
+    b.partition(0).put(b"after a short outage", b"v").unwrap();
+    up.store(true, SeqCst);
+    assert!(wait_until(Duration::from_secs(10), || synced(
+        b"after a short outage"
+    )));
+
+    // Away for longer: held.
+    up.store(false, SeqCst);
+    std::thread::sleep(Duration::from_millis(1200));
+    b.partition(0).put(b"after a long outage", b"v").unwrap();
+    up.store(true, SeqCst);
+    let held = || manager.status().peers[0].held;
+    assert!(wait_until(Duration::from_secs(10), held));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!synced(b"after a long outage"));
+    let status = manager.status();
+    let why = status.peers[0].last_error.clone().unwrap_or_default();
+    assert!(why.contains("longer than tombstone_grace"), "{why}");
+
+    // Added again: accepted.
+    manager.remove_peer("b");
+    manager.set_peer("b", peer(), BTreeSet::from([0]));
+    assert!(wait_until(Duration::from_secs(10), || synced(
+        b"after a long outage"
+    )));
+    assert!(!manager.status().peers[0].held);
+    manager.stop();
 }

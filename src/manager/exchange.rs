@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::clock::unix_ms;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exchange::diff::partitions_to_walk;
 use crate::exchange::Replica;
 use crate::sync::{sync, SyncOptions, SyncReport};
@@ -35,6 +35,7 @@ fn sync_partitions(
     partitions: Option<&[u32]>,
 ) -> Result<()> {
     let mut remote = peer.open()?;
+    hold_if_long_gone(inner, name)?;
     let discovered;
     let _adopting;
     let partitions = match partitions {
@@ -71,6 +72,40 @@ fn sync_partitions(
         if failed {
             remote = peer.open()?;
         }
+    }
+    Ok(())
+}
+
+/// Fails the exchange if the peer, reachable again, was out of reach for longer than
+/// the tombstone grace since its last success (and holds it so from then on): this
+/// node may have purged tombstones of keys the peer still holds, and an exchange would
+/// bring them back here. Cassandra asks the same of a node down longer than its
+/// gc_grace: wipe it and let it bootstrap.
+fn hold_if_long_gone(inner: &Inner, name: &str) -> Result<()> {
+    let mut state = lock(inner);
+    let Some(grace) = state.options.tombstone_grace else {
+        return Ok(());
+    };
+    let Some(p) = state.peers.get_mut(name) else {
+        return Ok(());
+    };
+    let away = p
+        .last_success
+        .filter(|_| p.failures > 0)
+        .map(|at| at.elapsed());
+    if let Some(away) = away.filter(|&away| away > grace) {
+        p.held = true;
+        let away = away.as_secs();
+        return Err(Error::InvalidArgument(format!(
+            "held: out of reach for {away} s since its last exchange, longer than tombstone_grace ({} s); \
+             it may hold keys deleted and purged here since. Wipe its store, or remove and add the peer again to accept it",
+            grace.as_secs()
+        )));
+    }
+    if p.held {
+        return Err(Error::InvalidArgument(
+            "held: out of reach for longer than tombstone_grace; remove and add the peer again to accept it".into(),
+        ));
     }
     Ok(())
 }
@@ -138,6 +173,7 @@ fn finish(inner: &Inner, name: &str, failed: Option<String>) {
         } else {
             p.failures = 0;
             p.last_error = None;
+            p.last_success = Some(Instant::now());
             p.due = Instant::now() + options.interval.mul_f64(1.0 + jitter);
         }
     }

@@ -89,6 +89,12 @@ impl Status {
             peers(&|p| f64::from(p.failures)),
         );
         family(
+            "peer_held",
+            "gauge",
+            "1 while the peer is held: out of reach for longer than tombstone_grace, not exchanged with until added again.",
+            peers(&|p| f64::from(u8::from(p.held))),
+        );
+        family(
             "peer_partitions_left_out",
             "gauge",
             "Partitions the peer holds that its last exchange left out (max_partitions).",

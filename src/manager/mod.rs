@@ -63,6 +63,10 @@ struct PeerState {
     last_error: Option<String>,
     left_out: u64,
     due: Instant,
+    /// When its last exchange succeeded (since it was added).
+    last_success: Option<Instant>,
+    /// Away longer than `tombstone_grace`: no exchange until it is added again.
+    held: bool,
 }
 
 struct State {
@@ -172,6 +176,8 @@ impl Manager {
                         last_error: None,
                         left_out: 0,
                         due: Instant::now(),
+                        last_success: None,
+                        held: false,
                     },
                 );
             }
@@ -267,6 +273,7 @@ impl Manager {
                     failures: p.failures,
                     last_error: p.last_error.clone(),
                     left_out: p.left_out,
+                    held: p.held,
                     next_in: p.due.saturating_duration_since(now),
                 })
                 .collect(),

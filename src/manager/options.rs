@@ -49,7 +49,10 @@ pub struct ManagerOptions {
     /// to a replica without the key (see [`SyncOptions::tombstone_grace`](crate::SyncOptions::tombstone_grace)):
     /// otherwise replicas that purge at different moments would hand it back to each
     /// other forever. A tombstone must outlive the longest time a replica can go without
-    /// an exchange, or what it deleted can come back from that replica.
+    /// an exchange, or what it deleted can come back from that replica: so a peer that
+    /// was out of reach for longer than the grace is held, not exchanged with, until it
+    /// is added again ([`PeerStatus::held`](super::PeerStatus::held)). Must be longer
+    /// than `interval`.
     pub tombstone_grace: Option<Duration>,
 }
 
@@ -79,6 +82,12 @@ impl ManagerOptions {
             if grace.is_zero() || grace > MAX_INTERVAL {
                 return Err(Error::InvalidOptions(format!(
                     "tombstone_grace ({grace:?}) must be positive and at most 365 days"
+                )));
+            }
+            if grace <= self.interval {
+                return Err(Error::InvalidOptions(format!(
+                    "tombstone_grace ({grace:?}) must be longer than the interval ({:?}): a tombstone must outlive the time between exchanges",
+                    self.interval
                 )));
             }
             if !self.scrub_keys_per_sec.is_some_and(|r| r > 0) {

@@ -68,6 +68,11 @@ pub struct PeerStatus {
     /// Partitions the peer holds that its last exchange left out: it was given no
     /// partition list, and this node already held [`ManagerOptions::max_partitions`](super::ManagerOptions::max_partitions).
     pub left_out: u64,
+    /// It was out of reach for longer than `tombstone_grace` since its last successful
+    /// exchange, so it may hold keys deleted here and since purged, which an exchange
+    /// would bring back: no exchange runs until the peer is removed and added again
+    /// (after its store was wiped, or knowing what it holds). `last_error` says so.
+    pub held: bool,
     /// Time until its next exchange is due (zero if due or running).
     pub next_in: Duration,
 }

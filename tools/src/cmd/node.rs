@@ -191,6 +191,7 @@ pub fn status_json(status: &Status) -> serde_json::Value {
             "failures": p.failures,
             "last_error": p.last_error,
             "left_out": p.left_out,
+            "held": p.held,
             "next_in_ms": ms(p.next_in),
             "running": p.running.as_ref().map(|r| json!({
                 "partition": r.partition,
