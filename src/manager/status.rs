@@ -70,8 +70,10 @@ pub struct PeerStatus {
     pub left_out: u64,
     /// It was out of reach for longer than `tombstone_grace` since its last successful
     /// exchange, so it may hold keys deleted here and since purged, which an exchange
-    /// would bring back: no exchange runs until the peer is removed and added again
-    /// (after its store was wiped, or knowing what it holds). `last_error` says so.
+    /// would bring back: this node starts no exchange with it until the peer is removed
+    /// and added again (after its store was wiped, or knowing what it holds).
+    /// `last_error` says so. The peer's own manager, restarted, does not know how long
+    /// it was away: a node down longer than the grace must be wiped before it starts.
     pub held: bool,
     /// Time until its next exchange is due (zero if due or running).
     pub next_in: Duration,
