@@ -21,7 +21,7 @@ pub struct ScrubCursor(Vec<u8>);
 pub struct ScrubPage {
     /// Records checked.
     pub checked: u64,
-    /// What was wrong with them (as [`Store::verify`] reports it).
+    /// What was wrong with them (as [`Store::verify`](crate::Store::verify) reports it).
     pub problems: Vec<Problem>,
     /// How many of those records were moved to the quarantine (see
     /// [`Store::quarantine`](crate::Store::quarantine); a record over the size limits
