@@ -20,7 +20,7 @@ pub(super) enum Claim {
 /// [`Manager::drop_partition`] takes: not while the manager stops or the peer is gone,
 /// nor for a partition being dropped, taken off the peer's list since the exchange
 /// began, or given away (unless this node holds it again). One to be repaired is marked
-/// as such until [`record`], so a drop waits for it.
+/// as such until [`release`], so a drop waits for it.
 pub(super) fn claim(inner: &Inner, name: &str, partition: u32, repairs: bool) -> Claim {
     let mut state = lock(inner);
     if state.stopping {
