@@ -103,6 +103,7 @@ impl fmt::Display for Problem {
 /// holds: that its key's placement gives its segment, that key and value are within
 /// today's limits, and that the value matches its stored hash. Calls `found` with each
 /// problem.
+#[inline]
 pub(crate) fn check_record(
     shape: Shape,
     segment: u32,
