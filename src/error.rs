@@ -26,6 +26,12 @@ pub enum Error {
     #[error("the store at {0} is open elsewhere (another process, or opened twice); stop that process or use its handle")]
     InUse(PathBuf),
 
+    /// The store's last successful exchange is older than the tombstone grace: replicas
+    /// may have purged tombstones of keys it still holds, and exchanging would bring
+    /// them back (see [`ManagerOptions::accept_stale`](crate::ManagerOptions::accept_stale)).
+    #[error("this store's last exchange with a peer was {away_secs} s ago, longer than tombstone_grace ({grace_secs} s): its replicas may have purged the tombstones of keys it still holds, and exchanging would bring those keys back. Wipe it and let it bootstrap from its peers, or accept it as it is (ManagerOptions::accept_stale, node --accept-stale-store)")]
+    StaleReplica { away_secs: u64, grace_secs: u64 },
+
     /// The options given to `open` disagree with those the store was created with.
     #[error("options mismatch for {what}: the store was created with {stored}, open asked for {requested}; open with the store's own options or create a new store")]
     OptionsMismatch {

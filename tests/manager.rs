@@ -908,3 +908,51 @@ fn a_peer_gone_longer_than_the_tombstone_grace_is_held_until_added_again() {
     assert!(!manager.status().peers[0].held);
     manager.stop();
 }
+
+/// A store whose last exchange is older than the tombstone grace may bring back keys its
+/// replicas deleted and purged meanwhile: a manager with a grace refuses to start on it
+/// (the time survives a reopen), unless told to accept it. A store never exchanged, or
+/// one exchanged recently, starts.
+#[test]
+fn a_store_away_longer_than_the_tombstone_grace_is_refused_unless_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, b) = store();
+    let options = |accept_stale| ManagerOptions {
+        interval: Duration::from_millis(30),
+        tombstone_grace: Some(Duration::from_millis(600)),
+        accept_stale,
+        ..fast()
+    };
+    let a = Arc::new(Store::open(dir.path(), small_options()).unwrap());
+    assert_eq!(a.last_exchange_unix_ms(), None);
+    let manager = Manager::start(Arc::clone(&a), options(false)).unwrap();
+    manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0]));
+    assert!(wait_until(Duration::from_secs(10), || a
+        .last_exchange_unix_ms()
+        .is_some()));
+    manager.stop();
+    // Restarted at once: fine.
+    Manager::start(Arc::clone(&a), options(false))
+        .unwrap()
+        .stop();
+    // Away for longer than the grace, and reopened.
+    Arc::into_inner(a).unwrap().close().unwrap();
+    std::thread::sleep(Duration::from_millis(900));
+    let a = Arc::new(Store::open(dir.path(), small_options()).unwrap());
+    match Manager::start(Arc::clone(&a), options(false)) {
+        Err(Error::StaleReplica { grace_secs: 0, .. }) => {}
+        Err(e) => panic!("expected StaleReplica, got {e}"),
+        Ok(_) => panic!("a stale store was accepted"),
+    }
+    // Accepted knowingly; its next exchange makes it current again.
+    let manager = Manager::start(Arc::clone(&a), options(true)).unwrap();
+    manager.set_peer("b", Arc::new(Arc::clone(&b)), BTreeSet::from([0]));
+    let before = a.last_exchange_unix_ms().unwrap();
+    assert!(wait_until(Duration::from_secs(10), || a
+        .last_exchange_unix_ms()
+        .is_some_and(|t| t > before)));
+    manager.stop();
+    Manager::start(Arc::clone(&a), options(false))
+        .unwrap()
+        .stop();
+}

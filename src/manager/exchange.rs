@@ -174,6 +174,8 @@ fn finish(inner: &Inner, name: &str, failed: Option<String>) {
             p.failures = 0;
             p.last_error = None;
             p.last_success = Some(Instant::now());
+            // For the next start: how long this store goes without an exchange.
+            let _ = inner.store.set_last_exchange(unix_ms());
             p.due = Instant::now() + options.interval.mul_f64(1.0 + jitter);
         }
     }

@@ -104,6 +104,25 @@ pub struct Manager {
     scrubber: Option<JoinHandle<()>>,
 }
 
+/// Refuses a store whose last exchange is older than the tombstone grace (unless
+/// accepted): its replicas may have purged tombstones of keys it still holds.
+fn check_not_stale(store: &Store, options: &ManagerOptions) -> Result<()> {
+    let (Some(grace), false) = (options.tombstone_grace, options.accept_stale) else {
+        return Ok(());
+    };
+    let Some(last) = store.last_exchange_unix_ms() else {
+        return Ok(());
+    };
+    let away = Duration::from_millis(unix_ms().saturating_sub(last));
+    if away > grace {
+        return Err(Error::StaleReplica {
+            away_secs: away.as_secs(),
+            grace_secs: grace.as_secs(),
+        });
+    }
+    Ok(())
+}
+
 fn lock(inner: &Inner) -> MutexGuard<'_, State> {
     inner.state.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -113,6 +132,7 @@ impl Manager {
     /// [`ManagerOptions`]) or if its thread cannot start.
     pub fn start(store: Arc<Store>, options: ManagerOptions) -> Result<Manager> {
         options.validate()?;
+        check_not_stale(&store, &options)?;
         let inner = Arc::new(Inner {
             store,
             state: Mutex::new(State {

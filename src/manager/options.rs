@@ -54,6 +54,11 @@ pub struct ManagerOptions {
     /// is added again ([`PeerStatus::held`](super::PeerStatus::held)). Must be longer
     /// than `interval`.
     pub tombstone_grace: Option<Duration>,
+    /// Start even if the store's last successful exchange
+    /// ([`Store::last_exchange_unix_ms`](crate::Store::last_exchange_unix_ms)) is older
+    /// than `tombstone_grace` (default false: [`Error::StaleReplica`]). Such a store, back
+    /// after a long time away, may bring back keys its replicas deleted and purged.
+    pub accept_stale: bool,
 }
 
 /// Foreground writes per second above which repairs yield ([`ManagerOptions::repair_share`]);
@@ -120,6 +125,7 @@ impl Default for ManagerOptions {
             max_partitions: 4096,
             scrub_keys_per_sec: Some(2_000),
             tombstone_grace: None,
+            accept_stale: false,
         }
     }
 }

@@ -72,8 +72,8 @@ pub struct PeerStatus {
     /// exchange, so it may hold keys deleted here and since purged, which an exchange
     /// would bring back: this node starts no exchange with it until the peer is removed
     /// and added again (after its store was wiped, or knowing what it holds).
-    /// `last_error` says so. The peer's own manager, restarted, does not know how long
-    /// it was away: a node down longer than the grace must be wiped before it starts.
+    /// `last_error` says so. The peer's own manager, restarted, refuses to start on its
+    /// store for the same reason ([`Error::StaleReplica`](crate::Error::StaleReplica)).
     pub held: bool,
     /// Time until its next exchange is due (zero if due or running).
     pub next_in: Duration,

@@ -23,6 +23,7 @@ const CHECKPOINT: &[u8] = b"checkpoint";
 const REBUILD: &[u8] = b"rebuild";
 const DROPPING: &[u8] = b"dropping";
 const BASE: &[u8] = b"base";
+const EXCHANGED: &[u8] = b"exchanged";
 
 /// Epochs grow by one per checkpoint; a stored epoch at or past this is corrupt (and
 /// would overflow when the next epoch is computed).
@@ -228,6 +229,22 @@ impl Meta {
             Some(e) => self.tree.insert(BASE, &e.to_le_bytes())?,
             None => self.tree.remove(BASE)?,
         };
+        Ok(())
+    }
+
+    /// When the last exchange with a peer succeeded (unix ms), as the manager records it.
+    pub(crate) fn exchanged(&self) -> Result<Option<u64>> {
+        let Some(bytes) = self.tree.get(EXCHANGED)? else {
+            return Ok(None);
+        };
+        Ok(Some(u64::from_le_bytes(fixed::<8>(
+            "meta exchanged",
+            &bytes,
+        )?)))
+    }
+
+    pub(crate) fn set_exchanged(&self, unix_ms: u64) -> Result<()> {
+        self.tree.insert(EXCHANGED, &unix_ms.to_le_bytes())?;
         Ok(())
     }
 

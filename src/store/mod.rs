@@ -264,6 +264,18 @@ impl Store {
             .clone()
     }
 
+    /// When an anti-entropy exchange of this store last succeeded (unix ms), as the
+    /// [`Manager`](crate::Manager) records it (`None`: never, or unreadable). A store
+    /// whose last exchange is older than the replicas' tombstone grace may hold keys
+    /// deleted and purged elsewhere since.
+    pub fn last_exchange_unix_ms(&self) -> Option<u64> {
+        self.index.meta.exchanged().ok().flatten()
+    }
+
+    pub(crate) fn set_last_exchange(&self, unix_ms: u64) -> Result<()> {
+        self.index.meta.set_exchanged(unix_ms)
+    }
+
     /// Heap bytes held by the in-memory trees.
     pub fn index_memory_bytes(&self) -> usize {
         self.index.trees().values().map(|t| t.memory_bytes()).sum()

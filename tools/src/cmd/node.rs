@@ -55,6 +55,10 @@ pub struct Args {
     /// the longest time a replica can go without an exchange.
     #[arg(long, value_parser = humantime::parse_duration)]
     tombstone_grace: Option<Duration>,
+    /// Start even if the store's last exchange is older than --tombstone-grace (it may
+    /// bring back keys its replicas deleted and purged meanwhile; wiping it is safer).
+    #[arg(long)]
+    accept_stale_store: bool,
     /// Also serve the manager's status as Prometheus metrics over plain HTTP at
     /// `http://ADDR/metrics` (port 0 picks a free port; the address is printed).
     #[arg(long, value_name = "ADDR")]
@@ -247,6 +251,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             max_partitions: a.max_partitions,
             scrub_keys_per_sec: Some(a.scrub_keys_per_sec),
             tombstone_grace: a.tombstone_grace,
+            accept_stale: a.accept_stale_store,
             ..ManagerOptions::default()
         },
     )?);
