@@ -615,6 +615,20 @@ fn out_of_range_timeouts_and_intervals_are_refused_clearly() {
         );
         refused(&node, "interval");
     }
+    // A tombstone grace no longer than the interval, or without the scrub that purges.
+    for (flags, what) in [
+        (
+            &["--tombstone-grace", "30s"][..],
+            "must be longer than the interval",
+        ),
+        (
+            &["--tombstone-grace", "10d", "--scrub-keys-per-sec", "0"][..],
+            "needs the scrub",
+        ),
+    ] {
+        let node = exits(bin().args(["node", "--db", db]).args(listen).args(flags));
+        refused(&node, what);
+    }
 
     // Against a good server, the client refuses the deadline before connecting; the
     // server serves the next client as usual.
