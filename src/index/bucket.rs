@@ -281,6 +281,64 @@ mod tests {
         assert!(far.pages(shape()).is_none());
     }
 
+    proptest::proptest! {
+        /// A body that passes its checksum (a bucket sled wrote whole but this store did
+        /// not, or a checksum collision) is still parsed with every range checked: no
+        /// panic, and whatever it accepts lies inside the bucket, in order, non-zero.
+        /// The bodies are valid buckets (pages in and around the bucket's 144..160, a
+        /// few nodes each) with one byte changed or cut, and checksummed again.
+        #[test]
+        fn any_checksummed_body_decodes_inside_its_bucket_or_is_refused(
+            pages in proptest::collection::btree_map(
+                140u32..164,
+                proptest::collection::btree_map(0usize..256, 1u8..=255, 1..6),
+                1..4,
+            ),
+            change in proptest::option::of((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>())),
+            cut in proptest::option::of(proptest::prelude::any::<proptest::sample::Index>()),
+        ) {
+            let held: Vec<(u32, Vec<Hash>)> = pages
+                .iter()
+                .map(|(&page, nodes)| {
+                    let mut dense = vec![Hash::ZERO; 256];
+                    for (&at, &b) in nodes {
+                        dense[at] = value_hash(&[b]);
+                    }
+                    (page, dense)
+                })
+                .collect();
+            let encoded = encode(id(), 256, held.iter().map(|(p, d)| (*p, PageRef::Dense(d)))).unwrap();
+            let mut body = encoded[..encoded.len() - HASH_BYTES].to_vec();
+            if let Some((at, byte)) = change {
+                let at = at.index(body.len());
+                body[at] = byte;
+            }
+            if let Some(cut) = cut {
+                body.truncate(cut.index(body.len()));
+            }
+            let mut bytes = body.clone();
+            bytes.extend_from_slice(&checksum(&id().key(), &body).to_bytes());
+            let mut got = Vec::new();
+            let result = decode(id(), shape(), &bytes, &mut |s, h| got.push((s, h)));
+            let unchanged = body == encoded[..encoded.len() - HASH_BYTES];
+            let inside = pages.keys().all(|p| (144..160).contains(p));
+            if unchanged {
+                proptest::prop_assert_eq!(result.is_ok(), inside);
+            }
+            if result.is_ok() {
+                let (first, count) = id().pages(shape()).unwrap();
+                for pair in got.windows(2) {
+                    proptest::prop_assert!(pair[0].0 < pair[1].0);
+                }
+                for (segment, hash) in got {
+                    let page = u64::from(segment) / 256;
+                    proptest::prop_assert!(page >= first && page < first + count);
+                    proptest::prop_assert_ne!(hash, Hash::ZERO);
+                }
+            }
+        }
+    }
+
     #[test]
     fn spans_follow_density_with_hysteresis() {
         let s = shape();

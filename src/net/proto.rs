@@ -359,6 +359,157 @@ mod tests {
     use super::*;
     use crate::net::channel::decode;
 
+    /// One message of every kind, holding `key` and `value`, encoded, each with the index
+    /// of its type in [`decode_as_anything`]'s answer.
+    fn every_message(key: &[u8], value: &[u8]) -> Vec<(usize, Vec<u8>)> {
+        let record = || WireRecord {
+            version: 3,
+            tombstone: false,
+            value_hash: [7; 16],
+            value: value.to_vec(),
+        };
+        let entry = || WireEntry {
+            key: key.to_vec(),
+            version: 9,
+            tombstone: true,
+            hash: [1; 16],
+        };
+        let requests = [
+            Request::Partitions,
+            Request::Roots(vec![0, 5, u32::MAX]),
+            Request::Children {
+                partition: 1,
+                level: 2,
+                parents: vec![4, 1 << 40],
+            },
+            Request::Records {
+                partition: 1,
+                keys: vec![key.to_vec(), Vec::new()],
+            },
+            Request::Segments {
+                partition: 2,
+                segments: vec![(3, true), (4, false)],
+                after: Some(key.to_vec()),
+            },
+            Request::Apply {
+                partition: 0,
+                repairs: vec![WireRepair {
+                    key: key.to_vec(),
+                    expected: Some([2; 16]),
+                    record: record(),
+                }],
+            },
+            Request::Descend {
+                partition: 0,
+                level: 1,
+                runs: vec![(16, vec![[3; 16]; 3])],
+            },
+            Request::Write {
+                partition: 7,
+                writes: vec![WireWrite {
+                    key: key.to_vec(),
+                    record: record(),
+                }],
+            },
+            Request::Status,
+        ];
+        let responses = [
+            Response::Partitions(vec![1, 2]),
+            Response::Hashes(vec![[5; 16]; 2]),
+            Response::Records(vec![
+                WireLookup::Absent,
+                WireLookup::Found(record()),
+                WireLookup::Corrupt,
+            ]),
+            Response::Segments {
+                lists: vec![
+                    vec![
+                        WireItem::Entry(entry()),
+                        WireItem::Record(key.to_vec(), record()),
+                        WireItem::Corrupt(entry()),
+                    ],
+                    Vec::new(),
+                ],
+                partial: true,
+            },
+            Response::Applied {
+                written: 1,
+                stale: 2,
+                refused: 3,
+            },
+            Response::Descended {
+                covered: 2,
+                nodes: vec![(1, vec![[9; 16]])],
+            },
+            Response::Written(4),
+            Response::Status(String::from_utf8_lossy(value).into_owned()),
+            Response::Error("no".into()),
+        ];
+        let mut out: Vec<(usize, Vec<u8>)> = requests
+            .iter()
+            .map(|r| (0, postcard::to_stdvec(r).unwrap()))
+            .collect();
+        out.extend(
+            responses
+                .iter()
+                .map(|r| (1, postcard::to_stdvec(r).unwrap())),
+        );
+        out.push((
+            2,
+            postcard::to_stdvec(&Hello { protocol: PROTOCOL }).unwrap(),
+        ));
+        out.push((
+            3,
+            postcard::to_stdvec(&Welcome {
+                protocol: PROTOCOL,
+                width: 16,
+                levels: 5,
+            })
+            .unwrap(),
+        ));
+        out
+    }
+
+    /// Decodes `bytes` as every message type; each may fail, none may panic. Says which
+    /// decoded.
+    fn decode_as_anything(bytes: &[u8]) -> [bool; 4] {
+        [
+            decode::<Request>(bytes).is_ok(),
+            decode::<Response>(bytes).is_ok(),
+            decode::<Hello>(bytes).is_ok(),
+            decode::<Welcome>(bytes).is_ok(),
+        ]
+    }
+
+    proptest::proptest! {
+        /// What a hostile or broken peer can put in a frame: random bytes, or a valid
+        /// message of any kind with a byte changed, bytes inserted or the end cut off.
+        /// Every decoder answers with a message or an error, never a panic, and each
+        /// valid message decodes as what it is.
+        #[test]
+        fn decoders_never_panic_on_what_a_peer_sends(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            byte in proptest::prelude::any::<u8>(),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            decode_as_anything(&noise);
+            for (kind, message) in every_message(&key, &value) {
+                proptest::prop_assert!(decode_as_anything(&message)[kind]);
+                let mut changed = message.clone();
+                let i = at.index(changed.len());
+                changed[i] = byte;
+                decode_as_anything(&changed);
+                let mut grown = message.clone();
+                grown.splice(i..i, noise.iter().copied());
+                decode_as_anything(&grown);
+                decode_as_anything(&message[..cut.index(message.len())]);
+            }
+        }
+    }
+
     #[test]
     fn answers_over_their_limits_are_refused_by_the_decoder() {
         let answers = |items: usize, segments: usize, nodes: usize| {
