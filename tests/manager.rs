@@ -909,6 +909,65 @@ fn a_peer_gone_longer_than_the_tombstone_grace_is_held_until_added_again() {
     manager.stop();
 }
 
+/// The hold survives a restart of this node: a peer out of reach since before the
+/// restart, for longer than the grace in all, is held when it is back (the store records
+/// each peer's last exchange). Removed and added again, it is accepted.
+#[test]
+fn a_peer_gone_longer_than_the_tombstone_grace_is_held_across_a_restart() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, b) = store();
+    let up = Arc::new(AtomicBool::new(true));
+    let options = || ManagerOptions {
+        interval: Duration::from_millis(30),
+        tombstone_grace: Some(Duration::from_millis(800)),
+        ..fast()
+    };
+    let peer = || Arc::new(Flaky(Arc::clone(&b), Arc::clone(&up)));
+    let a = Arc::new(Store::open(dir.path(), small_options()).unwrap());
+    let manager = Manager::start(Arc::clone(&a), options()).unwrap();
+    manager.set_peer("b", peer(), BTreeSet::from([0]));
+    b.partition(0).put(b"first", b"v").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || a
+        .partition(0)
+        .get(b"first")
+        .unwrap()
+        .is_some()));
+    let reached = a.peer_last_exchange_unix_ms("b").unwrap();
+
+    // b goes away; this node restarts soon after, within the grace, while b is away.
+    up.store(false, SeqCst);
+    manager.stop();
+    Arc::into_inner(a).unwrap().close().unwrap();
+    let a = Arc::new(Store::open(dir.path(), small_options()).unwrap());
+    assert_eq!(a.peer_last_exchange_unix_ms("b"), Some(reached));
+    let manager = Manager::start(Arc::clone(&a), options()).unwrap();
+    manager.set_peer("b", peer(), BTreeSet::from([0]));
+    std::thread::sleep(Duration::from_millis(1200));
+    b.partition(0).put(b"after a long outage", b"v").unwrap();
+    up.store(true, SeqCst);
+    let synced = || {
+        a.partition(0)
+            .get(b"after a long outage")
+            .unwrap()
+            .is_some()
+    };
+    assert!(wait_until(Duration::from_secs(10), || manager
+        .status()
+        .peers[0]
+        .held));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!synced());
+
+    // Added again: accepted, and its record starts afresh.
+    manager.remove_peer("b");
+    assert_eq!(a.peer_last_exchange_unix_ms("b"), None);
+    manager.set_peer("b", peer(), BTreeSet::from([0]));
+    assert!(wait_until(Duration::from_secs(10), synced));
+    assert!(a.peer_last_exchange_unix_ms("b").unwrap() > reached);
+    manager.stop();
+}
+
 /// A store whose last exchange is older than the tombstone grace may bring back keys its
 /// replicas deleted and purged meanwhile: a manager with a grace refuses to start on it
 /// (the time survives a reopen), unless told to accept it. A store never exchanged, or

@@ -86,13 +86,20 @@ fn hold_if_long_gone(inner: &Inner, name: &str) -> Result<()> {
     let Some(grace) = state.options.tombstone_grace else {
         return Ok(());
     };
+    let accept_stale = state.options.accept_stale;
     let Some(p) = state.peers.get_mut(name) else {
         return Ok(());
     };
-    let away = p
-        .last_success
-        .filter(|_| p.failures > 0)
-        .map(|at| at.elapsed());
+    let away = match p.last_success {
+        Some(at) => (p.failures > 0).then(|| at.elapsed()),
+        // Not exchanged with since this manager started (or the peer was added): away
+        // since the store's record of its last exchange, unless this node was started
+        // knowing it is stale itself (then every peer is newer than it).
+        None => p
+            .recorded_success_unix_ms
+            .filter(|_| !accept_stale)
+            .map(|ms| Duration::from_millis(unix_ms().saturating_sub(ms))),
+    };
     if let Some(away) = away.filter(|&away| away > grace) {
         p.held = true;
         let away = away.as_secs();
@@ -174,8 +181,11 @@ fn finish(inner: &Inner, name: &str, failed: Option<String>) {
             p.failures = 0;
             p.last_error = None;
             p.last_success = Some(Instant::now());
-            // For the next start: how long this store goes without an exchange.
-            let _ = inner.store.set_last_exchange(unix_ms());
+            // For the next start: how long this store, and this peer, go without an
+            // exchange.
+            let now = unix_ms();
+            let _ = inner.store.set_last_exchange(now);
+            let _ = inner.store.set_peer_last_exchange(name, Some(now));
             p.due = Instant::now() + options.interval.mul_f64(1.0 + jitter);
         }
     }

@@ -65,6 +65,10 @@ struct PeerState {
     due: Instant,
     /// When its last exchange succeeded (since it was added).
     last_success: Option<Instant>,
+    /// When its last exchange succeeded as the store recorded it when the peer was
+    /// added here (before this manager started, or before the peer was last removed:
+    /// see [`Manager::remove_peer`]).
+    recorded_success_unix_ms: Option<u64>,
     /// Away longer than `tombstone_grace`: no exchange until it is added again.
     held: bool,
 }
@@ -185,6 +189,7 @@ impl Manager {
                 p.partitions = partitions;
             }
             None => {
+                let recorded_success_unix_ms = self.inner.store.peer_last_exchange_unix_ms(name);
                 state.peers.insert(
                     name.to_string(),
                     PeerState {
@@ -197,6 +202,7 @@ impl Manager {
                         left_out: 0,
                         due: Instant::now(),
                         last_success: None,
+                        recorded_success_unix_ms,
                         held: false,
                     },
                 );
@@ -235,9 +241,14 @@ impl Manager {
         dropped
     }
 
-    /// Forgets a peer (an exchange running with it finishes first).
+    /// Forgets a peer (an exchange running with it finishes first), and the store's
+    /// record of its last exchange: added again, it starts afresh, so this is how a
+    /// peer held past the tombstone grace ([`PeerStatus::held`]) is accepted.
     pub fn remove_peer(&self, name: &str) {
-        lock(&self.inner).peers.remove(name);
+        let mut state = lock(&self.inner);
+        state.peers.remove(name);
+        // Under the lock, so a `set_peer` that follows reads the record gone.
+        let _ = self.inner.store.set_peer_last_exchange(name, None);
     }
 
     /// Makes the next exchange with `peer` (every peer, with `None`) due now.

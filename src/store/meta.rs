@@ -8,6 +8,8 @@
 //! "rebuild"    reason (UTF-8), present until a full checkpoint persists a rebuilt index
 //! "dropping"   partition u32 LE, repeated: drops begun and not yet finished
 //! "base"       epoch u64 LE                             the snapshot crash recovery starts from
+//! "exchanged"  unix ms u64 LE                           the last exchange with any peer
+//! "peer/" name unix ms u64 LE                           the last exchange with that peer
 //! ```
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
@@ -24,6 +26,7 @@ const REBUILD: &[u8] = b"rebuild";
 const DROPPING: &[u8] = b"dropping";
 const BASE: &[u8] = b"base";
 const EXCHANGED: &[u8] = b"exchanged";
+const PEER: &[u8] = b"peer/";
 
 /// Epochs grow by one per checkpoint; a stored epoch at or past this is corrupt (and
 /// would overflow when the next epoch is computed).
@@ -248,6 +251,23 @@ impl Meta {
         Ok(())
     }
 
+    /// When the last exchange with the peer `name` succeeded (unix ms), as the manager
+    /// records it; a value of another length reads as absent (it only ever holds a peer
+    /// back, so a damaged one must not stop the node).
+    pub(crate) fn peer_exchanged(&self, name: &str) -> Result<Option<u64>> {
+        let bytes = self.tree.get(peer_key(name))?;
+        Ok(bytes.and_then(|b| fixed::<8>("meta peer", &b).ok().map(u64::from_le_bytes)))
+    }
+
+    /// Records the last exchange with `name`, or forgets it (`None`).
+    pub(crate) fn set_peer_exchanged(&self, name: &str, unix_ms: Option<u64>) -> Result<()> {
+        match unix_ms {
+            Some(ms) => self.tree.insert(peer_key(name), &ms.to_le_bytes())?,
+            None => self.tree.remove(peer_key(name))?,
+        };
+        Ok(())
+    }
+
     pub(crate) fn checkpoint(&self) -> Result<Option<CheckpointInfo>> {
         let Some(bytes) = self.tree.get(CHECKPOINT)? else {
             return Ok(None);
@@ -278,6 +298,10 @@ impl Meta {
 }
 
 /// Damaged `format` or `shape` leaves the store unable to place keys: say what to do.
+fn peer_key(name: &str) -> Vec<u8> {
+    [PEER, name.as_bytes()].concat()
+}
+
 fn damaged(e: Error) -> Error {
     Error::NotAStore {
         path: "meta tree".into(),

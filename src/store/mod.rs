@@ -276,6 +276,18 @@ impl Store {
         self.index.meta.set_exchanged(unix_ms)
     }
 
+    /// When an exchange with the peer `name` last succeeded (unix ms), as the
+    /// [`Manager`](crate::Manager) records it (`None`: never since it was added, or
+    /// unreadable). Survives restarts, so a manager started again still knows a peer
+    /// that has been out of reach since.
+    pub fn peer_last_exchange_unix_ms(&self, name: &str) -> Option<u64> {
+        self.index.meta.peer_exchanged(name).ok().flatten()
+    }
+
+    pub(crate) fn set_peer_last_exchange(&self, name: &str, unix_ms: Option<u64>) -> Result<()> {
+        self.index.meta.set_peer_exchanged(name, unix_ms)
+    }
+
     /// Heap bytes held by the in-memory trees.
     pub fn index_memory_bytes(&self) -> usize {
         self.index.trees().values().map(|t| t.memory_bytes()).sum()

@@ -625,6 +625,11 @@ fn out_of_range_timeouts_and_intervals_are_refused_clearly() {
             &["--tombstone-grace", "10d", "--scrub-keys-per-sec", "0"][..],
             "needs the scrub",
         ),
+        // Accepting a peer that is not one.
+        (
+            &["--peer", "127.0.0.1:9", "--accept-peer", "127.0.0.1:10"][..],
+            "--accept-peer 127.0.0.1:10: not one of the --peer addresses",
+        ),
     ] {
         let node = exits(bin().args(["node", "--db", db]).args(listen).args(flags));
         refused(&node, what);

@@ -59,6 +59,11 @@ pub struct Args {
     /// bring back keys its replicas deleted and purged meanwhile; wiping it is safer).
     #[arg(long)]
     accept_stale_store: bool,
+    /// Exchange with this --peer even if it is held: out of reach for longer than
+    /// --tombstone-grace, by this node's record, which survives restarts (it may bring
+    /// back keys deleted and purged here meanwhile; wiping it is safer). Repeatable.
+    #[arg(long = "accept-peer", value_name = "ADDR")]
+    accept_peers: Vec<String>,
     /// Also serve the manager's status as Prometheus metrics over plain HTTP at
     /// `http://ADDR/metrics` (port 0 picks a free port; the address is printed).
     #[arg(long, value_name = "ADDR")]
@@ -232,6 +237,13 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         .iter()
         .map(|p| parse_peer(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(unknown) = a
+        .accept_peers
+        .iter()
+        .find(|addr| !peers.iter().any(|(peer, _)| peer == *addr))
+    {
+        bail!("--accept-peer {unknown}: not one of the --peer addresses");
+    }
     let store = Arc::new(super::open_or_create(
         &a.db,
         merkle_index::Options::default(),
@@ -256,6 +268,9 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         },
     )?);
     for (peer_addr, partitions) in peers {
+        if a.accept_peers.contains(&peer_addr) {
+            manager.remove_peer(&peer_addr); // forgets its last exchange: not held
+        }
         let peer = NetPeer {
             addr: peer_addr.clone(),
             key: key.clone(),
