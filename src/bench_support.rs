@@ -1,4 +1,5 @@
-//! The in-memory tree, exposed for the index benchmark only (not a stable API).
+//! Internals exposed to this crate's own benches, examples and tests (not a stable API):
+//! the in-memory tree, a snapshot load, and the wall clock's offset.
 
 use crate::options::Shape;
 use crate::tree::Tree;
@@ -50,4 +51,11 @@ impl LoadedTrees {
     pub fn partitions(&self) -> usize {
         self.0.len()
     }
+}
+
+/// Moves this process's wall clock as the stores read it (for versions, deletion times
+/// and purges) by `ms` from the real one: forward if positive, back if negative.
+/// Process-wide, so a test that moves it must be alone in its test binary.
+pub fn set_wall_clock_offset_ms(ms: i64) {
+    crate::clock::WALL_OFFSET_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
 }

@@ -27,7 +27,7 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
-/// Internals exposed to the benches (cargo feature `test-hooks` only).
+/// Internals exposed to the benches and tests (cargo feature `test-hooks` only).
 #[cfg(feature = "test-hooks")]
 pub mod bench_support;
 mod error;

@@ -10,7 +10,8 @@
 //! clock saturates and new writes can no longer win over old ones.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 
@@ -21,10 +22,52 @@ pub(crate) struct Clock {
 }
 
 pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
+    let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    #[cfg(feature = "test-hooks")]
+    let ms = ms.saturating_add_signed(WALL_OFFSET_MS.load(Ordering::Relaxed));
+    ms
+}
+
+/// Test hook: milliseconds added to this process's wall clock, as if it had been set
+/// forward (or back) by that much.
+#[cfg(feature = "test-hooks")]
+pub(crate) static WALL_OFFSET_MS: std::sync::atomic::AtomicI64 =
+    std::sync::atomic::AtomicI64::new(0);
+
+/// How far the wall clock may stray from [`steady_unix_ms`] before tombstones' times
+/// stop following it (NTP's steps are far smaller).
+const JUMP_SLACK_MS: u64 = 60_000;
+
+/// The wall clock's reading when this process first asked (the first store it opened
+/// does), advanced by the time that really passed since (a monotonic clock): wall time
+/// that no later setting of the wall clock moves.
+pub(crate) fn steady_unix_ms() -> u64 {
+    static ANCHOR: OnceLock<(u64, Instant)> = OnceLock::new();
+    let (wall, at) = ANCHOR.get_or_init(|| (unix_ms(), Instant::now()));
+    let passed = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+    wall.saturating_add(passed)
+}
+
+/// When a tombstone made now is deleted, for its grace: the wall clock, but never more
+/// than [`JUMP_SLACK_MS`] behind [`steady_unix_ms`]. A wall clock set back would
+/// otherwise stamp tombstones as older than they are, and once set right they would
+/// look past their grace early. (Set forward, it stamps them later: purges wait.)
+pub(crate) fn deletion_unix_ms() -> u64 {
+    unix_ms().max(steady_unix_ms().saturating_sub(JUMP_SLACK_MS))
+}
+
+/// Now, for a tombstone's age before it is purged: the wall clock, but never more than
+/// [`JUMP_SLACK_MS`] ahead of [`steady_unix_ms`]. A wall clock set forward (by hand, or
+/// by a bad time source) would otherwise make every tombstone look past its grace at
+/// once, and the values they deleted could come back from a replica that missed the
+/// deletes. (Set back, it makes them look younger: purges wait.) Both guards take the
+/// wall clock at this process's start as right; one wrong across a restart is the
+/// stale-store check's business.
+pub(crate) fn purge_unix_ms() -> u64 {
+    unix_ms().min(steady_unix_ms().saturating_add(JUMP_SLACK_MS))
 }
 
 /// A duration in HLC units (`ms << 16`), saturating.

@@ -27,6 +27,9 @@ impl Store {
     pub(super) fn open_inner(dir: &Path, mut options: Options, adopt_shape: bool) -> Result<Store> {
         options.validate()?;
         let created_dirs = prepare_dir(dir, &options)?;
+        // Anchors the wall clock that tombstones' times follow (the first open does):
+        // one set forward or back from here on cannot hasten a purge.
+        crate::clock::steady_unix_ms();
         let db = open_sled(dir, &options)?;
         // A new store's directory entries (its own, its parents' if they were made, and
         // sled's) must survive power loss before the first flush returns.

@@ -10,7 +10,7 @@
 //! they are still read, and opening such a store rewrites its tombstones once.
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use crate::clock::unix_ms;
+use crate::clock::deletion_unix_ms;
 use crate::error::{Corruption, Error};
 use crate::hash::{entry_hash, value_hash, Hash, HASH_BYTES};
 
@@ -93,7 +93,11 @@ impl Record {
             version: self.version,
             tombstone: self.tombstone,
             value_hash: self.value_hash,
-            deleted_ms: if self.tombstone { unix_ms() } else { 0 },
+            deleted_ms: if self.tombstone {
+                deletion_unix_ms()
+            } else {
+                0
+            },
             len: 0,
         }
     }
@@ -143,7 +147,7 @@ impl RecordHeader {
             version,
             tombstone,
             value_hash: value_hash(value),
-            deleted_ms: if tombstone { unix_ms() } else { 0 },
+            deleted_ms: if tombstone { deletion_unix_ms() } else { 0 },
             len: 0,
         }
     }

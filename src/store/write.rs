@@ -186,12 +186,13 @@ impl Store {
 
     /// Removes tombstones of `partition` that this store learned of (by a local delete
     /// or a repair) more than `grace` ago by its own wall clock, whatever their
-    /// versions. Returns how many.
+    /// versions. Returns how many. A wall clock set forward while the store is open
+    /// counts only up to a minute: ages run at most as fast as real time since open.
     ///
     /// A tombstone must outlive the longest time a replica can go without a sync, or the
     /// value it deleted can come back from a replica that missed the delete.
     pub fn purge_tombstones(&self, partition: u32, grace: Duration) -> Result<u64> {
-        let now = crate::clock::unix_ms();
+        let now = crate::clock::purge_unix_ms();
         let mut purged = 0;
         for item in self.index.data.scan_prefix(partition.to_be_bytes()) {
             let (k, v) = item?;
