@@ -4,12 +4,22 @@
 //! most as fast as real time since open (the scrub's purges and `purge_tombstones`
 //! alike); set back, purges wait, never hasten.
 //!
-//! Alone in its binary: the wall clock's offset is process-wide.
+//! The same holds for the time a peer has been away: set back, the wall clock does not
+//! let a peer away longer than the grace back in.
+//!
+//! Alone in its binary: the wall clock's offset is process-wide, so the tests here take
+//! turns.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use merkle_index::bench_support::set_wall_clock_offset_ms;
-use merkle_index::{Options, Store};
+use merkle_index::{Error, Manager, ManagerOptions, Options, Peer, Replica, Store};
+
+/// Held by each test while it moves the clock.
+static CLOCK: Mutex<()> = Mutex::new(());
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
@@ -26,6 +36,7 @@ fn scrub_purges(store: &Store, grace: Duration) -> u64 {
 
 #[test]
 fn a_wall_clock_set_forward_or_back_does_not_hasten_purges() {
+    let _turn = CLOCK.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), Options::default()).unwrap();
     let hour = Duration::from_secs(3600);
@@ -52,4 +63,80 @@ fn a_wall_clock_set_forward_or_back_does_not_hasten_purges() {
     assert_eq!(store.purge_tombstones(0, hour).unwrap(), 0);
     assert_eq!(store.count_keys(0).unwrap(), 10);
     store.close().unwrap();
+}
+
+/// A peer that can be switched off.
+struct Flaky(Arc<Store>, Arc<AtomicBool>);
+
+impl Peer for Flaky {
+    fn open(&self) -> merkle_index::Result<Box<dyn Replica + Send + '_>> {
+        if self.1.load(SeqCst) {
+            Ok(Box::new(&*self.0))
+        } else {
+            Err(Error::Protocol("connection refused (test peer)".into()))
+        }
+    }
+}
+
+#[test]
+fn a_wall_clock_set_back_does_not_let_a_long_gone_peer_in() {
+    let _turn = CLOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [a, b, c] =
+        [0, 1, 2].map(|i| Arc::new(Store::open(dirs[i].path(), Options::default()).unwrap()));
+    let up = Arc::new(AtomicBool::new(true));
+    let options = || ManagerOptions {
+        interval: Duration::from_millis(30),
+        backoff: Duration::from_millis(50),
+        tombstone_grace: Some(Duration::from_millis(800)),
+        ..ManagerOptions::default()
+    };
+    let start = || {
+        let manager = Manager::start(Arc::clone(&a), options()).unwrap();
+        manager.set_peer(
+            "b",
+            Arc::new(Flaky(Arc::clone(&b), Arc::clone(&up))),
+            BTreeSet::from([0]),
+        );
+        manager.set_peer("c", Arc::new(Arc::clone(&c)), BTreeSet::from([0]));
+        manager
+    };
+    let wait = |done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        done()
+    };
+
+    // b was last reached two minutes ago (longer than the grace and the clocks' slack of
+    // a minute): its record is written with the clock two minutes back. c stays in
+    // reach, so this store is not stale itself.
+    set_wall_clock_offset_ms(-120_000);
+    let manager = start();
+    assert!(wait(&|| a.peer_last_exchange_unix_ms("b").is_some()));
+    up.store(false, SeqCst);
+    set_wall_clock_offset_ms(0);
+    // c's next exchange records this store's last exchange at the right time.
+    let right = a.last_exchange_unix_ms().unwrap() + 100_000;
+    assert!(wait(&|| a
+        .last_exchange_unix_ms()
+        .is_some_and(|t| t > right)));
+
+    // This node's manager restarts (it measures b's absence from the store's record),
+    // and the wall clock is set back a day. b is back at once: by the wall clock it was
+    // never away.
+    manager.stop();
+    set_wall_clock_offset_ms(-DAY_MS);
+    let manager = start();
+    up.store(true, SeqCst);
+    let held = |name: &str| {
+        let status = manager.status();
+        status.peers.iter().any(|p| p.name == name && p.held)
+    };
+    let b_held = wait(&|| held("b"));
+    set_wall_clock_offset_ms(0);
+    assert!(b_held);
+    assert!(!held("c"));
+    manager.stop();
 }

@@ -281,7 +281,7 @@ fn repair(
     let (mut to_local, mut to_remote) = (Vec::new(), Vec::new());
     // Versions at or below this are tombstones a purging replica may have dropped.
     let expired_below = options.tombstone_grace.map(|grace| {
-        let now = crate::clock::purge_unix_ms() << 16;
+        let now = crate::clock::unix_ms_not_ahead() << 16;
         now.saturating_sub(crate::clock::hlc_span(grace))
     });
     let expired = |record: &Record| {

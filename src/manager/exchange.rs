@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::clock::unix_ms;
+use crate::clock::{unix_ms, unix_ms_not_behind};
 use crate::error::{Error, Result};
 use crate::exchange::diff::partitions_to_walk;
 use crate::exchange::Replica;
@@ -98,7 +98,7 @@ fn hold_if_long_gone(inner: &Inner, name: &str) -> Result<()> {
         None => p
             .recorded_success_unix_ms
             .filter(|_| !accept_stale)
-            .map(|ms| Duration::from_millis(unix_ms().saturating_sub(ms))),
+            .map(|ms| Duration::from_millis(unix_ms_not_behind().saturating_sub(ms))),
     };
     if let Some(away) = away.filter(|&away| away > grace) {
         p.held = true;

@@ -31,7 +31,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::clock::unix_ms;
+use crate::clock::{unix_ms, unix_ms_not_behind};
 use crate::error::{Error, Result};
 use crate::exchange::Replica;
 use crate::store::Store;
@@ -117,7 +117,7 @@ fn check_not_stale(store: &Store, options: &ManagerOptions) -> Result<()> {
     let Some(last) = store.last_exchange_unix_ms() else {
         return Ok(());
     };
-    let away = Duration::from_millis(unix_ms().saturating_sub(last));
+    let away = Duration::from_millis(unix_ms_not_behind().saturating_sub(last));
     if away > grace {
         return Err(Error::StaleReplica {
             away_secs: away.as_secs(),

@@ -10,7 +10,7 @@
 //! full checkpoint of the rebuilt index. The migration is idempotent: a crash part-way
 //! leaves `format = 1` (or the rebuild request) and the next open finishes it.
 
-use crate::clock::deletion_unix_ms;
+use crate::clock::unix_ms_not_behind;
 use crate::error::Result;
 use crate::meta::Meta;
 use crate::record::RecordHeader;
@@ -20,7 +20,7 @@ use crate::FORMAT_VERSION;
 const BATCH: usize = 10_000;
 
 pub(crate) fn to_current(db: &sled::Db, data: &sled::Tree, meta: &Meta) -> Result<u64> {
-    let now = deletion_unix_ms();
+    let now = unix_ms_not_behind();
     let mut batch = sled::Batch::default();
     let (mut queued, mut rewritten) = (0u64, 0u64);
     for item in data.iter() {

@@ -37,8 +37,8 @@ pub(crate) fn unix_ms() -> u64 {
 pub(crate) static WALL_OFFSET_MS: std::sync::atomic::AtomicI64 =
     std::sync::atomic::AtomicI64::new(0);
 
-/// How far the wall clock may stray from [`steady_unix_ms`] before tombstones' times
-/// stop following it (NTP's steps are far smaller).
+/// How far the wall clock may stray from [`steady_unix_ms`] before the times below stop
+/// following it (NTP's steps are far smaller).
 const JUMP_SLACK_MS: u64 = 60_000;
 
 /// The wall clock's reading when this process first asked (the first store it opened
@@ -51,22 +51,24 @@ pub(crate) fn steady_unix_ms() -> u64 {
     wall.saturating_add(passed)
 }
 
-/// When a tombstone made now is deleted, for its grace: the wall clock, but never more
-/// than [`JUMP_SLACK_MS`] behind [`steady_unix_ms`]. A wall clock set back would
-/// otherwise stamp tombstones as older than they are, and once set right they would
-/// look past their grace early. (Set forward, it stamps them later: purges wait.)
-pub(crate) fn deletion_unix_ms() -> u64 {
+/// The wall clock, but never more than [`JUMP_SLACK_MS`] behind [`steady_unix_ms`]: for
+/// times whose age must not be overstated later, nor a time since them understated now
+/// (a tombstone's deletion time; how long a peer or this store has gone without an
+/// exchange). A wall clock set back would otherwise stamp tombstones older than they
+/// are, so that once it is set right they look past their grace early.
+pub(crate) fn unix_ms_not_behind() -> u64 {
     unix_ms().max(steady_unix_ms().saturating_sub(JUMP_SLACK_MS))
 }
 
-/// Now, for a tombstone's age before it is purged: the wall clock, but never more than
-/// [`JUMP_SLACK_MS`] ahead of [`steady_unix_ms`]. A wall clock set forward (by hand, or
-/// by a bad time source) would otherwise make every tombstone look past its grace at
-/// once, and the values they deleted could come back from a replica that missed the
-/// deletes. (Set back, it makes them look younger: purges wait.) Both guards take the
-/// wall clock at this process's start as right; one wrong across a restart is the
-/// stale-store check's business.
-pub(crate) fn purge_unix_ms() -> u64 {
+/// The wall clock, but never more than [`JUMP_SLACK_MS`] ahead of [`steady_unix_ms`]:
+/// for a tombstone's age before it is purged. A wall clock set forward (by hand, or by
+/// a bad time source) would otherwise make every tombstone look past its grace at once,
+/// and the values they deleted could come back from a replica that missed the deletes.
+///
+/// Between the two, a wall clock set forward or back while the process runs delays
+/// purges but never hastens them. Both take the wall clock at the process's start as
+/// right: one wrong across a restart is the stale-store check's business.
+pub(crate) fn unix_ms_not_ahead() -> u64 {
     unix_ms().min(steady_unix_ms().saturating_add(JUMP_SLACK_MS))
 }
 

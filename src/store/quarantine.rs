@@ -105,7 +105,7 @@ impl Store {
         let mut page = scrub::check_page(data, shape, from, max_keys, &mut tombstones)?;
         page.quarantined = self.quarantine_problems(&page.problems)?;
         if let Some(grace) = purge_after {
-            let now = crate::clock::purge_unix_ms();
+            let now = crate::clock::unix_ms_not_ahead();
             for t in &tombstones {
                 let purged = self.purge_if_past(t.partition, &t.key, &t.header, grace, now)?;
                 page.purged += u64::from(purged);

@@ -10,7 +10,7 @@
 //! they are still read, and opening such a store rewrites its tombstones once.
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use crate::clock::deletion_unix_ms;
+use crate::clock::unix_ms_not_behind;
 use crate::error::{Corruption, Error};
 use crate::hash::{entry_hash, value_hash, Hash, HASH_BYTES};
 
@@ -94,7 +94,7 @@ impl Record {
             tombstone: self.tombstone,
             value_hash: self.value_hash,
             deleted_ms: if self.tombstone {
-                deletion_unix_ms()
+                unix_ms_not_behind()
             } else {
                 0
             },
@@ -147,7 +147,7 @@ impl RecordHeader {
             version,
             tombstone,
             value_hash: value_hash(value),
-            deleted_ms: if tombstone { deletion_unix_ms() } else { 0 },
+            deleted_ms: if tombstone { unix_ms_not_behind() } else { 0 },
             len: 0,
         }
     }

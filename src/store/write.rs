@@ -192,7 +192,7 @@ impl Store {
     /// A tombstone must outlive the longest time a replica can go without a sync, or the
     /// value it deleted can come back from a replica that missed the delete.
     pub fn purge_tombstones(&self, partition: u32, grace: Duration) -> Result<u64> {
-        let now = crate::clock::purge_unix_ms();
+        let now = crate::clock::unix_ms_not_ahead();
         let mut purged = 0;
         for item in self.index.data.scan_prefix(partition.to_be_bytes()) {
             let (k, v) = item?;
