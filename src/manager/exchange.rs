@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::clock::{unix_ms, unix_ms_not_behind};
+use crate::clock::{unix_ms, unix_ms_not_ahead, unix_ms_not_behind};
 use crate::error::{Error, Result};
 use crate::exchange::diff::partitions_to_walk;
 use crate::exchange::Replica;
@@ -183,7 +183,7 @@ fn finish(inner: &Inner, name: &str, failed: Option<String>) {
             p.last_success = Some(Instant::now());
             // For the next start: how long this store, and this peer, go without an
             // exchange.
-            let now = unix_ms();
+            let now = unix_ms_not_ahead();
             let _ = inner.store.set_last_exchange(now);
             let _ = inner.store.set_peer_last_exchange(name, Some(now));
             p.due = Instant::now() + options.interval.mul_f64(1.0 + jitter);

@@ -68,6 +68,12 @@ impl Status {
             )],
         );
         family(
+            "wall_clock_moved_seconds",
+            "gauge",
+            "How far the wall clock has moved from the monotonic clock since the process started (past 60 s either way, purges and peer absences follow the monotonic clock).",
+            vec![(String::new(), self.wall_clock_moved_ms as f64 / 1000.0)],
+        );
+        family(
             "repair_keys_per_second_allowed",
             "gauge",
             "The repair rate allowed now (absent: unlimited).",
@@ -245,6 +251,7 @@ mod tests {
             exchanges: 9,
             repair_keys_per_sec_now: Some(500),
             store_checkpoint_error: Some("disk full".into()),
+            wall_clock_moved_ms: -86_400_000,
             scrub: crate::ScrubStatus {
                 quarantined: 3,
                 ..Default::default()
@@ -257,6 +264,7 @@ mod tests {
             "merkle_index_exchanges_total 9".to_string(),
             "merkle_index_repair_keys_per_second_allowed 500".to_string(),
             "merkle_index_store_checkpoint_failing 1".to_string(),
+            "merkle_index_wall_clock_moved_seconds -86400".to_string(),
             "merkle_index_scrub_quarantined_total 3".to_string(),
             format!("merkle_index_last_success_timestamp_seconds{{{peer},partition=\"3\"}} 1.5"),
             format!("merkle_index_last_exchange_duration_seconds{{{peer},partition=\"3\"}} 0.25"),

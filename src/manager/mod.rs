@@ -314,6 +314,7 @@ impl Manager {
             foreground_writes_per_sec: state.throttle.foreground_rate(),
             repair_keys_per_sec_now: state.throttle.key_rate_now(&state.options),
             store_checkpoint_error: self.inner.store.checkpoint_error(),
+            wall_clock_moved_ms: crate::clock::wall_clock_moved_ms(),
             scrub: state.scrub.clone(),
         }
     }

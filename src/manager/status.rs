@@ -98,6 +98,12 @@ pub struct Status {
     /// The store's [`checkpoint_error`](crate::Store::checkpoint_error): why its last
     /// checkpoint failed, if none has succeeded since (a full or failing disk).
     pub store_checkpoint_error: Option<String>,
+    /// How far the wall clock has moved from the monotonic one since this process
+    /// opened its first store, in ms (positive: set forward). Past a minute either way,
+    /// tombstones' ages and peers' absences follow the monotonic clock, so that no
+    /// purge is hastened and no long-gone peer let in: a clock set right after the
+    /// start (at boot, say) then delays purges until the node restarts.
+    pub wall_clock_moved_ms: i64,
     /// The background scrub.
     pub scrub: ScrubStatus,
 }

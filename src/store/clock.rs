@@ -52,24 +52,38 @@ pub(crate) fn steady_unix_ms() -> u64 {
 }
 
 /// The wall clock, but never more than [`JUMP_SLACK_MS`] behind [`steady_unix_ms`]: for
-/// times whose age must not be overstated later, nor a time since them understated now
-/// (a tombstone's deletion time; how long a peer or this store has gone without an
-/// exchange). A wall clock set back would otherwise stamp tombstones older than they
-/// are, so that once it is set right they look past their grace early.
+/// the start of an age that must not be overstated later (a tombstone's deletion time),
+/// and the end of an absence that must not be understated (how long a peer or this
+/// store has gone without an exchange). A wall clock set back would otherwise stamp
+/// tombstones older than they are, so that once it is set right they look past their
+/// grace early.
 pub(crate) fn unix_ms_not_behind() -> u64 {
     unix_ms().max(steady_unix_ms().saturating_sub(JUMP_SLACK_MS))
 }
 
 /// The wall clock, but never more than [`JUMP_SLACK_MS`] ahead of [`steady_unix_ms`]:
-/// for a tombstone's age before it is purged. A wall clock set forward (by hand, or by
-/// a bad time source) would otherwise make every tombstone look past its grace at once,
-/// and the values they deleted could come back from a replica that missed the deletes.
+/// for the end of an age that must not be overstated (a tombstone's, before it is
+/// purged), and the start of an absence that must not be understated later (when an
+/// exchange succeeded). A wall clock set forward (by hand, or by a bad time source)
+/// would otherwise make every tombstone look past its grace at once, and the values
+/// they deleted could come back from a replica that missed the deletes.
 ///
 /// Between the two, a wall clock set forward or back while the process runs delays
-/// purges but never hastens them. Both take the wall clock at the process's start as
-/// right: one wrong across a restart is the stale-store check's business.
+/// purges and holds peers back sooner, but never hastens a purge nor lets a peer in
+/// late. Both take the wall clock at the process's start as right: one wrong across a
+/// restart is the stale-store check's business.
 pub(crate) fn unix_ms_not_ahead() -> u64 {
     unix_ms().min(steady_unix_ms().saturating_add(JUMP_SLACK_MS))
+}
+
+/// How far the wall clock has moved from [`steady_unix_ms`] (positive: ahead), in ms.
+pub(crate) fn wall_clock_moved_ms() -> i64 {
+    let (wall, steady) = (unix_ms(), steady_unix_ms());
+    if wall >= steady {
+        i64::try_from(wall - steady).unwrap_or(i64::MAX)
+    } else {
+        i64::try_from(steady - wall).map_or(i64::MIN, |d| -d)
+    }
 }
 
 /// A duration in HLC units (`ms << 16`), saturating.

@@ -297,11 +297,11 @@ impl Meta {
     }
 }
 
-/// Damaged `format` or `shape` leaves the store unable to place keys: say what to do.
 fn peer_key(name: &str) -> Vec<u8> {
     [PEER, name.as_bytes()].concat()
 }
 
+/// Damaged `format` or `shape` leaves the store unable to place keys: say what to do.
 fn damaged(e: Error) -> Error {
     Error::NotAStore {
         path: "meta tree".into(),

@@ -184,6 +184,7 @@ pub fn status_json(status: &Status) -> serde_json::Value {
         "foreground_writes_per_sec": status.foreground_writes_per_sec,
         "repair_keys_per_sec_now": status.repair_keys_per_sec_now,
         "store_checkpoint_error": status.store_checkpoint_error,
+        "wall_clock_moved_ms": status.wall_clock_moved_ms,
         "scrub": json!({
             "keys_per_sec": status.scrub.keys_per_sec,
             "checked": status.scrub.checked,
