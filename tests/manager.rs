@@ -164,8 +164,10 @@ fn options_out_of_range_are_refused_at_start_and_the_longest_interval_runs() {
         }
     }
     // The longest interval, with full jitter: one exchange, then the next is due in
-    // about a year.
+    // about a year. (The index follows writes in the background, and a replica answers
+    // with the roots it has: the one exchange must see the write.)
     b.put(b"k", b"v").unwrap();
+    b.sync_index().unwrap();
     let manager = Manager::start(
         Arc::clone(&a),
         ManagerOptions {
