@@ -901,8 +901,9 @@ fn a_peer_gone_longer_than_the_tombstone_grace_is_held_until_added_again() {
     let why = status.peers[0].last_error.clone().unwrap_or_default();
     assert!(why.contains("longer than tombstone_grace"), "{why}");
 
-    // Added again: accepted.
+    // Added again: accepted, and its record starts afresh.
     manager.remove_peer("b");
+    assert_eq!(a.peer_last_exchange_unix_ms("b"), None);
     manager.set_peer("b", peer(), BTreeSet::from([0]));
     assert!(wait_until(Duration::from_secs(10), || synced(
         b"after a long outage"
@@ -913,7 +914,7 @@ fn a_peer_gone_longer_than_the_tombstone_grace_is_held_until_added_again() {
 
 /// The hold survives a restart of this node: a peer out of reach since before the
 /// restart, for longer than the grace in all, is held when it is back (the store records
-/// each peer's last exchange). Removed and added again, it is accepted.
+/// each peer's last exchange). Wiped, it is accepted.
 #[test]
 fn a_peer_gone_longer_than_the_tombstone_grace_is_held_across_a_restart() {
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -961,11 +962,16 @@ fn a_peer_gone_longer_than_the_tombstone_grace_is_held_across_a_restart() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(!synced());
 
-    // Added again: accepted, and its record starts afresh.
-    manager.remove_peer("b");
-    assert_eq!(a.peer_last_exchange_unix_ms("b"), None);
-    manager.set_peer("b", peer(), BTreeSet::from([0]));
-    assert!(wait_until(Duration::from_secs(10), synced));
+    // Wiped (a new node at its address): it holds nothing that could come back, so it
+    // is accepted as it is, and bootstrapped from here.
+    let (_dw, wiped) = store();
+    manager.set_peer("b", Arc::new(Arc::clone(&wiped)), BTreeSet::from([0]));
+    assert!(wait_until(Duration::from_secs(10), || wiped
+        .partition(0)
+        .get(b"first")
+        .unwrap()
+        .is_some()));
+    assert!(!manager.status().peers[0].held);
     assert!(a.peer_last_exchange_unix_ms("b").unwrap() > reached);
     manager.stop();
 }

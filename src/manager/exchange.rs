@@ -35,7 +35,7 @@ fn sync_partitions(
     partitions: Option<&[u32]>,
 ) -> Result<()> {
     let mut remote = peer.open()?;
-    hold_if_long_gone(inner, name)?;
+    hold_if_long_gone(inner, name, remote.as_ref(), partitions)?;
     let discovered;
     let _adopting;
     let partitions = match partitions {
@@ -80,16 +80,47 @@ fn sync_partitions(
 /// the tombstone grace since its last success (and holds it so from then on): this
 /// node may have purged tombstones of keys the peer still holds, and an exchange would
 /// bring them back here. Cassandra asks the same of a node down longer than its
-/// gc_grace: wipe it and let it bootstrap.
-fn hold_if_long_gone(inner: &Inner, name: &str) -> Result<()> {
+/// gc_grace: wipe it and let it bootstrap. A peer that holds nothing of the partitions
+/// it shares with this node (wiped, or a new node at its address) cannot bring anything
+/// back: it is accepted, as if added again.
+fn hold_if_long_gone(
+    inner: &Inner,
+    name: &str,
+    remote: &dyn Replica,
+    partitions: Option<&[u32]>,
+) -> Result<()> {
+    let Some(why) = long_gone(inner, name) else {
+        return Ok(());
+    };
+    let empty = match partitions {
+        Some(listed) => remote.roots(listed)?.iter().all(|root| root.is_zero()),
+        None => remote.partitions()?.is_empty(),
+    };
     let mut state = lock(inner);
-    let Some(grace) = state.options.tombstone_grace else {
+    if let Some(p) = state.peers.get_mut(name) {
+        p.held = !empty;
+        if empty {
+            p.last_success = None;
+            p.recorded_success_unix_ms = None;
+            let _ = inner.store.set_peer_last_exchange(name, None);
+        }
+    }
+    if empty {
         return Ok(());
-    };
-    let accept_stale = state.options.accept_stale;
-    let Some(p) = state.peers.get_mut(name) else {
-        return Ok(());
-    };
+    }
+    Err(Error::InvalidArgument(why))
+}
+
+/// Why the peer is to be held, if it is: held already, or away longer than the grace.
+fn long_gone(inner: &Inner, name: &str) -> Option<String> {
+    let state = lock(inner);
+    let grace = state.options.tombstone_grace?;
+    let p = state.peers.get(name)?;
+    if p.held {
+        return Some(
+            "held: out of reach for longer than tombstone_grace; wipe its store, or remove and add the peer again to accept it".into(),
+        );
+    }
     let away = match p.last_success {
         Some(at) => (p.failures > 0).then(|| at.elapsed()),
         // Not exchanged with since this manager started (or the peer was added): away
@@ -97,24 +128,17 @@ fn hold_if_long_gone(inner: &Inner, name: &str) -> Result<()> {
         // knowing it is stale itself (then every peer is newer than it).
         None => p
             .recorded_success_unix_ms
-            .filter(|_| !accept_stale)
+            .filter(|_| !state.options.accept_stale)
             .map(|ms| Duration::from_millis(unix_ms_not_behind().saturating_sub(ms))),
-    };
-    if let Some(away) = away.filter(|&away| away > grace) {
-        p.held = true;
-        let away = away.as_secs();
-        return Err(Error::InvalidArgument(format!(
-            "held: out of reach for {away} s since its last exchange, longer than tombstone_grace ({} s); \
+    }?;
+    (away > grace).then(|| {
+        format!(
+            "held: out of reach for {} s since its last exchange, longer than tombstone_grace ({} s); \
              it may hold keys deleted and purged here since. Wipe its store, or remove and add the peer again to accept it",
+            away.as_secs(),
             grace.as_secs()
-        )));
-    }
-    if p.held {
-        return Err(Error::InvalidArgument(
-            "held: out of reach for longer than tombstone_grace; remove and add the peer again to accept it".into(),
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// Records one partition's sync in its peer's status; false if the peer is gone.
