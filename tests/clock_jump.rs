@@ -5,7 +5,8 @@
 //! alike); set back, purges wait, never hasten.
 //!
 //! The same holds for the time a peer has been away: set back, the wall clock does not
-//! let a peer away longer than the grace back in.
+//! let a peer away longer than the grace back in; nor does it make the store refuse
+//! its peers' versions as too far ahead.
 //!
 //! Alone in its binary: the wall clock's offset is process-wide, so the tests here take
 //! turns.
@@ -84,6 +85,9 @@ fn a_wall_clock_set_back_does_not_let_a_long_gone_peer_in() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let [a, b, c] =
         [0, 1, 2].map(|i| Arc::new(Store::open(dirs[i].path(), Options::default()).unwrap()));
+    // b holds something (a peer that holds nothing is never held: it cannot bring
+    // anything back).
+    b.partition(0).put(b"k", b"v").unwrap();
     let up = Arc::new(AtomicBool::new(true));
     let options = || ManagerOptions {
         interval: Duration::from_millis(30),
@@ -141,4 +145,30 @@ fn a_wall_clock_set_back_does_not_let_a_long_gone_peer_in() {
     assert!(b_held);
     assert!(!held("c"));
     manager.stop();
+}
+
+#[test]
+fn a_wall_clock_set_back_does_not_refuse_versions_from_peers_with_the_right_time() {
+    let _turn = CLOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let real_now = || {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        ms << 16
+    };
+    set_wall_clock_offset_ms(-DAY_MS);
+    let taken = store.partition(0).put_versioned(b"now", b"v", real_now());
+    // The drift bound (an hour) still holds against the time that really passed.
+    let ahead = real_now() + ((2 * 3_600_000) << 16);
+    let refused = store.partition(0).put_versioned(b"ahead", b"v", ahead);
+    set_wall_clock_offset_ms(0);
+    taken.unwrap();
+    assert!(
+        matches!(refused, Err(Error::VersionAhead { .. })),
+        "{refused:?}"
+    );
+    store.close().unwrap();
 }

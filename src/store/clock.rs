@@ -101,9 +101,12 @@ impl Clock {
         }
     }
 
-    /// The highest version accepted from elsewhere right now.
+    /// The highest version accepted from elsewhere right now: `max_drift` past the wall
+    /// clock, or past the time that really passed since the process started if the
+    /// wall clock was set back meanwhile (a node whose clock goes back must not refuse
+    /// every write from peers whose clocks are right).
     pub(crate) fn limit(&self) -> u64 {
-        (unix_ms() << 16).saturating_add(self.max_drift)
+        (unix_ms_not_behind() << 16).saturating_add(self.max_drift)
     }
 
     /// Fails if `version` is further ahead of the wall clock than the drift allows.
