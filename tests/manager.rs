@@ -937,6 +937,7 @@ fn a_peer_gone_longer_than_the_tombstone_grace_is_held_across_a_restart() {
         .unwrap()
         .is_some()));
     let reached = a.peer_last_exchange_unix_ms("b").unwrap();
+    assert!(manager.status().peers[0].last_exchange_unix_ms >= Some(reached));
 
     // b goes away; this node restarts soon after, within the grace, while b is away.
     up.store(false, SeqCst);
@@ -946,6 +947,11 @@ fn a_peer_gone_longer_than_the_tombstone_grace_is_held_across_a_restart() {
     assert_eq!(a.peer_last_exchange_unix_ms("b"), Some(reached));
     let manager = Manager::start(Arc::clone(&a), options()).unwrap();
     manager.set_peer("b", peer(), BTreeSet::from([0]));
+    // Known from before the restart, in the status too.
+    assert_eq!(
+        manager.status().peers[0].last_exchange_unix_ms,
+        Some(reached)
+    );
     std::thread::sleep(Duration::from_millis(1200));
     b.partition(0).put(b"after a long outage", b"v").unwrap();
     up.store(true, SeqCst);

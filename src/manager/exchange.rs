@@ -101,7 +101,7 @@ fn hold_if_long_gone(
         p.held = !empty;
         if empty {
             p.last_success = None;
-            p.recorded_success_unix_ms = None;
+            p.last_exchange_unix_ms = None;
             let _ = inner.store.set_peer_last_exchange(name, None);
         }
     }
@@ -127,7 +127,7 @@ fn long_gone(inner: &Inner, name: &str) -> Option<String> {
         // since the store's record of its last exchange, unless this node was started
         // knowing it is stale itself (then every peer is newer than it).
         None => p
-            .recorded_success_unix_ms
+            .last_exchange_unix_ms
             .filter(|_| !state.options.accept_stale)
             .map(|ms| Duration::from_millis(unix_ms_not_behind().saturating_sub(ms))),
     }?;
@@ -208,6 +208,7 @@ fn finish(inner: &Inner, name: &str, failed: Option<String>) {
             // For the next start: how long this store, and this peer, go without an
             // exchange.
             let now = unix_ms_not_ahead();
+            p.last_exchange_unix_ms = Some(now);
             let _ = inner.store.set_last_exchange(now);
             let _ = inner.store.set_peer_last_exchange(name, Some(now));
             p.due = Instant::now() + options.interval.mul_f64(1.0 + jitter);

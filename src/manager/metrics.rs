@@ -97,8 +97,20 @@ impl Status {
         family(
             "peer_held",
             "gauge",
-            "1 while the peer is held: out of reach for longer than tombstone_grace, not exchanged with until added again.",
+            "1 while the peer is held: out of reach for longer than tombstone_grace, not exchanged with until wiped or added again.",
             peers(&|p| f64::from(u8::from(p.held))),
+        );
+        family(
+            "peer_last_exchange_timestamp_seconds",
+            "gauge",
+            "When the last exchange with the peer succeeded (unix seconds; kept across restarts).",
+            self.peers
+                .iter()
+                .filter_map(|p| {
+                    let ms = p.last_exchange_unix_ms?;
+                    Some((labels(&[("peer", &p.name)]), ms as f64 / 1000.0))
+                })
+                .collect(),
         );
         family(
             "peer_partitions_left_out",
@@ -246,6 +258,7 @@ mod tests {
                     },
                 ],
                 left_out: 12,
+                last_exchange_unix_ms: Some(2_500),
                 ..PeerStatus::default()
             }],
             exchanges: 9,
@@ -271,6 +284,7 @@ mod tests {
             format!("merkle_index_repaired_local_keys_total{{{peer},partition=\"3\"}} 7"),
             format!("merkle_index_last_exchange_differences{{{peer},partition=\"4\"}} 0"),
             format!("merkle_index_peer_partitions_left_out{{{peer}}} 12"),
+            format!("merkle_index_peer_last_exchange_timestamp_seconds{{{peer}}} 2.5"),
         ] {
             assert!(
                 text.lines().any(|l| l == expected),

@@ -65,10 +65,10 @@ struct PeerState {
     due: Instant,
     /// When its last exchange succeeded (since it was added).
     last_success: Option<Instant>,
-    /// When its last exchange succeeded as the store recorded it when the peer was
-    /// added here (before this manager started, or before the peer was last removed:
-    /// see [`Manager::remove_peer`]).
-    recorded_success_unix_ms: Option<u64>,
+    /// When its last exchange succeeded by the wall clock, as the store records it (so
+    /// it is known from before this manager started; forgotten when the peer is
+    /// removed, see [`Manager::remove_peer`]).
+    last_exchange_unix_ms: Option<u64>,
     /// Away longer than `tombstone_grace`: no exchange until it is added again.
     held: bool,
 }
@@ -189,7 +189,7 @@ impl Manager {
                 p.partitions = partitions;
             }
             None => {
-                let recorded_success_unix_ms = self.inner.store.peer_last_exchange_unix_ms(name);
+                let last_exchange_unix_ms = self.inner.store.peer_last_exchange_unix_ms(name);
                 state.peers.insert(
                     name.to_string(),
                     PeerState {
@@ -202,7 +202,7 @@ impl Manager {
                         left_out: 0,
                         due: Instant::now(),
                         last_success: None,
-                        recorded_success_unix_ms,
+                        last_exchange_unix_ms,
                         held: false,
                     },
                 );
@@ -305,6 +305,7 @@ impl Manager {
                     last_error: p.last_error.clone(),
                     left_out: p.left_out,
                     held: p.held,
+                    last_exchange_unix_ms: p.last_exchange_unix_ms,
                     next_in: p.due.saturating_duration_since(now),
                 })
                 .collect(),

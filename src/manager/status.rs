@@ -70,11 +70,16 @@ pub struct PeerStatus {
     pub left_out: u64,
     /// It was out of reach for longer than `tombstone_grace` since its last successful
     /// exchange, so it may hold keys deleted here and since purged, which an exchange
-    /// would bring back: this node starts no exchange with it until the peer is removed
-    /// and added again (after its store was wiped, or knowing what it holds).
-    /// `last_error` says so. The peer's own manager, restarted, refuses to start on its
-    /// store for the same reason ([`Error::StaleReplica`](crate::Error::StaleReplica)).
+    /// would bring back: this node starts no exchange with it until its store is wiped
+    /// (a peer that holds nothing of the shared partitions is accepted) or it is removed
+    /// and added again. `last_error` says so. The peer's own manager, restarted, refuses
+    /// to start on its store for the same reason
+    /// ([`Error::StaleReplica`](crate::Error::StaleReplica)).
     pub held: bool,
+    /// When its last exchange succeeded (unix ms), as the store records it: known from
+    /// before this manager started, so a peer nearing `tombstone_grace` shows before it
+    /// is back.
+    pub last_exchange_unix_ms: Option<u64>,
     /// Time until its next exchange is due (zero if due or running).
     pub next_in: Duration,
 }

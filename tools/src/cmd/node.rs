@@ -202,6 +202,7 @@ pub fn status_json(status: &Status) -> serde_json::Value {
             "last_error": p.last_error,
             "left_out": p.left_out,
             "held": p.held,
+            "last_exchange_unix_ms": p.last_exchange_unix_ms,
             "next_in_ms": ms(p.next_in),
             "running": p.running.as_ref().map(|r| json!({
                 "partition": r.partition,
