@@ -1,10 +1,13 @@
 //! A cluster soak: 5 `merkle-index node` processes on loopback, 16 partitions placed on a
 //! ring with 3 replicas each, a writer that sends every write to all replicas of its
 //! partition but drops 5% of the messages, one node killed with SIGKILL and restarted
-//! mid-run, one node started empty late, 1 s intervals. After the writes stop, every
-//! replica of every partition must reach the same root, hold every acknowledged write at
-//! its latest version (deletes included: nothing deleted comes back), and the managers'
-//! status must account for the repairs. `MERKLE_SOAK_ROUNDS=60` runs the long version
+//! mid-run, one node started empty late, 1 s intervals, and tombstones purged a few
+//! seconds after the delete (`--tombstone-grace`, longer than the killed node is down).
+//! After the writes stop, every replica of every partition must reach the same root,
+//! hold every acknowledged write at its latest version (deletes included: nothing
+//! deleted comes back), and the managers' status must account for the repairs; then,
+//! past the grace, every replica must have purged every acknowledged tombstone, and
+//! still agree, with nothing deleted back. `MERKLE_SOAK_ROUNDS=60` runs the long version
 //! (default 6 rounds of 128 writes).
 
 use std::collections::BTreeMap;
@@ -46,6 +49,8 @@ struct Cluster {
     key: Key,
     /// Node 0's Prometheus endpoint (`http://ADDR/metrics`).
     metrics: String,
+    /// `--tombstone-grace`, in seconds.
+    grace_secs: u64,
 }
 
 impl Cluster {
@@ -59,6 +64,7 @@ impl Cluster {
             .arg("--db")
             .arg(self.dir.path().join(format!("node-{node}")))
             .args(["--listen", &self.addr(node), "--interval", "1s"])
+            .args(["--tombstone-grace", &format!("{}s", self.grace_secs)])
             .arg("--key-file")
             .arg(self.dir.path().join("key"));
         let mine = holds(node);
@@ -161,6 +167,9 @@ fn a_cluster_converges_without_manual_sync() {
         nodes: (0..NODES).map(|_| None).collect(),
         key,
         metrics: String::new(),
+        // Longer than the killed node is down (a third of the rounds, each well under a
+        // second), or it would rightly refuse to start on its stale store.
+        grace_secs: 4 + rounds as u64 / 3,
     };
     for node in (0..NODES).filter(|&n| n != LATE) {
         cluster.start(node);
@@ -226,60 +235,9 @@ fn a_cluster_converges_without_manual_sync() {
 
     // Writes stopped: wait for every replica of every partition to agree.
     let stopped = Instant::now();
-    let converged = loop {
-        let clients: Vec<Option<Client>> = (0..NODES).map(|n| cluster.client(n)).collect();
-        let agree = (0..PARTITIONS).all(|p| {
-            let roots: Vec<_> = replicas(p)
-                .into_iter()
-                .map(|r| clients[r].as_ref().and_then(|c| c.roots(&[p]).ok()))
-                .collect();
-            roots.iter().all(|r| r.is_some() && *r == roots[0])
-        });
-        if agree {
-            break Some(stopped.elapsed());
-        }
-        if stopped.elapsed() > Duration::from_secs(30) {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let converged = converged.unwrap_or_else(|| {
-        panic!(
-            "no convergence in 30 s; logs in {}",
-            cluster.dir.path().display()
-        )
-    });
-
-    // Every acknowledged write, at its latest version, on every replica.
+    let converged = cluster.converge(stopped);
     let clients: Vec<Client> = (0..NODES).map(|n| cluster.client(n).unwrap()).collect();
-    for p in 0..PARTITIONS {
-        let keys: Vec<(Vec<u8>, Record)> = acked
-            .iter()
-            .filter(|((q, _), _)| *q == p)
-            .map(|((_, k), r)| (k.clone(), r.clone()))
-            .collect();
-        let names: Vec<Vec<u8>> = keys.iter().map(|(k, _)| k.clone()).collect();
-        for r in replicas(p) {
-            let found = clients[r].records(p, &names).unwrap();
-            for ((key, expected), found) in keys.iter().zip(found) {
-                let Lookup::Found(found) = found else {
-                    panic!("node {r} partition {p} lacks {key:?}");
-                };
-                assert!(
-                    found.version >= expected.version,
-                    "node {r} partition {p} key {key:?}: version {} < acknowledged {}",
-                    found.version,
-                    expected.version
-                );
-                if found.version == expected.version {
-                    assert_eq!(
-                        found.tombstone, expected.tombstone,
-                        "a deleted key came back"
-                    );
-                }
-            }
-        }
-    }
+    check_acknowledged(&clients, &acked, false);
 
     // The managers account for the repairs they made.
     let mut repaired = 0u64;
@@ -320,6 +278,110 @@ fn a_cluster_converges_without_manual_sync() {
     assert_eq!(from_metrics as u64, from_status, "{text}");
     eprintln!("node 0 repaired {from_status} keys, by its status and by its metrics");
     assert!(text.contains("merkle_index_exchanges_total "), "{text}");
+
+    // Past the grace every replica purges every acknowledged tombstone, the replicas
+    // still agree (no tombstone handed back and forth), and nothing deleted is back.
+    let tombstones: Vec<(u32, Vec<u8>)> = acked
+        .iter()
+        .filter(|(_, r)| r.tombstone)
+        .map(|(k, _)| k.clone())
+        .collect();
+    let purged_everywhere = || {
+        tombstones.iter().all(|(p, key)| {
+            replicas(*p).into_iter().all(|r| {
+                matches!(
+                    clients[r].records(*p, std::slice::from_ref(key)).unwrap()[..],
+                    [Lookup::Absent]
+                )
+            })
+        })
+    };
+    let limit = Duration::from_secs(cluster.grace_secs + 30);
+    while !purged_everywhere() {
+        assert!(
+            stopped.elapsed() < limit,
+            "tombstones not purged {limit:?} after the writes stopped; logs in {}",
+            cluster.dir.path().display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.converge(Instant::now());
+    check_acknowledged(&clients, &acked, true);
+    let purged: u64 = clients
+        .iter()
+        .map(|c| {
+            let status: serde_json::Value = serde_json::from_str(&c.status().unwrap()).unwrap();
+            status["scrub"]["purged"].as_u64().unwrap()
+        })
+        .sum();
+    eprintln!(
+        "{} acknowledged tombstones purged from every replica {:?} after the writes stopped \
+         ({purged} purges in all)",
+        tombstones.len(),
+        stopped.elapsed()
+    );
+    assert!(!tombstones.is_empty() && purged > 0);
+}
+
+impl Cluster {
+    /// Waits until every replica of every partition has the same root; how long since
+    /// `since` that took.
+    fn converge(&self, since: Instant) -> Duration {
+        loop {
+            let clients: Vec<Option<Client>> = (0..NODES).map(|n| self.client(n)).collect();
+            let agree = (0..PARTITIONS).all(|p| {
+                let roots: Vec<_> = replicas(p)
+                    .into_iter()
+                    .map(|r| clients[r].as_ref().and_then(|c| c.roots(&[p]).ok()))
+                    .collect();
+                roots.iter().all(|r| r.is_some() && *r == roots[0])
+            });
+            if agree {
+                return since.elapsed();
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(30),
+                "no convergence in 30 s; logs in {}",
+                self.dir.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Every acknowledged write at its latest version (or later) on every replica, and no
+/// deleted key back; with `purged`, an acknowledged tombstone may be gone (absent).
+fn check_acknowledged(clients: &[Client], acked: &BTreeMap<(u32, Vec<u8>), Record>, purged: bool) {
+    for p in 0..PARTITIONS {
+        let keys: Vec<(Vec<u8>, Record)> = acked
+            .iter()
+            .filter(|((q, _), _)| *q == p)
+            .map(|((_, k), r)| (k.clone(), r.clone()))
+            .collect();
+        let names: Vec<Vec<u8>> = keys.iter().map(|(k, _)| k.clone()).collect();
+        for r in replicas(p) {
+            let found = clients[r].records(p, &names).unwrap();
+            for ((key, expected), found) in keys.iter().zip(found) {
+                let found = match found {
+                    Lookup::Found(found) => found,
+                    Lookup::Absent if purged && expected.tombstone => continue,
+                    other => panic!("node {r} partition {p} key {key:?}: {other:?}"),
+                };
+                assert!(
+                    found.version >= expected.version,
+                    "node {r} partition {p} key {key:?}: version {} < acknowledged {}",
+                    found.version,
+                    expected.version
+                );
+                if found.version == expected.version {
+                    assert_eq!(
+                        found.tombstone, expected.tombstone,
+                        "a deleted key came back"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// GET /metrics over plain HTTP; the body.
