@@ -287,6 +287,8 @@ fn a_cluster_converges_without_manual_sync() {
         .map(|(k, _)| k.clone())
         .collect();
     let purged_everywhere = || {
+        // Connections of their own: one left idle past the server's timeout is closed.
+        let clients: Vec<Client> = (0..NODES).map(|n| cluster.client(n).unwrap()).collect();
         tombstones.iter().all(|(p, key)| {
             replicas(*p).into_iter().all(|r| {
                 matches!(
@@ -306,6 +308,7 @@ fn a_cluster_converges_without_manual_sync() {
         std::thread::sleep(Duration::from_millis(200));
     }
     cluster.converge(Instant::now());
+    let clients: Vec<Client> = (0..NODES).map(|n| cluster.client(n).unwrap()).collect();
     check_acknowledged(&clients, &acked, true);
     let purged: u64 = clients
         .iter()
