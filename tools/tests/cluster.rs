@@ -121,6 +121,30 @@ impl Cluster {
     fn client(&self, node: usize) -> Option<Client> {
         Client::connect(&self.addr(node), &self.key, Duration::from_secs(10)).ok()
     }
+
+    /// Waits until every replica of every partition has the same root; how long since
+    /// `since` that took.
+    fn converge(&self, since: Instant) -> Duration {
+        loop {
+            let clients: Vec<Option<Client>> = (0..NODES).map(|n| self.client(n)).collect();
+            let agree = (0..PARTITIONS).all(|p| {
+                let roots: Vec<_> = replicas(p)
+                    .into_iter()
+                    .map(|r| clients[r].as_ref().and_then(|c| c.roots(&[p]).ok()))
+                    .collect();
+                roots.iter().all(|r| r.is_some() && *r == roots[0])
+            });
+            if agree {
+                return since.elapsed();
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(30),
+                "no convergence in 30 s; logs in {}",
+                self.dir.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for Cluster {
@@ -324,32 +348,6 @@ fn a_cluster_converges_without_manual_sync() {
         stopped.elapsed()
     );
     assert!(!tombstones.is_empty() && purged > 0);
-}
-
-impl Cluster {
-    /// Waits until every replica of every partition has the same root; how long since
-    /// `since` that took.
-    fn converge(&self, since: Instant) -> Duration {
-        loop {
-            let clients: Vec<Option<Client>> = (0..NODES).map(|n| self.client(n)).collect();
-            let agree = (0..PARTITIONS).all(|p| {
-                let roots: Vec<_> = replicas(p)
-                    .into_iter()
-                    .map(|r| clients[r].as_ref().and_then(|c| c.roots(&[p]).ok()))
-                    .collect();
-                roots.iter().all(|r| r.is_some() && *r == roots[0])
-            });
-            if agree {
-                return since.elapsed();
-            }
-            assert!(
-                since.elapsed() < Duration::from_secs(30),
-                "no convergence in 30 s; logs in {}",
-                self.dir.path().display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
 }
 
 /// Every acknowledged write at its latest version (or later) on every replica, and no
