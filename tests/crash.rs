@@ -244,12 +244,17 @@ fn crash_kill_nine() {
 #[test]
 fn crash_kill_nine_recovers_only_marked_regions() {
     let recoveries = kill_nine_rounds(LARGE, PRELOAD);
-    // Every kill's recovery (the preload's too) re-hashed marked regions, with the
-    // checkpoint from the base snapshot plus the buckets rewritten since (`tests/base.rs`
-    // covers reading every bucket when the base is unusable).
-    assert_eq!(
-        recoveries.keys().collect::<Vec<_>>(),
-        ["Regions from the base"],
+    // Every kill's recovery (the preload's too) re-hashed marked regions, mostly with
+    // the checkpoint from the base snapshot plus the buckets rewritten since (a kill
+    // while the base is renewed leaves every bucket to read instead: 1 in 100).
+    assert!(
+        recoveries
+            .keys()
+            .all(|k| k == "Regions" || k == "Regions from the base"),
+        "{recoveries:?}"
+    );
+    assert!(
+        recoveries.contains_key("Regions from the base"),
         "{recoveries:?}"
     );
 }
