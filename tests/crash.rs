@@ -245,8 +245,8 @@ fn crash_kill_nine() {
 fn crash_kill_nine_recovers_only_marked_regions() {
     let recoveries = kill_nine_rounds(LARGE, PRELOAD);
     // Every kill's recovery (the preload's too) re-hashed marked regions, mostly with
-    // the checkpoint from the base snapshot plus the buckets rewritten since (a kill
-    // while the base is renewed leaves every bucket to read instead: 1 in 100).
+    // the checkpoint from the base snapshot plus the buckets rewritten since (where there
+    // is no usable base, from every bucket: 1 recovery in 100 in the long run).
     assert!(
         recoveries
             .keys()
