@@ -37,6 +37,7 @@
 //! # }
 //! ```
 
+mod answer;
 mod channel;
 mod client;
 mod key;
