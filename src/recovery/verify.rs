@@ -1,6 +1,6 @@
 //! `verify`: recompute everything from the data and report what disagrees.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::bucket::{self, BucketId};
@@ -10,6 +10,7 @@ use crate::index::Index;
 use crate::options::Shape;
 use crate::record::{RecordHeader, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::scan::{hash_small_pieces, scan_all, Piece, Progress};
+use crate::tree::Tree;
 use crate::Hash;
 
 /// One thing verify found wrong.
@@ -152,9 +153,15 @@ impl VerifyReport {
     }
 }
 
-/// Scans all data, then compares with the live index. A segment that differs is
-/// re-hashed after a barrier before it is reported, so writes racing the scan do not
-/// show up as problems.
+/// Re-checks of differing segments made while writes go on, before the exact one with
+/// writes paused (see [`verify`]).
+const RECHECKS: usize = 2;
+
+/// Scans all data, then compares with the live index. Writes may go on meanwhile: a
+/// segment that differs is re-hashed after a barrier (every write sent before it is in
+/// the index), twice, and what still differs once more with writes paused for that
+/// moment, which is exact. So writes that race the scan or a re-check never show up as
+/// problems, and writers wait only for the few segments they kept changing.
 pub(crate) fn verify(
     index: &Index,
     barrier: &dyn Fn() -> Result<()>,
@@ -172,62 +179,60 @@ pub(crate) fn verify(
     let mut suspects = Vec::new();
     {
         let trees = index.trees();
-        let ids: std::collections::BTreeSet<u32> =
-            trees.keys().chain(scan.trees.keys()).copied().collect();
+        let ids: BTreeSet<u32> = trees.keys().chain(scan.trees.keys()).copied().collect();
         for p in ids {
-            match (trees.get(&p), scan.trees.get(&p)) {
-                (Some(live), Some(fresh)) => {
-                    if live.root() == fresh.root() {
-                        continue;
-                    }
-                    let mut both: BTreeMap<u32, Hash> = BTreeMap::new();
-                    live.for_each_segment(|s, h| *both.entry(s).or_default() ^= h);
-                    fresh.for_each_segment(|s, h| *both.entry(s).or_default() ^= h);
-                    suspects.extend(
-                        both.into_iter()
-                            .filter(|(_, d)| !d.is_zero())
-                            .map(|(s, _)| (p, s)),
-                    );
-                }
-                (Some(live), None) if live.is_empty() => {}
-                _ => report.problems.push(Problem {
+            let (live, fresh) = (trees.get(&p), scan.trees.get(&p));
+            if live.map_or(Hash::ZERO, Tree::root) == fresh.map_or(Hash::ZERO, Tree::root) {
+                continue;
+            }
+            let mut both: BTreeMap<u32, Hash> = BTreeMap::new();
+            for tree in [live, fresh].into_iter().flatten() {
+                tree.for_each_segment(|s, h| *both.entry(s).or_default() ^= h);
+            }
+            suspects.extend(
+                both.into_iter()
+                    .filter(|(_, d)| !d.is_zero())
+                    .map(|(s, _)| (p, s)),
+            );
+        }
+    }
+    for _ in 0..RECHECKS {
+        if suspects.is_empty() {
+            break;
+        }
+        barrier()?;
+        suspects = still_differing(index, suspects)?
+            .into_iter()
+            .map(|(p, s, _, _)| (p, s))
+            .collect();
+    }
+    if !suspects.is_empty() {
+        let _paused = index.gate.pause();
+        barrier()?;
+        let mut mismatched = BTreeSet::new();
+        for (p, s, live, data) in still_differing(index, suspects)? {
+            let has_tree = index.trees().contains_key(&p);
+            let has_data = index
+                .data
+                .scan_prefix(p.to_be_bytes())
+                .next()
+                .transpose()?
+                .is_some();
+            if has_tree && has_data {
+                report.problems.push(Problem {
+                    partition: Some(p),
+                    segment: Some(s),
+                    key: None,
+                    kind: ProblemKind::SegmentHash { index: live, data },
+                });
+            } else if mismatched.insert(p) {
+                report.problems.push(Problem {
                     partition: Some(p),
                     segment: None,
                     key: None,
                     kind: ProblemKind::PartitionMismatch,
-                }),
+                });
             }
-        }
-    }
-    // Re-hash every suspect after one barrier: a write that raced the scan is in both
-    // the data and the index by now, so only real disagreements remain.
-    barrier()?;
-    let pieces: Vec<Piece> = suspects
-        .into_iter()
-        .map(|(partition, first)| Piece {
-            partition,
-            first,
-            count: 1,
-        })
-        .collect();
-    for hashed in hash_small_pieces(&index.data, shape, pieces)? {
-        let (p, s) = (hashed.piece.partition, hashed.piece.first);
-        let fresh = hashed.hashes.first().map(|&(_, h)| h).unwrap_or_default();
-        let live = index
-            .trees()
-            .get(&p)
-            .map(|t| t.segment(s))
-            .unwrap_or_default();
-        if fresh != live {
-            report.problems.push(Problem {
-                partition: Some(p),
-                segment: Some(s),
-                key: None,
-                kind: ProblemKind::SegmentHash {
-                    index: live,
-                    data: fresh,
-                },
-            });
         }
     }
     for item in index.buckets.iter() {
@@ -246,4 +251,31 @@ pub(crate) fn verify(
         }
     }
     Ok(report)
+}
+
+/// Re-hashes each `(partition, segment)` from the data and returns those whose hash
+/// differs from the live index's, with both hashes `(partition, segment, index, data)`.
+fn still_differing(
+    index: &Index,
+    suspects: Vec<(u32, u32)>,
+) -> Result<Vec<(u32, u32, Hash, Hash)>> {
+    let pieces = suspects
+        .into_iter()
+        .map(|(partition, first)| Piece {
+            partition,
+            first,
+            count: 1,
+        })
+        .collect();
+    let hashed = hash_small_pieces(&index.data, index.shape, pieces)?;
+    let trees = index.trees();
+    Ok(hashed
+        .into_iter()
+        .filter_map(|h| {
+            let (p, s) = (h.piece.partition, h.piece.first);
+            let data = h.hashes.first().map_or(Hash::ZERO, |&(_, h)| h);
+            let live = trees.get(&p).map_or(Hash::ZERO, |t| t.segment(s));
+            (data != live).then_some((p, s, live, data))
+        })
+        .collect())
 }

@@ -299,7 +299,10 @@ impl Store {
     }
 
     /// Recomputes every segment from the data and checks every value's hash, the
-    /// persisted buckets' checksums and the index; reports what is wrong.
+    /// persisted buckets' checksums and the index; reports what is wrong. Writes go on
+    /// meanwhile and never show up as problems: a segment found different is checked
+    /// again once the writes in flight are in the index, and what still differs once
+    /// more while writes wait a moment.
     pub fn verify(&self, progress: &mut dyn FnMut(Progress)) -> Result<VerifyReport> {
         verify(&self.index, &|| self.hasher.barrier(), progress)
     }

@@ -1,0 +1,208 @@
+//! A node's store with everything at once, as a real node runs: several threads
+//! overwriting and deleting the same keys, replication messages carrying versions of
+//! their own, a scrub purging tombstones as soon as it may, checkpoints every few
+//! milliseconds, a `verify` of the live store, and exchanges with a replica that is
+//! written to as well. When it stops, each index must be exact, the replicas must
+//! converge, and a crash must recover the same roots.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use merkle_index::{sync, Options, Record, Recovery, ScrubCursor, Store, SyncOptions};
+
+const PARTITIONS: u32 = 6;
+/// Few keys, so threads keep meeting on the same ones, and few segments (64 a tree,
+/// below), so every segment takes the XOR of many keys' changes from several threads.
+const KEYS: u64 = 200;
+
+/// A small deterministic generator (splitmix64), one per thread.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn options() -> Options {
+    let mut o = common::small_options();
+    o.channel_capacity = 16; // writers meet a full channel often
+    o.checkpoint_interval = Duration::from_millis(3);
+    o
+}
+
+/// One write of a random kind to a random key: an overwrite, a delete, or a replication
+/// message whose version is a little behind or ahead of the store's clock.
+fn random_write(store: &Store, rng: &mut Rng, writer: u64) {
+    let i = rng.below(KEYS);
+    let id = (i % u64::from(PARTITIONS)) as u32;
+    let partition = store.partition(id);
+    let key = format!("key-{i}").into_bytes();
+    let value = format!("w{writer}-{}", rng.next()).repeat(1 + rng.below(4) as usize);
+    match rng.below(10) {
+        0..=5 => {
+            partition.put(&key, value.as_bytes()).unwrap();
+        }
+        6 | 7 => {
+            partition.delete(&key).unwrap();
+        }
+        _ => {
+            // About the store's clock (unix ms << 16), up to ~15 ms either side.
+            let now = partition.put(b"clock", b"").unwrap();
+            let version = now - (1 << 20) + rng.below(2 << 20);
+            let record = if rng.below(4) == 0 {
+                Record::tombstone(version)
+            } else {
+                Record::value(version, value.as_bytes())
+            };
+            // False when the stored record wins: as good an outcome as a write.
+            store.replicate(id, &key, &record).unwrap();
+        }
+    }
+}
+
+/// Every record of every partition, for comparing replicas.
+fn contents(store: &Store) -> Vec<(u32, Vec<u8>, Record)> {
+    let mut out = Vec::new();
+    for p in store.partitions() {
+        for entry in store.partition(p).records() {
+            let (key, record) = entry.unwrap();
+            out.push((p, key, record));
+        }
+    }
+    out
+}
+
+fn roots(store: &Store) -> Vec<(u32, merkle_index::Hash)> {
+    store
+        .partitions()
+        .into_iter()
+        .map(|p| (p, store.root(p)))
+        .collect()
+}
+
+#[test]
+fn a_busy_node_keeps_its_index_exact_and_converges_with_its_replica() {
+    let writes_each: u64 = std::env::var("MERKLE_BUSY_WRITES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3_000);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(dir_a.path(), options()).unwrap();
+    let b = Store::open(dir_b.path(), options()).unwrap();
+    let stop = AtomicBool::new(false);
+    let (repaired, purged) = (AtomicU64::new(0), AtomicU64::new(0));
+    let mut live_verifies = 0;
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..4u64)
+            .map(|w| {
+                // Three writers on this node, one on the replica.
+                let store = if w < 3 { &a } else { &b };
+                s.spawn(move || {
+                    let mut rng = Rng(w);
+                    for _ in 0..writes_each {
+                        random_write(store, &mut rng, w);
+                    }
+                })
+            })
+            .collect();
+        // Exchanges, both ways, over every partition.
+        s.spawn(|| {
+            while !stop.load(Relaxed) {
+                for p in 0..PARTITIONS {
+                    let report = sync(&a, &b, p, &SyncOptions::default()).unwrap();
+                    let both = report.repaired_local + report.repaired_remote;
+                    repaired.fetch_add(both, Relaxed);
+                }
+            }
+        });
+        // Scrubs that purge every tombstone they pass, on both replicas.
+        for store in [&a, &b] {
+            let (stop, purged) = (&stop, &purged);
+            s.spawn(move || {
+                let mut cursor: Option<ScrubCursor> = None;
+                while !stop.load(Relaxed) {
+                    let page = store
+                        .scrub(cursor.as_ref(), 50, Some(Duration::ZERO))
+                        .unwrap();
+                    assert!(page.problems.is_empty(), "{:?}", page.problems);
+                    purged.fetch_add(page.purged, Relaxed);
+                    cursor = page.next;
+                }
+            });
+        }
+        // verify of the live store: writes that race it must not show as problems.
+        let verifier = s.spawn(|| {
+            let mut runs = 0;
+            while !stop.load(Relaxed) {
+                let report = a.verify(&mut |_| {}).unwrap();
+                assert!(report.is_ok(), "verify under writes: {:?}", report.problems);
+                runs += 1;
+            }
+            runs
+        });
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, Relaxed);
+        live_verifies = verifier.join().unwrap();
+    });
+    let (repaired, purged) = (repaired.into_inner(), purged.into_inner());
+    eprintln!("{live_verifies} verifies of the live store, {repaired} keys repaired, {purged} tombstones purged");
+    assert!(live_verifies > 0, "verify never ran while the writers did");
+    assert!(
+        repaired > 0 && purged > 0,
+        "exchanges and purges must race the writes"
+    );
+
+    for store in [&a, &b] {
+        store.sync_index().unwrap();
+        let report = store.verify(&mut |_| {}).unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+    }
+    // Quiet now: a round of exchanges leaves the replicas equal (a tombstone purged on
+    // one side mid-exchange may take a second round).
+    for _ in 0..3 {
+        for p in 0..PARTITIONS {
+            sync(&a, &b, p, &SyncOptions::default()).unwrap();
+        }
+        if roots(&a) == roots(&b) {
+            break;
+        }
+    }
+    a.sync_index().unwrap();
+    b.sync_index().unwrap();
+    assert_eq!(roots(&a), roots(&b));
+    let held = contents(&a);
+    assert_eq!(held, contents(&b));
+    assert!(
+        held.iter().filter(|(_, k, _)| k != b"clock").count() > (KEYS / 4) as usize,
+        "the workload left too few keys to mean much: {}",
+        held.len()
+    );
+
+    // A crash right now recovers the same index.
+    a.flush().unwrap();
+    let before = roots(&a);
+    a.simulate_crash();
+    let a = Store::open(dir_a.path(), options()).unwrap();
+    assert!(matches!(
+        a.open_report().recovery,
+        Recovery::Regions { .. } | Recovery::FullRebuild { .. }
+    ));
+    assert_eq!(roots(&a), before);
+    let report = a.verify(&mut |_| {}).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    a.close().unwrap();
+    b.close().unwrap();
+}
