@@ -1,9 +1,11 @@
 //! Crash safety under kill -9: a child process writes (and checkpoints) until it is
 //! killed at a random moment; after reopening, every write acknowledged by a completed
 //! flush is present, the data is a gap-free prefix of the writes, and the index equals a
-//! recomputation. Twice: on a store so small that recovery scans it whole, and on one
-//! large enough that recovery must re-hash only the regions marked since the last
-//! checkpoint, never rebuild. `MERKLE_CRASH_ITERATIONS=100` runs the long version.
+//! recomputation. On a store so small that recovery scans it whole, and on one large
+//! enough that recovery must re-hash only the regions marked since the last checkpoint,
+//! never rebuild: with one writer, and with three writing at once (each thread's writes
+//! then survive as a prefix of its own). `MERKLE_CRASH_ITERATIONS=100` runs the long
+//! version.
 
 mod common;
 
@@ -36,9 +38,11 @@ fn options() -> Options {
 
 /// Operation `i` (its version is `i + 1`) on a store of `keys` keys: which partition and
 /// key, and the value (`None` for a delete). Key `k` lives in partition `k % PARTITIONS`.
-fn op(i: u64, keys: u64) -> (u32, Vec<u8>, Option<Vec<u8>>) {
+/// With several writers, writer `t` runs the operations `i` with `i % writers == t`, on
+/// keys of its own (those with `k % writers == t`).
+fn op(i: u64, keys: u64, writers: u64) -> (u32, Vec<u8>, Option<Vec<u8>>) {
     let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7;
-    let k = x % keys;
+    let k = x % (keys / writers) * writers + i % writers;
     let value =
         (i % 7 != 3).then(|| format!("value-{i}-{}", "x".repeat((x % 40) as usize)).into_bytes());
     ((k % PARTITIONS) as u32, key(k), value)
@@ -48,25 +52,36 @@ fn key(k: u64) -> Vec<u8> {
     format!("key-{k}").into_bytes()
 }
 
-/// The expected contents, one model per partition, after the first `applied`
-/// operations; `extend` applies more.
+/// The expected contents, one model per partition, after the first `applied[t]`
+/// operations of each writer `t`; `extend` applies more.
 struct Expected {
     keys: u64,
     models: Vec<Model>,
-    applied: u64,
+    applied: Vec<u64>,
 }
 
 impl Expected {
-    fn extend(&mut self, to: u64) {
-        for i in self.applied..to {
-            let (p, key, value) = op(i, self.keys);
+    fn writers(&self) -> u64 {
+        self.applied.len() as u64
+    }
+
+    fn extend(&mut self, writer: u64, to: u64) {
+        let writers = self.writers();
+        let applied = &mut self.applied[writer as usize];
+        for j in *applied..to {
+            let i = j * writers + writer;
+            let (p, key, value) = op(i, self.keys, writers);
             let entry = match value {
                 Some(v) => (i + 1, false, v),
                 None => (i + 1, true, Vec::new()),
             };
             self.models[p as usize].insert(key, entry);
         }
-        self.applied = self.applied.max(to);
+        *applied = (*applied).max(to);
+    }
+
+    fn total(&self) -> u64 {
+        self.applied.iter().sum()
     }
 }
 
@@ -76,31 +91,45 @@ fn crash_child() {
     let Ok(dir) = std::env::var("MERKLE_CRASH_DIR") else {
         return;
     };
-    let var = |name: &str| -> u64 { std::env::var(name).unwrap().parse().unwrap() };
-    let (start, keys) = (var("MERKLE_CRASH_START"), var("MERKLE_CRASH_KEYS"));
+    let keys: u64 = std::env::var("MERKLE_CRASH_KEYS").unwrap().parse().unwrap();
+    // Where each writer starts, one number per writer.
+    let starts: Vec<u64> = std::env::var("MERKLE_CRASH_START")
+        .unwrap()
+        .split(',')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let writers = starts.len() as u64;
     let store = Store::open(&dir, options()).unwrap();
-    let mut out = std::io::stdout();
-    for i in start.. {
-        let (p, key, value) = op(i, keys);
-        match value {
-            Some(v) => store.partition(p).put_versioned(&key, &v, i + 1).unwrap(),
-            None => store.partition(p).delete_versioned(&key, i + 1).unwrap(),
+    std::thread::scope(|s| {
+        for (t, &start) in (0..).zip(&starts) {
+            let store = &store;
+            s.spawn(move || {
+                for j in start.. {
+                    let i = j * writers + t;
+                    let (p, key, value) = op(i, keys, writers);
+                    match value {
+                        Some(v) => store.partition(p).put_versioned(&key, &v, i + 1).unwrap(),
+                        None => store.partition(p).delete_versioned(&key, i + 1).unwrap(),
+                    }
+                    if j % 50 == 49 {
+                        store.flush().unwrap();
+                        // One line, written whole: this writer's first j + 1 are durable.
+                        println!("durable {t} {}", j + 1);
+                    }
+                    // A checkpoint every 400 operations in all (and every 15 ms).
+                    if t == 0 && j % (400 / writers) == 0 {
+                        store.checkpoint().unwrap();
+                    }
+                }
+            });
         }
-        if i % 50 == 49 {
-            store.flush().unwrap();
-            use std::io::Write;
-            writeln!(out, "durable {}", i + 1).unwrap();
-            out.flush().unwrap();
-        }
-        if i % 400 == 0 {
-            store.checkpoint().unwrap();
-        }
-    }
+    });
 }
 
-/// Checks the reopened store against the operations; returns how many survived.
-fn check(store: &Store, durable: u64, expected: &mut Expected) -> u64 {
-    // The highest version present tells how long the surviving prefix is.
+/// Checks the reopened store against the operations (`durable[t]`: how many of writer
+/// `t`'s were acknowledged by a flush); returns how many survived in all.
+fn check(store: &Store, durable: &[u64], expected: &mut Expected) -> u64 {
+    // The highest version among a writer's keys tells how long its surviving prefix is.
     // Every key read once, in its own partition.
     let records: Vec<_> = (0..expected.keys)
         .map(|k| {
@@ -108,18 +137,27 @@ fn check(store: &Store, durable: u64, expected: &mut Expected) -> u64 {
             store.partition(p).get_record(&key(k)).unwrap()
         })
         .collect();
-    let survived = records
-        .iter()
-        .flatten()
-        .map(|r| r.version)
-        .max()
-        .unwrap_or(0);
-    assert!(
-        survived >= durable,
-        "lost acknowledged writes: {survived} < {durable}"
-    );
-    assert!(survived >= expected.applied, "writes went missing");
-    expected.extend(survived);
+    let writers = expected.writers();
+    for t in 0..writers {
+        let last = (t..)
+            .step_by(writers as usize)
+            .map_while(|k| records.get(k as usize))
+            .flatten()
+            .map(|r| r.version)
+            .max();
+        // Version i + 1 is operation i, this writer's (i / writers + 1)th.
+        let survived = last.map_or(0, |v| (v - 1) / writers + 1);
+        let acknowledged = durable[t as usize];
+        assert!(
+            survived >= acknowledged,
+            "writer {t} lost acknowledged writes: {survived} < {acknowledged}"
+        );
+        assert!(
+            survived >= expected.applied[t as usize],
+            "writer {t}'s writes went missing"
+        );
+        expected.extend(t, survived);
+    }
     store.sync_index().unwrap();
     for (k, got) in (0..).zip(records) {
         let model = &expected.models[(k % PARTITIONS) as usize];
@@ -143,14 +181,14 @@ fn check(store: &Store, durable: u64, expected: &mut Expected) -> u64 {
     }
     let report = store.verify(&mut |_| {}).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
-    survived
+    expected.total()
 }
 
-/// Runs `iterations` rounds of: a child writes from where the last left off until it is
-/// killed (the first, with `preload`, once that many writes are durable; the others at a
-/// pseudo-random moment), then the store is reopened and checked. Returns how often
-/// each open path was taken.
-fn kill_nine_rounds(keys: u64, preload: u64) -> BTreeMap<String, u32> {
+/// Runs `iterations` rounds of: a child writes with `writers` threads from where the
+/// last left off until it is killed (the first, with `preload`, once that many writes
+/// are durable; the others at a pseudo-random moment), then the store is reopened and
+/// checked. Returns how often each open path was taken.
+fn kill_nine_rounds(keys: u64, preload: u64, writers: usize) -> BTreeMap<String, u32> {
     let iterations: u64 = std::env::var("MERKLE_CRASH_ITERATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -160,10 +198,12 @@ fn kill_nine_rounds(keys: u64, preload: u64) -> BTreeMap<String, u32> {
     let mut expected = Expected {
         keys,
         models: vec![Model::new(); PARTITIONS as usize],
-        applied: 0,
+        applied: vec![0; writers],
     };
     let mut recoveries = BTreeMap::<String, u32>::new();
     for iteration in 0..iterations {
+        let starts: Vec<String> = expected.applied.iter().map(u64::to_string).collect();
+        let starts = starts.join(",");
         let mut child = Command::new(&exe)
             .args([
                 "--ignored",
@@ -173,7 +213,7 @@ fn kill_nine_rounds(keys: u64, preload: u64) -> BTreeMap<String, u32> {
                 "--test-threads=1",
             ])
             .env("MERKLE_CRASH_DIR", dir.path())
-            .env("MERKLE_CRASH_START", expected.applied.to_string())
+            .env("MERKLE_CRASH_START", starts)
             .env("MERKLE_CRASH_KEYS", keys.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -182,13 +222,16 @@ fn kill_nine_rounds(keys: u64, preload: u64) -> BTreeMap<String, u32> {
         let stdout = child.stdout.take().unwrap();
         let (progress, durable_so_far) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
-            let mut durable = 0u64;
+            let mut durable = vec![0u64; writers];
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(n) = line.strip_prefix("durable ") {
-                    durable = n.trim().parse().unwrap();
-                    let _ = progress.send(durable);
-                }
+                let Some(rest) = line.strip_prefix("durable ") else {
+                    continue;
+                };
+                let (t, n) = rest.split_once(' ').unwrap();
+                let t: usize = t.parse().unwrap();
+                durable[t] = durable[t].max(n.trim().parse().unwrap());
+                let _ = progress.send(durable.iter().sum::<u64>());
             }
             durable
         });
@@ -220,7 +263,7 @@ fn kill_nine_rounds(keys: u64, preload: u64) -> BTreeMap<String, u32> {
                 .to_string(),
         };
         *recoveries.entry(kind).or_default() += 1;
-        let survived = check(&store, durable, &mut expected);
+        let survived = check(&store, &durable, &mut expected);
         // Every other time, crash the checker too, so recovery runs over a recovery.
         if iteration % 2 == 0 {
             store.close().unwrap();
@@ -231,22 +274,32 @@ fn kill_nine_rounds(keys: u64, preload: u64) -> BTreeMap<String, u32> {
         assert!(survived > 0, "the child never wrote anything");
     }
     eprintln!(
-        "{keys} keys: {iterations} kills, {} writes survived; open paths: {recoveries:?}",
-        expected.applied
+        "{keys} keys, {writers} writers: {iterations} kills, {} writes survived; open paths: {recoveries:?}",
+        expected.total()
     );
     recoveries
 }
 
 #[test]
 fn crash_kill_nine() {
-    kill_nine_rounds(SMALL, 0);
+    kill_nine_rounds(SMALL, 0, 1);
 }
 
 /// On a store large enough for it, recovery after kill -9 re-hashes only the regions
 /// marked since the last checkpoint (no full rebuild), and is exact.
 #[test]
 fn crash_kill_nine_recovers_only_marked_regions() {
-    let recoveries = kill_nine_rounds(LARGE, PRELOAD);
+    only_marked_regions(kill_nine_rounds(LARGE, PRELOAD, 1));
+}
+
+/// The same with three threads writing at once, as a node's request handlers do: each
+/// thread's writes survive as a prefix of its own, and recovery is as exact.
+#[test]
+fn crash_kill_nine_with_three_writers() {
+    only_marked_regions(kill_nine_rounds(LARGE, PRELOAD, 3));
+}
+
+fn only_marked_regions(recoveries: BTreeMap<String, u32>) {
     // Every kill's recovery (the preload's too) re-hashed marked regions, mostly with
     // the checkpoint from the base snapshot plus the buckets rewritten since (from every
     // bucket where a kill fell after a renewed snapshot was renamed into place and before
