@@ -1,8 +1,8 @@
 //! A node's store with everything at once, as a real node runs: several threads
 //! overwriting and deleting the same keys, replication messages carrying versions of
 //! their own, a scrub purging tombstones as soon as it may, checkpoints every few
-//! milliseconds, a `verify` of the live store, and exchanges with a replica that is
-//! written to as well. When it stops, each index must be exact, the replicas must
+//! milliseconds, `verify` and now and then `rebuild` of the live store, and exchanges
+//! with a replica that is written to as well. When it stops, each index must be exact, the replicas must
 //! converge, and a crash must recover the same roots.
 
 mod common;
@@ -141,13 +141,17 @@ fn a_busy_node_keeps_its_index_exact_and_converges_with_its_replica() {
                 }
             });
         }
-        // verify of the live store: writes that race it must not show as problems.
+        // verify of the live store (writes that race it must not show as problems),
+        // and now and then a rebuild (writes wait for it, then go on).
         let verifier = s.spawn(|| {
             let mut runs = 0;
             while !stop.load(Relaxed) {
                 let report = a.verify(&mut |_| {}).unwrap();
                 assert!(report.is_ok(), "verify under writes: {:?}", report.problems);
                 runs += 1;
+                if runs % 4 == 0 {
+                    a.rebuild(&mut |_| {}).unwrap();
+                }
             }
             runs
         });
