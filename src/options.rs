@@ -62,6 +62,8 @@ impl Options {
     /// Sets the tree shape from a segment count and a width; `segments` must be a power
     /// of `width`. A `region_segments` larger than the new segment count is lowered to it.
     pub fn with_segments(mut self, segments: u64, width: u32) -> Result<Self> {
+        // The width's own limits first, so a bad width is named as such.
+        Shape::new(width, 1)?;
         let mut levels = 0;
         let mut n = 1u64;
         while n < segments && width >= 2 {
@@ -220,5 +222,13 @@ mod tests {
             .validate()
             .is_err());
         assert!(Shape::new(1, 3).is_err());
+        // A bad width is named as such, not as a segment count that is no power of it.
+        for width in [0, 1, 65_537] {
+            let Err(Error::InvalidOptions(why)) = Options::default().with_segments(16, width)
+            else {
+                panic!("width {width} accepted");
+            };
+            assert!(why.starts_with("width ("), "{why}");
+        }
     }
 }
