@@ -2,12 +2,14 @@
 //! overwriting and deleting the same keys, replication messages carrying versions of
 //! their own, a scrub purging tombstones as soon as it may, checkpoints every few
 //! milliseconds, `verify` and now and then `rebuild` of the live store, and exchanges
-//! with a replica that is written to as well. When it stops, each index must be exact, the replicas must
+//! with a replica that is written to as well (in process, and with the `net` feature
+//! over TCP too, both at once). When it stops, each index must be exact, the replicas must
 //! converge, and a crash must recover the same roots.
 
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use merkle_index::{sync, Options, Record, Recovery, ScrubCursor, Store, SyncOptions};
@@ -83,6 +85,54 @@ fn contents(store: &Store) -> Vec<(u32, Vec<u8>, Record)> {
     out
 }
 
+/// The replica served over TCP while `run` runs; returns what `run` returns.
+#[cfg(feature = "net")]
+fn with_server<T>(store: &Arc<Store>, run: impl FnOnce(&str) -> T) -> T {
+    use merkle_index::net::{self, Key, ServeOptions, Stop};
+    let key = Key::from_secret(b"busy node test shared secret").unwrap();
+    let (listener, addr) = net::bind("127.0.0.1:0").unwrap();
+    let stop = Stop::new(addr);
+    let server = std::thread::spawn({
+        let (store, key, stop) = (Arc::clone(store), key.clone(), stop.clone());
+        move || {
+            let options = ServeOptions::default();
+            net::serve(store, listener, key, options, &stop, Arc::new(|_| {}))
+        }
+    });
+    let out = run(&addr.to_string());
+    stop.trigger();
+    server.join().unwrap().unwrap();
+    out
+}
+
+#[cfg(not(feature = "net"))]
+fn with_server<T>(_: &Arc<Store>, run: impl FnOnce(&str) -> T) -> T {
+    run("")
+}
+
+/// Exchanges with the replica over TCP until `stop`; keys repaired (none without the
+/// `net` feature).
+fn exchange_over_tcp(a: &Store, addr: &str, stop: &AtomicBool) -> u64 {
+    #[cfg(feature = "net")]
+    {
+        let key = merkle_index::net::Key::from_secret(b"busy node test shared secret").unwrap();
+        let b = merkle_index::net::Client::connect(addr, &key, Duration::from_secs(10)).unwrap();
+        let mut repaired = 0;
+        while !stop.load(Relaxed) {
+            for p in 0..PARTITIONS {
+                let report = sync(a, &b, p, &SyncOptions::default()).unwrap();
+                repaired += report.repaired_local + report.repaired_remote;
+            }
+        }
+        repaired
+    }
+    #[cfg(not(feature = "net"))]
+    {
+        let _ = (a, addr, stop);
+        0
+    }
+}
+
 fn roots(store: &Store) -> Vec<(u32, merkle_index::Hash)> {
     store
         .partitions()
@@ -99,76 +149,88 @@ fn a_busy_node_keeps_its_index_exact_and_converges_with_its_replica() {
         .unwrap_or(3_000);
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Store::open(dir_a.path(), options()).unwrap();
-    let b = Store::open(dir_b.path(), options()).unwrap();
+    let b = Arc::new(Store::open(dir_b.path(), options()).unwrap());
     let stop = AtomicBool::new(false);
     let (repaired, purged) = (AtomicU64::new(0), AtomicU64::new(0));
     let mut live_verifies = 0;
-    std::thread::scope(|s| {
-        let writers: Vec<_> = (0..4u64)
-            .map(|w| {
-                // Three writers on this node, one on the replica.
-                let store = if w < 3 { &a } else { &b };
-                s.spawn(move || {
-                    let mut rng = Rng(w);
-                    for _ in 0..writes_each {
-                        random_write(store, &mut rng, w);
-                    }
+    let over_tcp = with_server(&b, |addr| {
+        std::thread::scope(|s| {
+            let writers: Vec<_> = (0..4u64)
+                .map(|w| {
+                    // Three writers on this node, one on the replica.
+                    let store = if w < 3 { &a } else { &b };
+                    s.spawn(move || {
+                        let mut rng = Rng(w);
+                        for _ in 0..writes_each {
+                            random_write(store, &mut rng, w);
+                        }
+                    })
                 })
-            })
-            .collect();
-        // Exchanges, both ways, over every partition.
-        s.spawn(|| {
-            while !stop.load(Relaxed) {
-                for p in 0..PARTITIONS {
-                    let report = sync(&a, &b, p, &SyncOptions::default()).unwrap();
-                    let both = report.repaired_local + report.repaired_remote;
-                    repaired.fetch_add(both, Relaxed);
-                }
-            }
-        });
-        // Scrubs that purge every tombstone they pass, on both replicas.
-        for store in [&a, &b] {
-            let (stop, purged) = (&stop, &purged);
-            s.spawn(move || {
-                let mut cursor: Option<ScrubCursor> = None;
+                .collect();
+            // Exchanges, both ways, over every partition: in process, and over TCP at the
+            // same time.
+            let tcp = s.spawn(|| exchange_over_tcp(&a, addr, &stop));
+            s.spawn(|| {
                 while !stop.load(Relaxed) {
-                    let page = store
-                        .scrub(cursor.as_ref(), 50, Some(Duration::ZERO))
-                        .unwrap();
-                    assert!(page.problems.is_empty(), "{:?}", page.problems);
-                    purged.fetch_add(page.purged, Relaxed);
-                    cursor = page.next;
+                    for p in 0..PARTITIONS {
+                        let report = sync(&a, &*b, p, &SyncOptions::default()).unwrap();
+                        let both = report.repaired_local + report.repaired_remote;
+                        repaired.fetch_add(both, Relaxed);
+                    }
                 }
             });
-        }
-        // verify of the live store (writes that race it must not show as problems),
-        // and now and then a rebuild (writes wait for it, then go on).
-        let verifier = s.spawn(|| {
-            let mut runs = 0;
-            while !stop.load(Relaxed) {
-                let report = a.verify(&mut |_| {}).unwrap();
-                assert!(report.is_ok(), "verify under writes: {:?}", report.problems);
-                runs += 1;
-                if runs % 4 == 0 {
-                    a.rebuild(&mut |_| {}).unwrap();
-                }
+            // Scrubs that purge every tombstone they pass, on both replicas.
+            for store in [&a, &*b] {
+                let (stop, purged) = (&stop, &purged);
+                s.spawn(move || {
+                    let mut cursor: Option<ScrubCursor> = None;
+                    while !stop.load(Relaxed) {
+                        let page = store
+                            .scrub(cursor.as_ref(), 50, Some(Duration::ZERO))
+                            .unwrap();
+                        assert!(page.problems.is_empty(), "{:?}", page.problems);
+                        purged.fetch_add(page.purged, Relaxed);
+                        cursor = page.next;
+                    }
+                });
             }
-            runs
-        });
-        for w in writers {
-            w.join().unwrap();
-        }
-        stop.store(true, Relaxed);
-        live_verifies = verifier.join().unwrap();
+            // verify of the live store (writes that race it must not show as problems),
+            // and now and then a rebuild (writes wait for it, then go on).
+            let verifier = s.spawn(|| {
+                let mut runs = 0;
+                while !stop.load(Relaxed) {
+                    let report = a.verify(&mut |_| {}).unwrap();
+                    assert!(report.is_ok(), "verify under writes: {:?}", report.problems);
+                    runs += 1;
+                    if runs % 4 == 0 {
+                        a.rebuild(&mut |_| {}).unwrap();
+                    }
+                }
+                runs
+            });
+            for w in writers {
+                w.join().unwrap();
+            }
+            stop.store(true, Relaxed);
+            live_verifies = verifier.join().unwrap();
+            tcp.join().unwrap()
+        })
     });
     let (repaired, purged) = (repaired.into_inner(), purged.into_inner());
-    eprintln!("{live_verifies} verifies of the live store, {repaired} keys repaired, {purged} tombstones purged");
+    eprintln!(
+        "{live_verifies} verifies of the live store, {repaired} keys repaired \
+         ({over_tcp} over TCP), {purged} tombstones purged"
+    );
     assert!(live_verifies > 0, "verify never ran while the writers did");
     assert!(
         repaired > 0 && purged > 0,
         "exchanges and purges must race the writes"
     );
 
+    if cfg!(feature = "net") {
+        assert!(over_tcp > 0, "no exchange over TCP repaired anything");
+    }
+    let b = Arc::into_inner(b).unwrap();
     for store in [&a, &b] {
         store.sync_index().unwrap();
         let report = store.verify(&mut |_| {}).unwrap();
