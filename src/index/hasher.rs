@@ -155,6 +155,10 @@ struct Worker {
     updates: Vec<(u32, u32, Hash)>,
 }
 
+/// Obsolete marks deleted per sled batch between other work: a few milliseconds, which
+/// the channel absorbs.
+const CLEAR_BATCH: usize = 1024;
+
 /// Updates ahead whose tree nodes are fetched while the current one is applied.
 const AHEAD: usize = 4;
 
@@ -181,25 +185,40 @@ impl Worker {
         let ticker = tick(interval);
         let mut pending = VecDeque::new();
         loop {
-            select! {
-                recv(self.rx) -> msg => match msg {
-                    Ok(msg) => {
-                        self.apply_batch(msg, &mut pending);
-                        if pending.is_empty() && self.rx.is_empty() {
-                            // Let updates accumulate: while this thread is parked instead
-                            // of blocking in recv, senders need no wake-up system call.
-                            std::thread::park_timeout(IDLE_PAUSE);
-                        }
-                    }
-                    Err(_) => return, // dropped without close: a simulated crash
-                },
-                recv(ticker) -> _ => {
-                    if self.dirty {
-                        // A failed periodic checkpoint leaves the buckets dirty and the
-                        // marks in place; the next one retries.
-                        let _ = self.checkpoint(false, &mut pending);
+            // Marks a checkpoint made obsolete are deleted a batch at a time, only when
+            // no message waits.
+            let next = if self.index.marks.retiring() {
+                select! {
+                    recv(self.rx) -> msg => Some(msg),
+                    recv(ticker) -> _ => None,
+                    default => {
+                        // On an error the marks stay (recovery ignores them).
+                        let _ = self.index.marks.clear_retired(CLEAR_BATCH);
+                        continue;
                     }
                 }
+            } else {
+                select! {
+                    recv(self.rx) -> msg => Some(msg),
+                    recv(ticker) -> _ => None,
+                }
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    self.apply_batch(msg, &mut pending);
+                    if pending.is_empty() && self.rx.is_empty() {
+                        // Let updates accumulate: while this thread is parked instead of
+                        // blocking in recv, senders need no wake-up system call.
+                        std::thread::park_timeout(IDLE_PAUSE);
+                    }
+                }
+                Some(Err(_)) => return, // dropped without close: a simulated crash
+                None if self.dirty => {
+                    // A failed periodic checkpoint leaves the buckets dirty and the marks
+                    // in place; the next one retries.
+                    let _ = self.checkpoint(false, &mut pending);
+                }
+                None => {}
             }
             while let Some(request) = pending.pop_front() {
                 if self.serve(request, &mut pending) {
@@ -231,7 +250,12 @@ impl Worker {
                 // recovery, say) would otherwise take the request and leave the snapshot
                 // an epoch behind the clean close.
                 self.index.base.request_renewal();
-                let _ = reply.send(self.checkpoint(false, pending));
+                // A clean close leaves no obsolete marks behind.
+                let result = self.checkpoint(false, pending).and_then(|info| {
+                    self.index.marks.clear_all_retired()?;
+                    Ok(info)
+                });
+                let _ = reply.send(result);
                 true
             }
         }

@@ -6,8 +6,11 @@
 //! ```
 //! A write inserts the mark of its (epoch, partition, region) before its data; sled
 //! recovers a gap-free prefix of writes, so no data write survives a crash without its
-//! mark. A checkpoint of epoch `e` deletes marks of epochs `<= e` once it is flushed.
-//! After a crash, exactly the marked regions are re-hashed.
+//! mark. A checkpoint of epoch `e`, once flushed, makes the marks of epochs `<= e`
+//! obsolete: recovery ignores them, and the hasher thread deletes them a batch at a time
+//! between its other work (tens of thousands of deletes at once held up writers for half
+//! a second). After a crash, exactly the regions marked since the last checkpoint are
+//! re-hashed.
 //!
 //! Regions are sized per partition so that each holds about `region_segments` keys: a
 //! dense partition uses `region_segments` segments, one with `n` non-zero segments out
@@ -48,6 +51,9 @@ struct State {
     seen: HashSet<(u32, u32, u32)>,
     /// Region length per partition; partitions not listed (new ones) use one region.
     sizes: HashMap<u32, u64>,
+    /// Marks of epochs up to this one are obsolete (a durable checkpoint covers them)
+    /// and not yet all deleted.
+    retired: Option<u64>,
 }
 
 fn key(epoch: u64, partition: u32, first: u32) -> [u8; 16] {
@@ -87,6 +93,7 @@ impl Marks {
                 epoch: 0,
                 seen: HashSet::new(),
                 sizes: HashMap::new(),
+                retired: None,
             }),
         }
     }
@@ -100,20 +107,20 @@ impl Marks {
         } else {
             (1u64 << target.max(1).ilog2()).clamp(min, self.segments)
         };
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         state.sizes.insert(partition, len);
     }
 
     /// Forgets a partition's region size (it was dropped).
     pub(crate) fn forget(&self, partition: u32) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         state.sizes.remove(&partition);
     }
 
     /// Makes sure the region holding `segment` is durably marked for `epoch` before the
     /// caller writes data there. Cheap after the first call per region and epoch.
     pub(crate) fn mark(&self, epoch: u64, partition: u32, segment: u32) -> Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         if state.epoch < epoch {
             state.epoch = epoch;
             state.seen.clear();
@@ -149,8 +156,13 @@ impl Marks {
 
     /// Every mark present, in key order.
     pub(crate) fn all(&self) -> Result<Vec<Region>> {
+        self.since(0)
+    }
+
+    /// Every mark of an epoch `>= first`, in key order.
+    pub(crate) fn since(&self, first: u64) -> Result<Vec<Region>> {
         let mut out = Vec::new();
-        for item in self.tree.iter() {
+        for item in self.tree.range(key(first, 0, 0)..) {
             let (k, v) = item?;
             let bad = || Corruption::BadLength {
                 what: "dirty mark",
@@ -196,16 +208,55 @@ impl Marks {
         Ok(out)
     }
 
-    /// Deletes the marks of every epoch `<= epoch`.
-    pub(crate) fn clear_through(&self, epoch: u64) -> Result<usize> {
+    /// Records that a durable checkpoint of `epoch` covers the marks of every epoch
+    /// `<= epoch`, for [`Marks::clear_retired`] to delete.
+    pub(crate) fn retire_through(&self, epoch: u64) {
+        let mut state = self.lock();
+        state.retired = state.retired.max(Some(epoch));
+    }
+
+    /// True while retired marks may be left to delete.
+    pub(crate) fn retiring(&self) -> bool {
+        self.lock().retired.is_some()
+    }
+
+    /// Deletes up to `max` retired marks (one sled batch); true once none is left. On
+    /// an error the rest are left for the next checkpoint to retire again (recovery
+    /// ignores them meanwhile).
+    pub(crate) fn clear_retired(&self, max: usize) -> Result<bool> {
+        let Some(through) = self.lock().retired else {
+            return Ok(true);
+        };
+        let deleted = self.delete_through(through, max);
+        let mut state = self.lock();
+        // All deleted, or an error: stop (unless a newer checkpoint retired more).
+        if deleted.as_ref().map_or(true, |&n| n < max) && state.retired == Some(through) {
+            state.retired = None;
+        }
+        deleted.map(|_| state.retired.is_none())
+    }
+
+    /// Deletes every retired mark (at a clean close).
+    pub(crate) fn clear_all_retired(&self) -> Result<()> {
+        while !self.clear_retired(1 << 16)? {}
+        Ok(())
+    }
+
+    /// Deletes up to `max` marks of epochs `<= epoch`; returns how many.
+    fn delete_through(&self, epoch: u64, max: usize) -> Result<usize> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for item in self.tree.range(..key(epoch.saturating_add(1), 0, 0)) {
-            batch.remove(item?.0);
+        let end = key(epoch.saturating_add(1), 0, 0);
+        for item in self.tree.range(..end).keys().take(max) {
+            batch.remove(item?);
             n += 1;
         }
         self.tree.apply_batch(batch)?;
         Ok(n)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -248,7 +299,10 @@ mod tests {
                 region(3, 7, 0, 1 << 20),
             ]
         );
-        assert_eq!(marks.clear_through(2).unwrap(), 1);
+        marks.retire_through(2);
+        assert!(marks.retiring());
+        assert!(marks.clear_retired(16).unwrap());
+        assert!(!marks.retiring());
         assert_eq!(marks.all().unwrap().len(), 2);
     }
 }

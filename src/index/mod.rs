@@ -189,7 +189,8 @@ impl Index {
             }
         }
         drop(trees);
-        self.marks.clear_through(epoch)?;
+        // Obsolete now; deleted a batch at a time by the hasher thread (see marks.rs).
+        self.marks.retire_through(epoch);
         *self
             .last_checkpoint
             .lock()

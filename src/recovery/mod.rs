@@ -161,6 +161,11 @@ pub(crate) fn recover(
         Err(Error::Corrupt(e)) => (CheckpointInfo::default(), Some(e.to_string())),
         Err(e) => return Err(e),
     };
+    if meta_problem.is_none() {
+        // Marks the checkpoint covers that a crash or close left: the hasher thread
+        // deletes them in the background (nothing is written here).
+        marks.retire_through(checkpoint.epoch);
+    }
     let clean_epoch = match meta.clean_epoch() {
         Ok(e) => e,
         Err(Error::Corrupt(_)) => None,
@@ -227,13 +232,17 @@ pub(crate) fn recover(
         }
     }
     out.base = from_base.as_ref().map(|(epoch, _)| *epoch);
-    let attempt = marks.all().and_then(|regions| {
-        let (trees, changed) = match from_base {
-            Some((_, loaded)) => (loaded.trees, Some(loaded.changed)),
-            None => (Index::load_buckets(shape, buckets, None)?, None),
-        };
-        Ok((regions, trees, changed))
-    });
+    // Marks of epochs the checkpoint covers are obsolete (left by a crash before they
+    // were all deleted).
+    let attempt = marks
+        .since(checkpoint.epoch.saturating_add(1))
+        .and_then(|regions| {
+            let (trees, changed) = match from_base {
+                Some((_, loaded)) => (loaded.trees, Some(loaded.changed)),
+                None => (Index::load_buckets(shape, buckets, None)?, None),
+            };
+            Ok((regions, trees, changed))
+        });
     let (regions, trees, changed) = match attempt {
         Ok(found) => found,
         Err(e) => return full_rebuild(out, data, shape, format!("index unreadable: {e}")),
