@@ -4,21 +4,64 @@
 //! purged GRACE_SECS (default 5) after the delete. A writer sends overwrites and deletes
 //! of KEYS keys (default 100,000) over PARTITIONS partitions (default 64) to both nodes
 //! as replication messages, losing 1 in 20, at RATE writes a second (default 2,000).
-//! Every REPORT_SECS (default 10) it prints the process's resident memory, both indexes'
-//! memory, the exchanges, keys repaired and tombstones purged so far. After SECS
+//! Every REPORT_SECS (default 10) it prints the process's resident memory, its live heap
+//! (bytes allocated and not freed, counted by the allocator), both indexes' memory, the
+//! exchanges, keys repaired and tombstones purged so far. After SECS
 //! (default 300) the writes stop and the nodes must converge (which waits for the
 //! scrubs to pass the tombstones past the grace on the side that still holds them:
 //! exchanges no longer copy those). PEERS=0 runs the same without exchanges, as a
 //! control.
 //! Run: cargo run --release --features net --example long_run
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use merkle_index::net::{self, Key, NetPeer, ServeOptions, Stop};
 use merkle_index::{Manager, ManagerOptions, Options, Record, Status, Store};
+
+/// The system allocator, counting the bytes it holds for the program.
+struct Counting;
+
+static HEAP: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; the counter is
+// only arithmetic beside it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HEAP.fetch_add(layout.size() as isize, Relaxed);
+        // SAFETY: the caller's contract for `alloc` is `System.alloc`'s.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        HEAP.fetch_add(layout.size() as isize, Relaxed);
+        // SAFETY: as for `alloc`. (The default would write the zeros itself, making
+        // every page of a large zeroed allocation resident at once.)
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HEAP.fetch_sub(layout.size() as isize, Relaxed);
+        // SAFETY: `ptr` came from this allocator, that is from `System`, with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        HEAP.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+        // SAFETY: as for `dealloc`, and `new_size` is the caller's valid new size.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn heap_mib() -> f64 {
+    HEAP.load(Relaxed) as f64 / (1 << 20) as f64
+}
 
 fn var(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -129,7 +172,7 @@ fn main() {
         s.spawn(|| {
             let mut next_report = report_every;
             println!(
-                "secs  rss MiB  index MiB (a, b)  exchanges (a, b)  repaired (a, b)  purged (a, b)"
+                "secs  rss MiB  heap MiB  index MiB (a, b)  exchanges (a, b)  repaired (a, b)  purged (a, b)"
             );
             while writing.load(Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
@@ -140,9 +183,10 @@ fn main() {
                 let [a, b] = [nodes[0].status(), nodes[1].status()];
                 let mib = |n: &Node| n.store.index_memory_bytes() as f64 / (1 << 20) as f64;
                 println!(
-                    "{:4}  {:7.1}  {:6.1}, {:6.1}    {:6}, {:6}     {:6}, {:6}   {:6}, {:6}",
+                    "{:4}  {:7.1}  {:8.1}  {:6.1}, {:6.1}    {:6}, {:6}     {:6}, {:6}   {:6}, {:6}",
                     started.elapsed().as_secs(),
                     rss_mib().unwrap_or(f64::NAN),
+                    heap_mib(),
                     mib(&nodes[0]),
                     mib(&nodes[1]),
                     a.exchanges,
