@@ -41,7 +41,7 @@ fn overwrite(keys: u64, secs: u64, mut put: impl FnMut(u64, &[u8])) -> Samples {
 }
 
 fn report(name: &str, secs: u64, mut samples: Samples) {
-    samples.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    samples.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
     let n = samples.len();
     let at = |q: f64| samples[((n as f64) * (1.0 - q)) as usize].0;
     println!(
