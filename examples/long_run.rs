@@ -13,54 +13,20 @@
 //! control.
 //! Run: cargo run --release --features net --example long_run
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use merkle_index::bench_support::CountingAllocator;
 use merkle_index::net::{self, Key, NetPeer, ServeOptions, Stop};
 use merkle_index::{Manager, ManagerOptions, Options, Record, Status, Store};
 
-/// The system allocator, counting the bytes it holds for the program.
-struct Counting;
-
-static HEAP: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is passed on to the system allocator unchanged; the counter is
-// only arithmetic beside it.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        HEAP.fetch_add(layout.size() as isize, Relaxed);
-        // SAFETY: the caller's contract for `alloc` is `System.alloc`'s.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        HEAP.fetch_add(layout.size() as isize, Relaxed);
-        // SAFETY: as for `alloc`. (The default would write the zeros itself, making
-        // every page of a large zeroed allocation resident at once.)
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        HEAP.fetch_sub(layout.size() as isize, Relaxed);
-        // SAFETY: `ptr` came from this allocator, that is from `System`, with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        HEAP.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
-        // SAFETY: as for `dealloc`, and `new_size` is the caller's valid new size.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 fn heap_mib() -> f64 {
-    HEAP.load(Relaxed) as f64 / (1 << 20) as f64
+    CountingAllocator::live_bytes() as f64 / (1 << 20) as f64
 }
 
 fn var(name: &str, default: u64) -> u64 {
