@@ -3,8 +3,8 @@
 //! their own, a scrub purging tombstones as soon as it may, checkpoints every few
 //! milliseconds, `verify` and now and then `rebuild` of the live store, and exchanges
 //! with a replica that is written to as well (in process, and with the `net` feature
-//! over TCP too, both at once). When it stops, each index must be exact, the replicas must
-//! converge, and a crash must recover the same roots.
+//! over TCP too, both at once). When it stops, each index must be exact, the replicas
+//! must converge, and a crash must recover the same roots.
 
 mod common;
 
