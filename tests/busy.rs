@@ -19,6 +19,10 @@ const PARTITIONS: u32 = 6;
 /// below), so every segment takes the XOR of many keys' changes from several threads.
 const KEYS: u64 = 200;
 
+/// The replica's network key (with the `net` feature).
+#[cfg_attr(not(feature = "net"), allow(dead_code))]
+const SECRET: &[u8] = b"busy node test shared secret";
+
 /// A small deterministic generator (splitmix64), one per thread.
 struct Rng(u64);
 
@@ -89,7 +93,7 @@ fn contents(store: &Store) -> Vec<(u32, Vec<u8>, Record)> {
 #[cfg(feature = "net")]
 fn with_server<T>(store: &Arc<Store>, run: impl FnOnce(&str) -> T) -> T {
     use merkle_index::net::{self, Key, ServeOptions, Stop};
-    let key = Key::from_secret(b"busy node test shared secret").unwrap();
+    let key = Key::from_secret(SECRET).unwrap();
     let (listener, addr) = net::bind("127.0.0.1:0").unwrap();
     let stop = Stop::new(addr);
     let server = std::thread::spawn({
@@ -115,7 +119,7 @@ fn with_server<T>(_: &Arc<Store>, run: impl FnOnce(&str) -> T) -> T {
 fn exchange_over_tcp(a: &Store, addr: &str, stop: &AtomicBool) -> u64 {
     #[cfg(feature = "net")]
     {
-        let key = merkle_index::net::Key::from_secret(b"busy node test shared secret").unwrap();
+        let key = merkle_index::net::Key::from_secret(SECRET).unwrap();
         let b = merkle_index::net::Client::connect(addr, &key, Duration::from_secs(10)).unwrap();
         let mut repaired = 0;
         while !stop.load(Relaxed) {
