@@ -52,6 +52,11 @@ pub enum Error {
     #[error(transparent)]
     Corrupt(#[from] Corruption),
 
+    /// The partition is being dropped ([`Store::drop_partition`](crate::Store::drop_partition)):
+    /// writes to it are refused until the drop finishes.
+    #[error("partition {0} is being dropped: writes to it are refused until the drop finishes")]
+    PartitionDropping(u32),
+
     /// An argument is out of range (a level, node or segment past the tree).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -2,8 +2,10 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::{reference_root, reference_segment, small_options, Model};
-use merkle_index::{Hash, Options, ProblemKind, Recovery, Store};
+use merkle_index::{Error, Hash, Options, ProblemKind, Record, Recovery, Store};
 
 #[test]
 fn writes_reads_and_root_match_the_reference() {
@@ -325,6 +327,65 @@ fn a_dropped_partition_is_gone_from_data_index_and_marks() {
     let store = Store::open(dir.path(), small_options()).unwrap();
     assert_eq!(store.partitions(), vec![0, 2]);
     assert_eq!((store.root(0), store.root(2)), (root0, root2));
+    assert!(store.verify(&mut |_| {}).unwrap().is_ok());
+}
+
+/// A drop holds writes back only for a moment at its start and end: while it removes
+/// the partition's records, writes to other partitions go on, writes to it (and a
+/// second drop of it) are refused, and a verify or rebuild finds nothing wrong.
+#[test]
+fn writes_go_on_while_a_partition_is_dropped() {
+    fn refused<T>(r: Result<T, Error>) -> bool {
+        matches!(r, Err(Error::PartitionDropping(1)))
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), small_options()).unwrap());
+    for i in 0..2_000u32 {
+        store.partition(i % 2).put(&i.to_le_bytes(), b"v").unwrap();
+    }
+    store.checkpoint().unwrap();
+    let under_way = || {
+        // On a thread of its own, so a write made to wait for the drop fails the test
+        // instead of hanging it.
+        let (done, finished) = std::sync::mpsc::channel();
+        let writer = Arc::clone(&store);
+        let thread = std::thread::spawn(move || {
+            let _ = done.send(writer.partition(0).put(b"during", b"v").is_ok());
+        });
+        let put = finished.recv_timeout(std::time::Duration::from_secs(60));
+        assert!(put.expect("a write to another partition waited for the drop"));
+        thread.join().unwrap();
+        assert!(refused(store.partition(1).put(b"during", b"v")));
+        assert!(refused(store.partition(1).delete(&0u32.to_le_bytes())));
+        assert!(refused(store.replicate(1, b"k", &Record::value(5, b"v"))));
+        assert!(refused(store.drop_partition(1)));
+        // The partition's records are all still there, without an index.
+        let report = store.verify(&mut |_| {}).unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        store.rebuild(&mut |_| {}).unwrap();
+        assert_eq!(store.root(1), Hash::ZERO);
+    };
+    assert_eq!(
+        store.drop_partition_under_way(1, &under_way).unwrap(),
+        1_000
+    );
+    assert_eq!(store.partitions(), vec![0]);
+    assert_eq!(store.count_keys(1).unwrap(), 0);
+    assert_eq!(
+        store.partition(0).get(b"during").unwrap(),
+        Some(b"v".to_vec())
+    );
+    assert!(store.verify(&mut |_| {}).unwrap().is_ok());
+    // Once it is dropped, the partition takes writes again.
+    store.partition(1).put(b"after", b"v").unwrap();
+    assert_eq!(store.count_keys(1).unwrap(), 1);
+    store.sync_index().unwrap();
+    let roots = (store.root(0), store.root(1));
+    assert_ne!(roots.1, Hash::ZERO);
+    let store = Arc::into_inner(store).unwrap();
+    store.simulate_crash();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    assert_eq!((store.root(0), store.root(1)), roots);
     assert!(store.verify(&mut |_| {}).unwrap().is_ok());
 }
 

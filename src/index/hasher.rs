@@ -35,8 +35,8 @@ pub(crate) enum Msg {
 pub(crate) enum Request {
     /// Persist dirty buckets now; with `full`, every bucket, removing stale ones.
     Checkpoint(bool, Reply<CheckpointInfo>),
-    /// Drop a partition (memory and disk); answers with its record count.
-    Drop(u32, Reply<u64>),
+    /// Take a partition out of the index and record its drop ([`Index::begin_drop`]).
+    BeginDrop(u32, Reply<()>),
     /// Swap in rebuilt trees and persist them all.
     Replace(Trees, Reply<CheckpointInfo>),
     /// Final checkpoint; the thread exits after answering.
@@ -118,8 +118,8 @@ impl Hasher {
         self.ask(|reply| Request::Checkpoint(full, reply))
     }
 
-    pub(crate) fn drop_partition(&self, partition: u32) -> Result<u64> {
-        self.ask(|reply| Request::Drop(partition, reply))
+    pub(crate) fn begin_drop(&self, partition: u32) -> Result<()> {
+        self.ask(|reply| Request::BeginDrop(partition, reply))
     }
 
     pub(crate) fn replace(&self, trees: Trees) -> Result<CheckpointInfo> {
@@ -235,8 +235,8 @@ impl Worker {
                 let _ = reply.send(self.checkpoint(full, pending));
                 false
             }
-            Request::Drop(partition, reply) => {
-                let _ = reply.send(self.index.drop_partition(partition));
+            Request::BeginDrop(partition, reply) => {
+                let _ = reply.send(self.index.begin_drop(partition));
                 false
             }
             Request::Replace(trees, reply) => {

@@ -18,7 +18,7 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::base::Base;
 use crate::bucket::BucketId;
 use crate::clock::{unix_ms, Clock};
-use crate::dropping;
+use crate::dropping::{self, Underway};
 use crate::error::{Corruption, Result};
 use crate::gate::Gate;
 use crate::marks::Marks;
@@ -41,6 +41,8 @@ pub(crate) struct Index {
     /// The snapshot crash recovery starts from, and what changed since.
     pub(crate) base: Base,
     pub(crate) gate: Gate,
+    /// Partitions being dropped: writes to them are refused.
+    pub(crate) dropping: Underway,
     pub(crate) clock: Clock,
     /// Only the hasher thread takes this for writing, and only briefly.
     trees: RwLock<Trees>,
@@ -79,6 +81,7 @@ impl Index {
             marks,
             base,
             gate: Gate::new(epoch),
+            dropping: Underway::default(),
             clock,
             trees: RwLock::new(trees),
             last_checkpoint: Mutex::new(last),
@@ -245,13 +248,20 @@ impl Index {
 
     /// Removes `partition` from memory and disk (see `dropping.rs`). Called by the hasher
     /// thread, so no checkpoint runs meanwhile.
-    pub(crate) fn drop_partition(&self, partition: u32) -> Result<u64> {
+    /// Makes the drop of `partition` durable (its intent is recorded already) and takes
+    /// the partition out of the index. Called by the hasher thread (no checkpoint
+    /// persists the partition after this) while writes are paused.
+    pub(crate) fn begin_drop(&self, partition: u32) -> Result<()> {
+        self.db.flush()?;
         self.trees_mut().remove(&partition);
         self.marks.forget(partition);
-        self.base.record([(partition, true, &[][..])].into_iter())?;
-        self.meta.set_dropping(partition, true)?;
-        self.db.flush()?;
-        let records = dropping::remove(
+        self.base.record([(partition, true, &[][..])].into_iter())
+    }
+
+    /// Removes what `partition` left on disk after [`Index::begin_drop`] (writes go on,
+    /// none to it); returns how many data records it held.
+    pub(crate) fn remove_dropped(&self, partition: u32) -> Result<u64> {
+        dropping::remove(
             &dropping::Trees {
                 data: &self.data,
                 buckets: &self.buckets,
@@ -259,9 +269,7 @@ impl Index {
                 quarantine: &self.quarantine,
             },
             partition,
-        )?;
-        self.meta.set_dropping(partition, false)?;
-        Ok(records)
+        )
     }
 
     /// Loads every partition's tree (or those in `only`) from the persisted buckets

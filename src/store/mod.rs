@@ -311,7 +311,10 @@ impl Store {
     pub fn rebuild(&self, progress: &mut dyn FnMut(Progress)) -> Result<RebuildReport> {
         let _paused = self.index.gate.pause();
         self.hasher.barrier()?;
-        let scan = scan_all(&self.index.data, self.index.shape, false, progress)?;
+        let mut scan = scan_all(&self.index.data, self.index.shape, false, progress)?;
+        // What is left of a partition being dropped is not indexed (the pause holds the
+        // drop back from finishing meanwhile).
+        scan.trees.retain(|&p, _| !self.index.dropping.contains(p));
         self.index.clock.observe_stored(scan.max_version);
         let partitions = scan.trees.len();
         let checkpoint = self.hasher.replace(scan.trees)?;
@@ -324,15 +327,61 @@ impl Store {
     }
 
     /// Removes a partition for good: its data, index, marks and quarantined records,
-    /// durably (a node gives a partition away when the ring changes). Writes to any
-    /// partition wait meanwhile; a crash part-way finishes the drop at the next open.
-    /// Returns how many records the partition held. Under a running
-    /// [`Manager`](crate::Manager), use [`Manager::drop_partition`](crate::Manager::drop_partition),
-    /// which keeps its exchanges from writing the partition back.
+    /// durably (a node gives a partition away when the ring changes). Returns how many
+    /// records the partition held.
+    ///
+    /// Writes to other partitions go on meanwhile (they wait only a moment at the start
+    /// and at the end). Writes to this one, repairs included, are refused with
+    /// [`Error::PartitionDropping`] until the call returns, and its reads see its records
+    /// disappear. A crash part-way finishes the drop at the next open; an error part-way
+    /// (a full disk) leaves writes to it refused until a retry of this call succeeds.
+    /// Under a running [`Manager`](crate::Manager), use
+    /// [`Manager::drop_partition`](crate::Manager::drop_partition), which keeps its
+    /// exchanges from writing the partition back.
     pub fn drop_partition(&self, partition: u32) -> Result<u64> {
-        let _paused = self.index.gate.pause();
-        // On the hasher thread, so no checkpoint can persist the partition meanwhile.
-        let records = self.hasher.drop_partition(partition)?;
+        self.drop_partition_with(partition, &|| {})
+    }
+
+    /// [`Store::drop_partition`], calling `under_way` once the partition has left the
+    /// index and before its records are removed, so tests can act in the middle of a
+    /// drop. (Cargo feature `test-hooks` only.)
+    #[cfg(feature = "test-hooks")]
+    pub fn drop_partition_under_way(&self, partition: u32, under_way: &dyn Fn()) -> Result<u64> {
+        self.drop_partition_with(partition, under_way)
+    }
+
+    fn drop_partition_with(&self, partition: u32, under_way: &dyn Fn()) -> Result<u64> {
+        let index = &*self.index;
+        {
+            let paused = index.gate.pause();
+            let Some(pending) = index.dropping.begin(partition, &paused) else {
+                return Err(Error::PartitionDropping(partition));
+            };
+            // The intent first: once it is durable, the next open finishes the drop.
+            if let Err(e) = index.meta.set_dropping(partition, true) {
+                index.dropping.end(partition, pending, &paused);
+                return Err(e);
+            }
+            // On the hasher thread, after every update sent before the pause, so no
+            // checkpoint persists the partition once it has left the index.
+            if let Err(e) = self.hasher.begin_drop(partition) {
+                index.dropping.end(partition, true, &paused);
+                return Err(e);
+            }
+        }
+        under_way();
+        let removed = index.remove_dropped(partition);
+        // With writes paused again, so a rebuild or verify that holds the pause sees the
+        // partition either still dropping or gone, and concurrent drops' intents do not
+        // interleave.
+        let paused = index.gate.pause();
+        let finished = removed.and_then(|records| {
+            index.meta.set_dropping(partition, false)?;
+            Ok(records)
+        });
+        index.dropping.end(partition, finished.is_err(), &paused);
+        drop(paused);
+        let records = finished?;
         self.flush()?;
         Ok(records)
     }

@@ -54,6 +54,9 @@ impl Store {
             }
             let pass = index.gate.enter();
             if let Some((p, s)) = placed {
+                if index.dropping.contains(p) {
+                    continue; // on its way out anyway
+                }
                 index.marks.mark(pass.epoch, p, s)?;
             }
             let Some(current) = index.data.get(&raw)? else {
@@ -121,6 +124,9 @@ impl Store {
         let index = &*self.index;
         let paused = index.gate.pause();
         let pass = index.gate.enter_paused(&paused);
+        if index.dropping.contains(partition) {
+            return Ok(false); // on its way out anyway
+        }
         index.marks.mark(pass.epoch, partition, segment)?;
         // Every update sent so far is applied, and no write can send another.
         self.hasher.barrier()?;

@@ -28,6 +28,9 @@ impl Store {
         let encoded = header.encode(value);
         let new = header.entry_hash(partition, key);
         let pass = index.gate.enter();
+        if index.dropping.contains(partition) {
+            return Err(Error::PartitionDropping(partition));
+        }
         index.marks.mark(pass.epoch, partition, segment)?;
         let old = index
             .data
@@ -145,6 +148,9 @@ impl Store {
         };
         let new_hash = new.as_deref().and_then(entry).unwrap_or_default();
         let pass = index.gate.enter();
+        if index.dropping.contains(partition) {
+            return Err(Error::PartitionDropping(partition));
+        }
         index.marks.mark(pass.epoch, partition, segment)?;
         if expected.is_none() {
             // The common repair (the key is missing here): one compare-and-swap from
@@ -222,7 +228,10 @@ impl Store {
             return Ok(false);
         }
         let expected = Some(header.entry_hash(partition, key));
-        self.swap(partition, key, expected, None)
+        match self.swap(partition, key, expected, None) {
+            Err(Error::PartitionDropping(_)) => Ok(false), // on its way out anyway
+            other => other,
+        }
     }
 
     pub(crate) fn read(&self, partition: u32, key: &[u8]) -> Result<Option<Record>> {
