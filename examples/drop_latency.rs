@@ -3,7 +3,7 @@
 //! (default 500,000) are loaded into partition 0 and 10,000 into partition 1, untimed;
 //! then one thread overwrites random keys of partition 1 while the main thread drops
 //! partition 0 after one second. Prints how long the drop took, and the writer's
-//! latency percentiles and slowest puts during the drop and outside it.
+//! latency percentiles during the drop and outside it. WRITE=0 drops with no writer.
 //! Run: cargo run --release --example drop_latency
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +16,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500_000);
+    let write = std::env::var("WRITE").map_or(true, |v| v != "0");
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), Options::default()).unwrap();
     for i in 0..keys {
@@ -39,7 +40,7 @@ fn main() {
             let mut x = 1u64;
             let mut n = 0u64;
             let mut value = [7u8; 100];
-            while !done.load(Ordering::Relaxed) {
+            while write && !done.load(Ordering::Relaxed) {
                 x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
                 n += 1;
                 value[..8].copy_from_slice(&n.to_le_bytes());
