@@ -3,8 +3,9 @@
 //! their own, a scrub purging tombstones as soon as it may, checkpoints every few
 //! milliseconds, `verify` and now and then `rebuild` of the live store, and exchanges
 //! with a replica that is written to as well (in process, and with the `net` feature
-//! over TCP too, both at once). When it stops, each index must be exact, the replicas
-//! must converge, and a crash must recover the same roots.
+//! over TCP too, both at once), and partitions dropped now and then (a ring change;
+//! writes to a partition being dropped are refused). When it stops, each index must be
+//! exact, the replicas must converge, and a crash must recover the same roots.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use merkle_index::{sync, Options, Record, Recovery, ScrubCursor, Store, SyncOptions};
+use merkle_index::{sync, Error, Options, Record, Recovery, ScrubCursor, Store, SyncOptions};
 
 const PARTITIONS: u32 = 6;
 /// Few keys, so threads keep meeting on the same ones, and few segments (64 a tree,
@@ -47,6 +48,15 @@ fn options() -> Options {
     o
 }
 
+/// Unwraps `result`, but for the refusal of a write to a partition being dropped.
+fn unless_dropping<T>(result: Result<T, Error>) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(Error::PartitionDropping(_)) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// One write of a random kind to a random key: an overwrite, a delete, or a replication
 /// message whose version is a little behind or ahead of the store's clock.
 fn random_write(store: &Store, rng: &mut Rng, writer: u64) {
@@ -57,14 +67,16 @@ fn random_write(store: &Store, rng: &mut Rng, writer: u64) {
     let value = format!("w{writer}-{}", rng.next()).repeat(1 + rng.below(4) as usize);
     match rng.below(10) {
         0..=5 => {
-            partition.put(&key, value.as_bytes()).unwrap();
+            unless_dropping(partition.put(&key, value.as_bytes()));
         }
         6 | 7 => {
-            partition.delete(&key).unwrap();
+            unless_dropping(partition.delete(&key));
         }
         _ => {
             // About the store's clock (unix ms << 16), up to ~15 ms either side.
-            let now = partition.put(b"clock", b"").unwrap();
+            let Some(now) = unless_dropping(partition.put(b"clock", b"")) else {
+                return;
+            };
             let version = now - (1 << 20) + rng.below(2 << 20);
             let record = if rng.below(4) == 0 {
                 Record::tombstone(version)
@@ -72,7 +84,7 @@ fn random_write(store: &Store, rng: &mut Rng, writer: u64) {
                 Record::value(version, value.as_bytes())
             };
             // False when the stored record wins: as good an outcome as a write.
-            store.replicate(id, &key, &record).unwrap();
+            unless_dropping(store.replicate(id, &key, &record));
         }
     }
 }
@@ -124,8 +136,9 @@ fn exchange_over_tcp(a: &Store, addr: &str, stop: &AtomicBool) -> u64 {
         let mut repaired = 0;
         while !stop.load(Relaxed) {
             for p in 0..PARTITIONS {
-                let report = sync(a, &b, p, &SyncOptions::default()).unwrap();
-                repaired += report.repaired_local + report.repaired_remote;
+                if let Some(report) = unless_dropping(sync(a, &b, p, &SyncOptions::default())) {
+                    repaired += report.repaired_local + report.repaired_remote;
+                }
             }
         }
         repaired
@@ -156,7 +169,7 @@ fn a_busy_node_keeps_its_index_exact_and_converges_with_its_replica() {
     let b = Arc::new(Store::open(dir_b.path(), options()).unwrap());
     let stop = AtomicBool::new(false);
     let (repaired, purged) = (AtomicU64::new(0), AtomicU64::new(0));
-    let mut live_verifies = 0;
+    let (mut live_verifies, mut drops) = (0, 0);
     let over_tcp = with_server(&b, |addr| {
         std::thread::scope(|s| {
             let writers: Vec<_> = (0..4u64)
@@ -177,9 +190,11 @@ fn a_busy_node_keeps_its_index_exact_and_converges_with_its_replica() {
             s.spawn(|| {
                 while !stop.load(Relaxed) {
                     for p in 0..PARTITIONS {
-                        let report = sync(&a, &*b, p, &SyncOptions::default()).unwrap();
-                        let both = report.repaired_local + report.repaired_remote;
-                        repaired.fetch_add(both, Relaxed);
+                        let synced = sync(&a, &*b, p, &SyncOptions::default());
+                        if let Some(report) = unless_dropping(synced) {
+                            let both = report.repaired_local + report.repaired_remote;
+                            repaired.fetch_add(both, Relaxed);
+                        }
                     }
                 }
             });
@@ -212,20 +227,36 @@ fn a_busy_node_keeps_its_index_exact_and_converges_with_its_replica() {
                 }
                 runs
             });
+            // A ring change now and then: one of this node's partitions dropped (the
+            // exchanges bring it back).
+            let dropper = s.spawn(|| {
+                let mut drops = 0;
+                while !stop.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    a.drop_partition(drops % PARTITIONS).unwrap();
+                    drops += 1;
+                }
+                drops
+            });
             for w in writers {
                 w.join().unwrap();
             }
             stop.store(true, Relaxed);
             live_verifies = verifier.join().unwrap();
+            drops = dropper.join().unwrap();
             tcp.join().unwrap()
         })
     });
     let (repaired, purged) = (repaired.into_inner(), purged.into_inner());
     eprintln!(
         "{live_verifies} verifies of the live store, {repaired} keys repaired \
-         ({over_tcp} over TCP), {purged} tombstones purged"
+         ({over_tcp} over TCP), {purged} tombstones purged, {drops} partitions dropped"
     );
     assert!(live_verifies > 0, "verify never ran while the writers did");
+    assert!(
+        drops > 0,
+        "no partition was dropped while the writers wrote"
+    );
     assert!(
         repaired > 0 && purged > 0,
         "exchanges and purges must race the writes"
