@@ -4,8 +4,9 @@
 //! recomputation. On a store so small that recovery scans it whole, and on one large
 //! enough that recovery must re-hash only the regions marked since the last checkpoint,
 //! never rebuild: with one writer, and with three writing at once (each thread's writes
-//! then survive as a prefix of its own). `MERKLE_CRASH_ITERATIONS=100` runs the long
-//! version.
+//! then survive as a prefix of its own); and with a partition of its own filled and
+//! dropped over and over meanwhile, which a kill must leave either dropped whole or a
+//! prefix of its filling. `MERKLE_CRASH_ITERATIONS=100` runs the long version.
 
 mod common;
 
@@ -27,6 +28,9 @@ const PRELOAD: u64 = 60_000;
 // Many partitions, so each checkpoint writes several per-partition batches that a
 // kill can fall between.
 const PARTITIONS: u64 = 24;
+/// The partition filled with `FILL` keys and dropped, over and over, by the drop test.
+const DROPPED: u32 = PARTITIONS as u32;
+const FILL: u64 = 2_000;
 
 fn options() -> Options {
     let mut o = Options::default().checkpoint_interval(Duration::from_millis(15));
@@ -101,6 +105,15 @@ fn crash_child() {
     let writers = starts.len() as u64;
     let store = Store::open(&dir, options()).unwrap();
     std::thread::scope(|s| {
+        if std::env::var_os("MERKLE_CRASH_DROPS").is_some() {
+            let store = &store;
+            s.spawn(move || loop {
+                for k in 0..FILL {
+                    store.partition(DROPPED).put(&key(k), b"fill").unwrap();
+                }
+                store.drop_partition(DROPPED).unwrap();
+            });
+        }
         for (t, &start) in (0..).zip(&starts) {
             let store = &store;
             s.spawn(move || {
@@ -188,7 +201,7 @@ fn check(store: &Store, durable: &[u64], expected: &mut Expected) -> u64 {
 /// last left off until it is killed (the first, with `preload`, once that many writes
 /// are durable; the others at a pseudo-random moment), then the store is reopened and
 /// checked. Returns how often each open path was taken.
-fn kill_nine_rounds(keys: u64, preload: u64, writers: usize) -> BTreeMap<String, u32> {
+fn kill_nine_rounds(keys: u64, preload: u64, writers: usize, drops: bool) -> BTreeMap<String, u32> {
     let iterations: u64 = std::env::var("MERKLE_CRASH_ITERATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -215,6 +228,7 @@ fn kill_nine_rounds(keys: u64, preload: u64, writers: usize) -> BTreeMap<String,
             .env("MERKLE_CRASH_DIR", dir.path())
             .env("MERKLE_CRASH_START", starts)
             .env("MERKLE_CRASH_KEYS", keys.to_string())
+            .envs(drops.then_some(("MERKLE_CRASH_DROPS", "1")))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -264,6 +278,28 @@ fn kill_nine_rounds(keys: u64, preload: u64, writers: usize) -> BTreeMap<String,
         };
         *recoveries.entry(kind).or_default() += 1;
         let survived = check(&store, &durable, &mut expected);
+        if drops {
+            // Dropped whole (the drop's intent was durable), or a prefix of a filling.
+            let mut held: Vec<Vec<u8>> = store
+                .partition(DROPPED)
+                .records()
+                .map(|r| r.unwrap().0)
+                .collect();
+            held.sort();
+            let mut want: Vec<Vec<u8>> = (0..held.len() as u64).map(key).collect();
+            want.sort();
+            assert!(
+                held == want,
+                "partition {DROPPED} holds {} keys, not the first {0} of its filling",
+                held.len()
+            );
+            let state = match held.len() as u64 {
+                0 => "dropped partition empty",
+                FILL => "dropped partition full",
+                _ => "dropped partition part-filled",
+            };
+            *recoveries.entry(state.to_string()).or_default() += 1;
+        }
         // Every other time, crash the checker too, so recovery runs over a recovery.
         if iteration % 2 == 0 {
             store.close().unwrap();
@@ -282,21 +318,29 @@ fn kill_nine_rounds(keys: u64, preload: u64, writers: usize) -> BTreeMap<String,
 
 #[test]
 fn crash_kill_nine() {
-    kill_nine_rounds(SMALL, 0, 1);
+    kill_nine_rounds(SMALL, 0, 1, false);
 }
 
 /// On a store large enough for it, recovery after kill -9 re-hashes only the regions
 /// marked since the last checkpoint (no full rebuild), and is exact.
 #[test]
 fn crash_kill_nine_recovers_only_marked_regions() {
-    only_marked_regions(kill_nine_rounds(LARGE, PRELOAD, 1));
+    only_marked_regions(kill_nine_rounds(LARGE, PRELOAD, 1, false));
 }
 
 /// The same with three threads writing at once, as a node's request handlers do: each
 /// thread's writes survive as a prefix of its own, and recovery is as exact.
 #[test]
 fn crash_kill_nine_with_three_writers() {
-    only_marked_regions(kill_nine_rounds(LARGE, PRELOAD, 3));
+    only_marked_regions(kill_nine_rounds(LARGE, PRELOAD, 3, false));
+}
+
+/// A partition filled and dropped over and over beside the writer: a kill in the middle
+/// of a drop finishes it on the next open, one before its intent was durable leaves the
+/// partition as filled, and the index is exact either way.
+#[test]
+fn crash_kill_nine_while_dropping_a_partition() {
+    kill_nine_rounds(SMALL, 0, 1, true);
 }
 
 fn only_marked_regions(recoveries: BTreeMap<String, u32>) {
