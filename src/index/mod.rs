@@ -246,8 +246,6 @@ impl Index {
         plans
     }
 
-    /// Removes `partition` from memory and disk (see `dropping.rs`). Called by the hasher
-    /// thread, so no checkpoint runs meanwhile.
     /// Makes the drop of `partition` durable (its intent is recorded already) and takes
     /// the partition out of the index. Called by the hasher thread (no checkpoint
     /// persists the partition after this) while writes are paused.
