@@ -333,8 +333,11 @@ impl Store {
     /// Writes to other partitions go on meanwhile (they wait only a moment at the start
     /// and at the end). Writes to this one, repairs included, are refused with
     /// [`Error::PartitionDropping`] until the call returns, and its reads see its records
-    /// disappear. A crash part-way finishes the drop at the next open; an error part-way
-    /// (a full disk) leaves writes to it refused until a retry of this call succeeds.
+    /// disappear. A crash part-way finishes the drop at the next open. An error part-way
+    /// leaves writes to it refused until a retry of this call succeeds; after an I/O
+    /// error (a full disk) sled refuses everything until the store is reopened, and the
+    /// open finishes the drop (or, if it failed before its intent was recorded, finds
+    /// the partition whole and indexed).
     /// Under a running [`Manager`](crate::Manager), use
     /// [`Manager::drop_partition`](crate::Manager::drop_partition), which keeps its
     /// exchanges from writing the partition back.
