@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use merkle_index::{Options, Store};
+use merkle_index::{Hash, Options, Store};
 
 /// A tmpfs mounted on a fresh directory, unmounted on drop.
 struct SmallDisk {
@@ -64,6 +64,20 @@ fn key(i: u64) -> Vec<u8> {
 }
 
 const PARTITIONS: u64 = 8;
+
+/// A store at `db` holding `keys` keys of 100 B over the partitions, flushed, with its
+/// partitions' roots.
+fn filled(db: &Path, keys: u64) -> (Store, Vec<Hash>) {
+    let store = Store::open(db, Options::default()).unwrap();
+    for i in 0..keys {
+        let partition = store.partition((i % PARTITIONS) as u32);
+        partition.put(&key(i), &[i as u8; 100]).unwrap();
+    }
+    store.flush().unwrap();
+    store.sync_index().unwrap();
+    let roots = (0..PARTITIONS as u32).map(|p| store.root(p)).collect();
+    (store, roots)
+}
 
 #[test]
 #[ignore = "mounts a tmpfs: needs root"]
@@ -136,14 +150,7 @@ fn a_close_that_cannot_write_its_snapshot_loses_nothing() {
     for slack in [0, 200, 600, 1000, 1500, 4000] {
         let disk = SmallDisk::mount(400 * 1024);
         let db = disk.path.join("store");
-        let store = Store::open(&db, Options::default()).unwrap();
-        for i in 0..50_000u64 {
-            let partition = store.partition((i % PARTITIONS) as u32);
-            partition.put(&key(i), &[i as u8; 100]).unwrap();
-        }
-        store.flush().unwrap();
-        store.sync_index().unwrap();
-        let roots: Vec<_> = (0..PARTITIONS as u32).map(|p| store.root(p)).collect();
+        let (store, roots) = filled(&db, 50_000);
         disk.resize(disk.used_kib() + slack);
         let closed = store.close();
         disk.resize(400 * 1024);
@@ -167,14 +174,7 @@ fn a_drop_that_meets_a_full_disk_loses_nothing_and_finishes_after_a_reopen() {
     for slack in [0, 50, 200, 800, 3000] {
         let disk = SmallDisk::mount(400 * 1024);
         let db = disk.path.join("store");
-        let store = Store::open(&db, Options::default()).unwrap();
-        for i in 0..40_000u64 {
-            let partition = store.partition((i % PARTITIONS) as u32);
-            partition.put(&key(i), &[i as u8; 100]).unwrap();
-        }
-        store.flush().unwrap();
-        store.sync_index().unwrap();
-        let roots: Vec<_> = (0..PARTITIONS as u32).map(|p| store.root(p)).collect();
+        let (store, roots) = filled(&db, 40_000);
         disk.resize(disk.used_kib() + slack);
         let first = store.drop_partition(3);
         if let Err(e) = &first {
