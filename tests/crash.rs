@@ -200,7 +200,9 @@ fn check(store: &Store, durable: &[u64], expected: &mut Expected) -> u64 {
 /// Runs `iterations` rounds of: a child writes with `writers` threads from where the
 /// last left off until it is killed (the first, with `preload`, once that many writes
 /// are durable; the others at a pseudo-random moment), then the store is reopened and
-/// checked. Returns how often each open path was taken.
+/// checked. With `drops`, the child also fills and drops partition `DROPPED` over and
+/// over. Returns how often each open path was taken (and, with `drops`, how often the
+/// dropped partition came back empty, part-filled or full).
 fn kill_nine_rounds(keys: u64, preload: u64, writers: usize, drops: bool) -> BTreeMap<String, u32> {
     let iterations: u64 = std::env::var("MERKLE_CRASH_ITERATIONS")
         .ok()
