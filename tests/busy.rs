@@ -104,14 +104,19 @@ fn contents(store: &Store) -> Vec<(u32, Vec<u8>, Record)> {
 /// The replica served over TCP while `run` runs; returns what `run` returns.
 #[cfg(feature = "net")]
 fn with_server<T>(store: &Arc<Store>, run: impl FnOnce(&str) -> T) -> T {
-    use merkle_index::net::{self, Key, ServeOptions, Stop};
+    use merkle_index::net::{self, Accept, Key, ServeOptions, Stop};
     let key = Key::from_secret(SECRET).unwrap();
     let (listener, addr) = net::bind("127.0.0.1:0").unwrap();
     let stop = Stop::new(addr);
     let server = std::thread::spawn({
         let (store, key, stop) = (Arc::clone(store), key.clone(), stop.clone());
         move || {
-            let options = ServeOptions::default();
+            // Every partition, including one the replica's own writer has not reached
+            // yet when the first exchange pushes to it.
+            let options = ServeOptions {
+                accept: Accept::Listed((0..PARTITIONS).collect()),
+                ..ServeOptions::default()
+            };
             net::serve(store, listener, key, options, &stop, Arc::new(|_| {}))
         }
     });

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Mutex, RwLockWriteGuard};
+use std::sync::{RwLock, RwLockWriteGuard};
 
 use crate::error::Result;
 use crate::meta::Meta;
@@ -26,12 +26,18 @@ pub(crate) struct Underway {
     any: AtomicBool,
     /// Each partition, and whether a call is removing it now (false: a removal failed
     /// and may be retried; writes stay refused, since the next open would remove them).
-    partitions: Mutex<BTreeMap<u32, bool>>,
+    partitions: RwLock<BTreeMap<u32, bool>>,
 }
 
 impl Underway {
     pub(crate) fn contains(&self, partition: u32) -> bool {
-        self.any.load(Relaxed) && self.lock().contains_key(&partition)
+        // Writers to other partitions share the read side while a drop runs.
+        self.any.load(Relaxed)
+            && self
+                .partitions
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&partition)
     }
 
     /// Starts (or retries) a drop: `None` if another call is removing the partition
@@ -62,8 +68,8 @@ impl Underway {
         self.any.store(!partitions.is_empty(), Relaxed);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, bool>> {
-        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u32, bool>> {
+        self.partitions.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
