@@ -29,6 +29,9 @@ use crate::Hash;
 
 pub(crate) type Trees = BTreeMap<u32, Tree>;
 
+/// Buckets a checkpoint writes per sled batch, for a partition whose span stays.
+const BUCKETS_PER_BATCH: usize = 256;
+
 pub(crate) struct Index {
     pub(crate) shape: Shape,
     pub(crate) db: sled::Db,
@@ -49,6 +52,10 @@ pub(crate) struct Index {
     pub(crate) last_checkpoint: Mutex<Option<CheckpointInfo>>,
     /// Why the last checkpoint failed, until one succeeds.
     pub(crate) checkpoint_error: Mutex<Option<String>>,
+    /// Bucket batches a checkpoint may still write before it fails, as a crash between
+    /// two of its batches would leave the buckets (`None`: no limit; tests only).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) batches_before_failure: Mutex<Option<usize>>,
 }
 
 impl Index {
@@ -86,6 +93,8 @@ impl Index {
             trees: RwLock::new(trees),
             last_checkpoint: Mutex::new(last),
             checkpoint_error: Mutex::new(None),
+            #[cfg(feature = "test-hooks")]
+            batches_before_failure: Mutex::new(None),
         })
     }
 
@@ -101,11 +110,29 @@ impl Index {
     /// deletes the marks the checkpoint covers. With `full`, buckets not in memory are
     /// removed too (after a rebuild). Called by the hasher thread, the only mutator.
     ///
-    /// Work follows the change: only partitions with dirty pages are visited, and each
-    /// is written in its own sled batch (its levels stay consistent with each other);
-    /// the marks, deleted only after every batch is flushed, cover any partition whose
-    /// batch a crash cut off. Every batch is listed in the base's `changed` tree first,
+    /// Work follows the change: only partitions with dirty pages are visited, each in
+    /// batches of its own (one, if its span changes); the marks, obsolete only once
+    /// every batch is flushed, cover any bucket whose batch a crash cut off. Every batch is listed in the base's `changed` tree first,
     /// and the base is renewed at the end when due (`base.rs`).
+    fn apply_buckets(&self, batch: sled::Batch) -> Result<()> {
+        #[cfg(feature = "test-hooks")]
+        {
+            let mut left = self
+                .batches_before_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match left.as_mut() {
+                Some(0) => {
+                    let cut = std::io::Error::other("cut short between two batches (test hook)");
+                    return Err(crate::error::Error::io("checkpoint", cut));
+                }
+                Some(n) => *n -= 1,
+                None => {}
+            }
+        }
+        Ok(self.buckets.apply_batch(batch)?)
+    }
+
     pub(crate) fn persist(&self, epoch: u64, full: bool) -> Result<CheckpointInfo> {
         let plans = self.plan(full);
         // Listed before written: a bucket that differs from the base is listed.
@@ -118,38 +145,42 @@ impl Index {
         let mut spans = Vec::with_capacity(plans.len());
         let mut written = 0u64;
         for plan in plans {
+            let trees = self.trees();
+            let Some(tree) = trees.get(&plan.partition) else {
+                continue;
+            };
             let mut batch = sled::Batch::default();
-            {
-                let trees = self.trees();
-                let Some(tree) = trees.get(&plan.partition) else {
-                    continue;
-                };
-                if plan.rewrite {
-                    // A new span (or a rebuild): rewrite the partition's buckets whole.
-                    for key in self
-                        .buckets
-                        .scan_prefix(plan.partition.to_be_bytes())
-                        .keys()
-                    {
-                        batch.remove(key?);
-                    }
-                }
-                for id in &plan.ids {
-                    let mut pages = Vec::new();
-                    let first = u64::from(id.bucket) * plan.per_bucket;
-                    tree.for_each_segment_page_in(first, plan.per_bucket, |p, v| {
-                        pages.push((p, v))
-                    });
-                    match bucket::encode(*id, page_len, pages) {
-                        Some(encoded) => {
-                            written += encoded.len() as u64;
-                            batch.insert(&id.key(), encoded)
-                        }
-                        None => batch.remove(&id.key()),
-                    }
+            if plan.rewrite {
+                // A new span (or a rebuild): rewrite the partition's buckets whole.
+                for key in self
+                    .buckets
+                    .scan_prefix(plan.partition.to_be_bytes())
+                    .keys()
+                {
+                    batch.remove(key?);
                 }
             }
-            self.buckets.apply_batch(batch)?;
+            for (i, id) in plan.ids.iter().enumerate() {
+                let mut pages = Vec::new();
+                let first = u64::from(id.bucket) * plan.per_bucket;
+                tree.for_each_segment_page_in(first, plan.per_bucket, |p, v| pages.push((p, v)));
+                match bucket::encode(*id, page_len, pages) {
+                    Some(encoded) => {
+                        written += encoded.len() as u64;
+                        batch.insert(&id.key(), encoded)
+                    }
+                    None => batch.remove(&id.key()),
+                }
+                // sled applies a batch under a database-wide write lock, so a dense
+                // partition's 4,096 buckets in one batch held every writer for tens of
+                // milliseconds. A partition that keeps its span is written a few
+                // hundred buckets at a time (FORMAT.md says why that is safe).
+                if !plan.rewrite && (i + 1) % BUCKETS_PER_BATCH == 0 {
+                    self.apply_buckets(std::mem::take(&mut batch))?;
+                }
+            }
+            drop(trees);
+            self.apply_buckets(batch)?;
             spans.push((plan.partition, plan.span));
         }
         self.base.written(written);

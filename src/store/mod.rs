@@ -426,6 +426,18 @@ impl Store {
         self.hasher.barrier()
     }
 
+    /// Makes checkpoints fail once they have written `batches` more batches of buckets
+    /// (`None`: never), leaving the buckets as a crash between two batches of one
+    /// checkpoint would (tests; cargo feature `test-hooks` only).
+    #[cfg(feature = "test-hooks")]
+    pub fn fail_checkpoints_after(&self, batches: Option<usize>) {
+        *self
+            .index
+            .batches_before_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = batches;
+    }
+
     /// Stops without checkpoint or snapshot, as if the process had died (tests; cargo
     /// feature `test-hooks` only).
     #[cfg(feature = "test-hooks")]
