@@ -106,14 +106,7 @@ impl Index {
         self.trees.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Persists every dirty bucket and the checkpoint record for `epoch`, flushes, then
-    /// deletes the marks the checkpoint covers. With `full`, buckets not in memory are
-    /// removed too (after a rebuild). Called by the hasher thread, the only mutator.
-    ///
-    /// Work follows the change: only partitions with dirty pages are visited, each in
-    /// batches of its own (one, if its span changes); the marks, obsolete only once
-    /// every batch is flushed, cover any bucket whose batch a crash cut off. Every batch is listed in the base's `changed` tree first,
-    /// and the base is renewed at the end when due (`base.rs`).
+    /// Applies one batch of a checkpoint's buckets.
     fn apply_buckets(&self, batch: sled::Batch) -> Result<()> {
         #[cfg(feature = "test-hooks")]
         {
@@ -133,6 +126,15 @@ impl Index {
         Ok(self.buckets.apply_batch(batch)?)
     }
 
+    /// Persists every dirty bucket and the checkpoint record for `epoch`, flushes, then
+    /// retires the marks the checkpoint covers (the hasher deletes them later). With `full`, buckets not in memory are
+    /// removed too (after a rebuild). Called by the hasher thread, the only mutator.
+    ///
+    /// Work follows the change: only partitions with dirty pages are visited, each in
+    /// batches of its own (one, if its span changes); the marks, obsolete only once
+    /// every batch is flushed, cover any bucket whose batch a crash cut off. Every
+    /// bucket is listed in the base's `changed` tree first, and the base is renewed at
+    /// the end when due (`base.rs`).
     pub(crate) fn persist(&self, epoch: u64, full: bool) -> Result<CheckpointInfo> {
         let plans = self.plan(full);
         // Listed before written: a bucket that differs from the base is listed.
