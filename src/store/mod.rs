@@ -338,6 +338,7 @@ impl Store {
     /// error (a full disk) sled refuses everything until the store is reopened, and the
     /// open finishes the drop (or, if it failed before its intent was recorded, finds
     /// the partition whole and indexed).
+    ///
     /// Under a running [`Manager`](crate::Manager), use
     /// [`Manager::drop_partition`](crate::Manager::drop_partition), which keeps its
     /// exchanges from writing the partition back.
