@@ -6,7 +6,10 @@
 //! never rebuild: with one writer, and with three writing at once (each thread's writes
 //! then survive as a prefix of its own); and with a partition of its own filled and
 //! dropped over and over meanwhile, which a kill must leave either dropped whole or a
-//! prefix of its filling. `MERKLE_CRASH_ITERATIONS=100` runs the long version.
+//! prefix of its filling; and with anti-entropy running beside the writer (exchanges
+//! with a peer repairing a partition of its own, tombstones purged as soon as they
+//! land), whose repairs and purges a kill must leave with an exact index.
+//! `MERKLE_CRASH_ITERATIONS=100` runs the long version.
 
 mod common;
 
@@ -16,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{reference_root, Model};
-use merkle_index::{Options, Recovery, Store};
+use merkle_index::{Options, Recovery, Store, SyncOptions};
 
 /// Keys of the small store: so few that every crash marks a large share of them, and
 /// recovery takes its one full scan.
@@ -31,6 +34,19 @@ const PARTITIONS: u64 = 24;
 /// The partition filled with `FILL` keys and dropped, over and over, by the drop test.
 const DROPPED: u32 = PARTITIONS as u32;
 const FILL: u64 = 2_000;
+/// The partition the exchange test's peer repairs, `FILL` keys of it.
+const REPAIRED: u32 = DROPPED + 1;
+
+/// What the child runs beside its writers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Beside {
+    Nothing,
+    /// Fills partition `DROPPED` and drops it, over and over.
+    Drops,
+    /// Changes a fifth of partition `REPAIRED` on a peer store, exchanges it, and purges
+    /// the tombstones the exchange brought, over and over.
+    Exchanges,
+}
 
 fn options() -> Options {
     let mut o = Options::default().checkpoint_interval(Duration::from_millis(15));
@@ -105,8 +121,8 @@ fn crash_child() {
     let writers = starts.len() as u64;
     let store = Store::open(&dir, options()).unwrap();
     std::thread::scope(|s| {
+        let store = &store;
         if std::env::var_os("MERKLE_CRASH_DROPS").is_some() {
-            let store = &store;
             s.spawn(move || loop {
                 for k in 0..FILL {
                     store.partition(DROPPED).put(&key(k), b"fill").unwrap();
@@ -114,8 +130,27 @@ fn crash_child() {
                 store.drop_partition(DROPPED).unwrap();
             });
         }
+        if let Some(peer_dir) = std::env::var_os("MERKLE_CRASH_PEER_DIR") {
+            // A new peer each run: the child's repairs are all the store has to go on.
+            let _ = std::fs::remove_dir_all(&peer_dir);
+            let peer = Store::open(&peer_dir, options()).unwrap();
+            s.spawn(move || {
+                for round in 0u64.. {
+                    let p = peer.partition(REPAIRED);
+                    for k in (round % 5..FILL).step_by(5) {
+                        if (k + round) % 4 == 0 {
+                            p.delete(&key(k)).unwrap();
+                        } else {
+                            p.put(&key(k), format!("round-{round}").as_bytes()).unwrap();
+                        }
+                    }
+                    // Repairs from absent, over an older record, and to a tombstone.
+                    merkle_index::sync(store, &peer, REPAIRED, &SyncOptions::default()).unwrap();
+                    store.purge_tombstones(REPAIRED, Duration::ZERO).unwrap();
+                }
+            });
+        }
         for (t, &start) in (0..).zip(&starts) {
-            let store = &store;
             s.spawn(move || {
                 for j in start.. {
                     let i = j * writers + t;
@@ -200,15 +235,22 @@ fn check(store: &Store, durable: &[u64], expected: &mut Expected) -> u64 {
 /// Runs `iterations` rounds of: a child writes with `writers` threads from where the
 /// last left off until it is killed (the first, with `preload`, once that many writes
 /// are durable; the others at a pseudo-random moment), then the store is reopened and
-/// checked. With `drops`, the child also fills and drops partition `DROPPED` over and
-/// over. Returns how often each open path was taken (and, with `drops`, how often the
-/// dropped partition came back empty, part-filled or full).
-fn kill_nine_rounds(keys: u64, preload: u64, writers: usize, drops: bool) -> BTreeMap<String, u32> {
+/// checked, with what the child ran `beside` its writers. Returns how often each open
+/// path was taken (and, with drops, how often the dropped partition came back empty,
+/// part-filled or full; with exchanges, how often the repaired partition came back
+/// holding tombstones not yet purged).
+fn kill_nine_rounds(
+    keys: u64,
+    preload: u64,
+    writers: usize,
+    beside: Beside,
+) -> BTreeMap<String, u32> {
     let iterations: u64 = std::env::var("MERKLE_CRASH_ITERATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
     let dir = tempfile::tempdir().unwrap();
+    let peer_dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut expected = Expected {
         keys,
@@ -230,7 +272,11 @@ fn kill_nine_rounds(keys: u64, preload: u64, writers: usize, drops: bool) -> BTr
             .env("MERKLE_CRASH_DIR", dir.path())
             .env("MERKLE_CRASH_START", starts)
             .env("MERKLE_CRASH_KEYS", keys.to_string())
-            .envs(drops.then_some(("MERKLE_CRASH_DROPS", "1")))
+            .envs((beside == Beside::Drops).then_some(("MERKLE_CRASH_DROPS", "1")))
+            .envs(
+                (beside == Beside::Exchanges)
+                    .then_some(("MERKLE_CRASH_PEER_DIR", peer_dir.path().join("peer"))),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -280,7 +326,10 @@ fn kill_nine_rounds(keys: u64, preload: u64, writers: usize, drops: bool) -> BTr
         };
         *recoveries.entry(kind).or_default() += 1;
         let survived = check(&store, &durable, &mut expected);
-        if drops {
+        if beside == Beside::Exchanges {
+            *recoveries.entry(repaired_state(&store)).or_default() += 1;
+        }
+        if beside == Beside::Drops {
             // Dropped whole (the drop's intent was durable), or a prefix of a filling.
             let mut held: Vec<Vec<u8>> = store
                 .partition(DROPPED)
@@ -320,21 +369,21 @@ fn kill_nine_rounds(keys: u64, preload: u64, writers: usize, drops: bool) -> BTr
 
 #[test]
 fn crash_kill_nine() {
-    kill_nine_rounds(SMALL, 0, 1, false);
+    kill_nine_rounds(SMALL, 0, 1, Beside::Nothing);
 }
 
 /// On a store large enough for it, recovery after kill -9 re-hashes only the regions
 /// marked since the last checkpoint (no full rebuild), and is exact.
 #[test]
 fn crash_kill_nine_recovers_only_marked_regions() {
-    only_marked_regions(kill_nine_rounds(LARGE, PRELOAD, 1, false));
+    only_marked_regions(kill_nine_rounds(LARGE, PRELOAD, 1, Beside::Nothing));
 }
 
 /// The same with three threads writing at once, as a node's request handlers do: each
 /// thread's writes survive as a prefix of its own, and recovery is as exact.
 #[test]
 fn crash_kill_nine_with_three_writers() {
-    only_marked_regions(kill_nine_rounds(LARGE, PRELOAD, 3, false));
+    only_marked_regions(kill_nine_rounds(LARGE, PRELOAD, 3, Beside::Nothing));
 }
 
 /// A partition filled and dropped over and over beside the writer: a kill in the middle
@@ -342,7 +391,47 @@ fn crash_kill_nine_with_three_writers() {
 /// partition as filled, and the index is exact either way.
 #[test]
 fn crash_kill_nine_while_dropping_a_partition() {
-    kill_nine_rounds(SMALL, 0, 1, true);
+    kill_nine_rounds(SMALL, 0, 1, Beside::Drops);
+}
+
+/// Anti-entropy beside the writer: repairs (from absent, over a record, to a
+/// tombstone) and purges in a partition of their own, killed at any moment, leave
+/// records only the peer wrote and an index that verify finds exact (`check`).
+#[test]
+fn crash_kill_nine_while_exchanging_and_purging() {
+    let recoveries = kill_nine_rounds(LARGE, PRELOAD, 1, Beside::Exchanges);
+    // Some kill came after the child's first exchange.
+    assert!(
+        recoveries
+            .keys()
+            .any(|k| k.starts_with("repaired partition with")),
+        "{recoveries:?}"
+    );
+}
+
+/// Checks that partition `REPAIRED` holds only what the peer wrote, and says whether
+/// it came back empty, or holding tombstones the purge had not reached.
+fn repaired_state(store: &Store) -> String {
+    let (mut records, mut tombstones) = (0, 0);
+    for item in store.partition(REPAIRED).records() {
+        let (key, record) = item.unwrap();
+        records += 1;
+        let k: u64 = std::str::from_utf8(&key)
+            .ok()
+            .and_then(|k| k.strip_prefix("key-")?.parse().ok())
+            .unwrap_or_else(|| panic!("partition {REPAIRED} holds key {key:02x?}"));
+        assert!(k < FILL, "partition {REPAIRED} holds key {k}");
+        if record.tombstone {
+            tombstones += 1;
+        } else {
+            assert!(record.value.starts_with(b"round-"), "{record:?}");
+        }
+    }
+    match (records, tombstones) {
+        (0, _) => "repaired partition empty".into(),
+        (_, 0) => "repaired partition without tombstones".into(),
+        _ => "repaired partition with tombstones".into(),
+    }
 }
 
 fn only_marked_regions(recoveries: BTreeMap<String, u32>) {
