@@ -5,9 +5,12 @@
 //! PARTITIONS partitions (default 16) are loaded untimed, then one thread overwrites
 //! random ones for SECS seconds (default 70: two 30 s checkpoint intervals). Prints the
 //! latency percentiles, the slowest puts and when they came (a checkpoint shows as a
-//! cluster every 30 s). WHICH=store or WHICH=sled runs one side only.
+//! cluster every 30 s), and the directory's size on disk after the load and every 10 s
+//! (what sustained overwrites and checkpoints leave behind, against sled's own space
+//! amplification). WHICH=store or WHICH=sled runs one side only.
 //! Run: cargo run --release --example write_latency
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use merkle_index::{segment_of, Options, Store};
@@ -22,8 +25,30 @@ fn var(name: &str, default: u64) -> u64 {
 /// Each put's latency and when it started (seconds into the run).
 type Samples = Vec<(Duration, f32)>;
 
-/// Overwrites random keys of `0..keys` with `put(i, value)` for `secs` seconds.
-fn overwrite(keys: u64, secs: u64, mut put: impl FnMut(u64, &[u8])) -> Samples {
+/// Bytes of the files under `dir` (as `du -sb` counts them).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&entry.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Overwrites random keys of `0..keys` with `put(i, value)` for `secs` seconds; also
+/// returns the size of `dir` at the start and every 10 s.
+fn overwrite(
+    keys: u64,
+    secs: u64,
+    dir: &Path,
+    mut put: impl FnMut(u64, &[u8]),
+) -> (Samples, Vec<String>) {
+    let mut sizes = vec![format!("{} MB after the load", dir_bytes(dir) / 1_000_000)];
+    let mut next_size = 10;
     let mut samples = Vec::with_capacity(secs as usize * 400_000);
     let mut x = 1u64;
     let mut value = [7u8; 100];
@@ -36,11 +61,18 @@ fn overwrite(keys: u64, secs: u64, mut put: impl FnMut(u64, &[u8])) -> Samples {
         let began = Instant::now();
         put((x >> 20) % keys, &value);
         samples.push((began.elapsed(), (began - start).as_secs_f32()));
+        if n % 4096 == 0 && start.elapsed() >= Duration::from_secs(next_size) {
+            sizes.push(format!(
+                "{} MB at {next_size} s",
+                dir_bytes(dir) / 1_000_000
+            ));
+            next_size += 10;
+        }
     }
-    samples
+    (samples, sizes)
 }
 
-fn report(name: &str, secs: u64, mut samples: Samples) {
+fn report(name: &str, secs: u64, (mut samples, sizes): (Samples, Vec<String>)) {
     samples.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
     let n = samples.len();
     let at = |q: f64| samples[((n as f64) * (1.0 - q)) as usize].0;
@@ -59,6 +91,7 @@ fn report(name: &str, secs: u64, mut samples: Samples) {
         .map(|(d, t)| format!("{:.1} ms at {t:.1} s", d.as_secs_f64() * 1e3))
         .collect();
     println!("  slowest: {}", slowest.join(", "));
+    println!("  on disk: {}", sizes.join(", "));
 }
 
 fn key(i: u64) -> [u8; 8] {
@@ -74,13 +107,15 @@ fn main() {
     let which = std::env::var("WHICH").unwrap_or_default();
     if which != "sled" {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Options::default()).unwrap();
+        let options =
+            Options::default().checkpoint_interval(Duration::from_secs(var("CHECKPOINT_SECS", 30)));
+        let store = Store::open(dir.path(), options).unwrap();
         let partition = |i: u64| store.partition((i % partitions) as u32);
         for i in 0..keys {
             partition(i).put(&key(i), &[1u8; 100]).unwrap();
         }
         store.checkpoint().unwrap();
-        let samples = overwrite(keys, secs, |i, value| {
+        let samples = overwrite(keys, secs, dir.path(), |i, value| {
             partition(i).put(&key(i), value).unwrap();
         });
         report("store", secs, samples);
@@ -104,7 +139,7 @@ fn main() {
         for i in 0..keys {
             put(i, &[1u8; 100]);
         }
-        let samples = overwrite(keys, secs, put);
+        let samples = overwrite(keys, secs, dir.path(), put);
         report("bare sled", secs, samples);
     }
 }

@@ -361,6 +361,44 @@ fn a_dropped_partition_is_gone_from_data_index_and_marks() {
     assert!(store.verify(&mut |_| {}).unwrap().is_ok());
 }
 
+/// The marks a checkpoint makes obsolete are deleted while writes go on without a pause.
+/// They used to wait for a moment with no update queued, which a busy node never has:
+/// tens of thousands piled up per checkpoint, and sled's file grew without bound.
+#[test]
+fn obsolete_marks_are_deleted_under_writes_that_never_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let keys = 10_000u64;
+    for k in 0..keys {
+        store.put(&k.to_le_bytes(), b"v").unwrap();
+    }
+    store.checkpoint().unwrap(); // sizes the partition's regions: about 1,000
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let epoch = || std::thread::sleep(std::time::Duration::from_millis(100));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut x = 1u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let key = (x >> 33) % keys;
+                store.put(&key.to_le_bytes(), &x.to_le_bytes()).unwrap();
+            }
+        });
+        epoch();
+        let per_epoch = store.marks_held();
+        for _ in 0..10 {
+            store.checkpoint().unwrap();
+            epoch();
+        }
+        let held = store.marks_held();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            held <= 2 * per_epoch,
+            "{held} marks held after ten checkpoints, {per_epoch} made in one epoch"
+        );
+    });
+}
+
 /// A drop holds writes back only for a moment at its start and end: while it removes
 /// the partition's records, writes to other partitions go on, writes to it (and a
 /// second drop of it) are refused, and a verify or rebuild finds nothing wrong.

@@ -155,9 +155,11 @@ struct Worker {
     updates: Vec<(u32, u32, Hash)>,
 }
 
-/// Obsolete marks deleted per sled batch between other work: a few milliseconds, which
-/// the channel absorbs.
-const CLEAR_BATCH: usize = 1024;
+/// Obsolete marks deleted at a time while no update waits.
+const IDLE_CLEAR: usize = 1024;
+/// Obsolete marks deleted at least after each batch of updates (and at least as many as
+/// the batch's messages: every mark came with a write).
+const BUSY_CLEAR: usize = 64;
 
 /// Updates ahead whose tree nodes are fetched while the current one is applied.
 const AHEAD: usize = 4;
@@ -185,15 +187,15 @@ impl Worker {
         let ticker = tick(interval);
         let mut pending = VecDeque::new();
         loop {
-            // Marks a checkpoint made obsolete are deleted a batch at a time, only when
-            // no message waits.
+            // Marks a checkpoint made obsolete are deleted while no message waits, and
+            // after each batch of updates (below).
             let next = if self.index.marks.retiring() {
                 select! {
                     recv(self.rx) -> msg => Some(msg),
                     recv(ticker) -> _ => None,
                     default => {
                         // On an error the marks stay (recovery ignores them).
-                        let _ = self.index.marks.clear_retired(CLEAR_BATCH);
+                        let _ = self.index.marks.clear_retired(IDLE_CLEAR);
                         continue;
                     }
                 }
@@ -205,7 +207,12 @@ impl Worker {
             };
             match next {
                 Some(Ok(msg)) => {
-                    self.apply_batch(msg, &mut pending);
+                    let taken = self.apply_batch(msg, &mut pending);
+                    if self.index.marks.retiring() {
+                        // Writers that never pause for 2 ms leave the channel never
+                        // empty: deleting only then let the marks pile up.
+                        let _ = self.index.marks.clear_retired(taken.max(BUSY_CLEAR));
+                    }
                     if pending.is_empty() && self.rx.is_empty() {
                         // Let updates accumulate: while this thread is parked instead of
                         // blocking in recv, senders need no wake-up system call.

@@ -7,10 +7,13 @@
 //! A write inserts the mark of its (epoch, partition, region) before its data; sled
 //! recovers a gap-free prefix of writes, so no data write survives a crash without its
 //! mark. A checkpoint of epoch `e`, once flushed, makes the marks of epochs `<= e`
-//! obsolete: recovery ignores them, and the hasher thread deletes them a batch at a time
-//! between its other work (tens of thousands of deletes at once held up writers for half
-//! a second). After a crash, exactly the regions marked since the last checkpoint are
-//! re-hashed.
+//! obsolete: recovery ignores them, and the hasher thread deletes them one at a time
+//! between its other work, at least as many as it takes updates, so that deletes keep
+//! up with inserts on a store that never stops writing (left for an idle moment, they
+//! piled up by the tens of thousands per checkpoint, and sled's disk file grew without
+//! bound). Not in sled batches: sled applies a batch under a database-wide write lock,
+//! so tens of thousands of deletes at once held up writers for half a second. After a
+//! crash, exactly the regions marked since the last checkpoint are re-hashed.
 //!
 //! Regions are sized per partition so that each holds about `region_segments` keys: a
 //! dense partition uses `region_segments` segments, one with `n` non-zero segments out
@@ -220,14 +223,24 @@ impl Marks {
         self.lock().retired.is_some()
     }
 
-    /// Deletes up to `max` retired marks (one sled batch); true once none is left. On
-    /// an error the rest are left for the next checkpoint to retire again (recovery
-    /// ignores them meanwhile).
+    /// Deletes up to `max` retired marks, one key at a time, so writers never wait for
+    /// it; true once none is left. On an error the rest are left for the next
+    /// checkpoint to retire again (recovery ignores them meanwhile).
     pub(crate) fn clear_retired(&self, max: usize) -> Result<bool> {
+        self.clear(max, false)
+    }
+
+    /// Deletes every retired mark (at a clean close, with no writer left: in batches).
+    pub(crate) fn clear_all_retired(&self) -> Result<()> {
+        while !self.clear(1 << 16, true)? {}
+        Ok(())
+    }
+
+    fn clear(&self, max: usize, batched: bool) -> Result<bool> {
         let Some(through) = self.lock().retired else {
             return Ok(true);
         };
-        let deleted = self.delete_through(through, max);
+        let deleted = self.delete_through(through, max, batched);
         let mut state = self.lock();
         // All deleted, or an error: stop (unless a newer checkpoint retired more).
         if deleted.as_ref().map_or(true, |&n| n < max) && state.retired == Some(through) {
@@ -236,23 +249,28 @@ impl Marks {
         deleted.map(|_| state.retired.is_none())
     }
 
-    /// Deletes every retired mark (at a clean close).
-    pub(crate) fn clear_all_retired(&self) -> Result<()> {
-        while !self.clear_retired(1 << 16)? {}
-        Ok(())
-    }
-
-    /// Deletes up to `max` marks of epochs `<= epoch`; returns how many.
-    fn delete_through(&self, epoch: u64, max: usize) -> Result<usize> {
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
+    /// Deletes up to `max` marks of epochs `<= epoch`, in one sled batch or one key at
+    /// a time; returns how many.
+    fn delete_through(&self, epoch: u64, max: usize, batched: bool) -> Result<usize> {
         let end = key(epoch.saturating_add(1), 0, 0);
-        for item in self.tree.range(..end).keys().take(max) {
-            batch.remove(item?);
-            n += 1;
+        let keys = self
+            .tree
+            .range(..end)
+            .keys()
+            .take(max)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if batched {
+            let mut batch = sled::Batch::default();
+            for key in &keys {
+                batch.remove(key);
+            }
+            self.tree.apply_batch(batch)?;
+        } else {
+            for key in &keys {
+                self.tree.remove(key)?;
+            }
         }
-        self.tree.apply_batch(batch)?;
-        Ok(n)
+        Ok(keys.len())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -439,6 +439,13 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner()) = batches;
     }
 
+    /// Dirty marks in the database, obsolete ones not yet deleted included (tests;
+    /// cargo feature `test-hooks` only).
+    #[cfg(feature = "test-hooks")]
+    pub fn marks_held(&self) -> usize {
+        self.index.marks.tree.len()
+    }
+
     /// Stops without checkpoint or snapshot, as if the process had died (tests; cargo
     /// feature `test-hooks` only).
     #[cfg(feature = "test-hooks")]
