@@ -5,8 +5,8 @@
 //! of KEYS keys (default 100,000) over PARTITIONS partitions (default 64) to both nodes
 //! as replication messages, losing 1 in 20, at RATE writes a second (default 2,000).
 //! Every REPORT_SECS (default 10) it prints the process's resident memory, its live heap
-//! (bytes allocated and not freed, counted by the allocator), both indexes' memory, the
-//! exchanges, keys repaired and tombstones purged so far. After SECS
+//! (bytes allocated and not freed, counted by the allocator), both indexes' memory, both
+//! sled files' size, the exchanges, keys repaired and tombstones purged so far. After SECS
 //! (default 300) the writes stop and the nodes must converge (which waits for the
 //! scrubs to pass the tombstones past the grace on the side that still holds them:
 //! exchanges no longer copy those). PEERS=0 runs the same without exchanges, as a
@@ -138,7 +138,7 @@ fn main() {
         s.spawn(|| {
             let mut next_report = report_every;
             println!(
-                "secs  rss MiB  heap MiB  index MiB (a, b)  exchanges (a, b)  repaired (a, b)  purged (a, b)"
+                "secs  rss MiB  heap MiB  index MiB (a, b)  disk MB (a, b)  exchanges (a, b)  repaired (a, b)  purged (a, b)"
             );
             while writing.load(Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
@@ -148,13 +148,16 @@ fn main() {
                 next_report += report_every;
                 let [a, b] = [nodes[0].status(), nodes[1].status()];
                 let mib = |n: &Node| n.store.index_memory_bytes() as f64 / (1 << 20) as f64;
+                let disk = |n: &Node| n.store.disk_bytes().unwrap_or(0) / 1_000_000;
                 println!(
-                    "{:4}  {:7.1}  {:8.1}  {:6.1}, {:6.1}    {:6}, {:6}     {:6}, {:6}   {:6}, {:6}",
+                    "{:4}  {:7.1}  {:8.1}  {:6.1}, {:6.1}    {:5}, {:5}    {:6}, {:6}     {:6}, {:6}   {:6}, {:6}",
                     started.elapsed().as_secs(),
                     rss_mib().unwrap_or(f64::NAN),
                     heap_mib(),
                     mib(&nodes[0]),
                     mib(&nodes[1]),
+                    disk(&nodes[0]),
+                    disk(&nodes[1]),
                     a.exchanges,
                     b.exchanges,
                     repaired(&a),
