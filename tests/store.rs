@@ -2,7 +2,9 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{reference_root, reference_segment, small_options, Model};
 use merkle_index::{Error, Hash, Options, ProblemKind, Record, Recovery, Store};
@@ -280,7 +282,7 @@ fn concurrent_writers_keep_the_index_exact() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = small_options();
     opts.channel_capacity = 8; // exercise backpressure
-    opts.checkpoint_interval = std::time::Duration::from_millis(5);
+    opts.checkpoint_interval = Duration::from_millis(5);
     let store = std::sync::Arc::new(Store::open(dir.path(), opts).unwrap());
     let threads: Vec<_> = (0..4u32)
         .map(|t| {
@@ -378,12 +380,12 @@ fn obsolete_marks_are_deleted_under_writes_that_never_pause() {
     }
     let regions = store.marks_held(); // every region marked once
     store.checkpoint().unwrap();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let epoch = || std::thread::sleep(std::time::Duration::from_millis(100));
+    let stop = AtomicBool::new(false);
+    let epoch = || std::thread::sleep(Duration::from_millis(100));
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut x = 1u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Relaxed) {
                 x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
                 let key = (x >> 33) % keys;
                 store.put(&key.to_le_bytes(), &x.to_le_bytes()).unwrap();
@@ -395,7 +397,7 @@ fn obsolete_marks_are_deleted_under_writes_that_never_pause() {
             epoch();
         }
         let held = store.marks_held();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Relaxed);
         // The current epoch's, and what is left of the last retired one's.
         assert!(
             held <= 2 * regions,
@@ -426,7 +428,7 @@ fn writes_go_on_while_a_partition_is_dropped() {
         let thread = std::thread::spawn(move || {
             let _ = done.send(writer.partition(0).put(b"during", b"v").is_ok());
         });
-        let put = finished.recv_timeout(std::time::Duration::from_secs(60));
+        let put = finished.recv_timeout(Duration::from_secs(60));
         assert!(put.expect("a write to another partition waited for the drop"));
         thread.join().unwrap();
         assert!(refused(store.partition(1).put(b"during", b"v")));
