@@ -19,6 +19,7 @@ fn options() -> Options {
     o
 }
 
+#[derive(Clone)]
 struct Writer {
     models: BTreeMap<u32, Model>,
     version: u64,
@@ -153,6 +154,105 @@ fn a_partition_that_changes_span_after_the_base_is_read_whole() {
     let store = Store::open(dir.path(), options()).unwrap();
     assert_eq!(recovery(&store), (true, 1, 0));
     w.check(&store);
+}
+
+/// The distinct spans of `partition`'s buckets in the closed store at `dir`.
+fn spans(dir: &std::path::Path, partition: u32) -> Vec<u8> {
+    let mut spans = Vec::new();
+    common::with_sled(dir, |db| {
+        let index = db.open_tree("index").unwrap();
+        for key in index.scan_prefix(partition.to_be_bytes()).keys() {
+            let span = key.unwrap()[4];
+            if !spans.contains(&span) {
+                spans.push(span);
+            }
+        }
+    });
+    spans
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A partition whose span changes gets its new buckets first, a bounded batch at a
+/// time, and loses its old ones after. A crash between any two of those batches, with
+/// the base and without it, recovers by marked regions and exactly: a partition found
+/// with buckets of two spans is read as their union, and the next checkpoint leaves
+/// it one span. Most of the partition is outside the marked regions, so a bucket lost
+/// (an old one removed before its replacement is written) shows in its root.
+#[test]
+fn a_change_of_span_cut_short_between_any_two_batches_recovers_exactly() {
+    let mut options = options();
+    // Regions of 8 segments at about 1,000 non-zero ones.
+    options.region_segments = 2;
+    let fixture = tempfile::tempdir().unwrap();
+    let start = {
+        let store = Store::open(fixture.path(), options.clone()).unwrap();
+        let mut w = Writer::new();
+        // Enough beside partition 1 that re-hashing its regions is the cheaper path.
+        for p in [0, 2, 3, 4] {
+            for k in 0..8_000 {
+                w.put(&store, p, k);
+            }
+        }
+        // 250 keys: one bucket (a span of 16 pages), kept while a bucket's average
+        // stays under 1,024 non-zero segments.
+        for k in 0..250 {
+            w.put(&store, 1, k);
+        }
+        store.checkpoint().unwrap();
+        for k in 250..1_100 {
+            w.put(&store, 1, k);
+        }
+        store.close().unwrap();
+        w
+    };
+    assert_eq!(spans(fixture.path(), 1), vec![1]);
+    let mut cut_with_both = Vec::new();
+    for cut in 0.. {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(fixture.path(), dir.path());
+        let mut w = start.clone();
+        let store = Store::open(dir.path(), options.clone()).unwrap();
+        // Past 1,024 non-zero segments: 16 buckets of one page each. With two buckets
+        // per batch, 8 batches of new buckets, then one that removes the old.
+        for k in 1_100..1_300 {
+            w.put(&store, 1, k);
+        }
+        store.checkpoint_batches_of(Some(2));
+        store.fail_checkpoints_after(Some(cut));
+        let finished = store.checkpoint().is_ok();
+        store.flush().unwrap();
+        store.simulate_crash();
+        if spans(dir.path(), 1).len() > 1 {
+            cut_with_both.push(cut);
+        }
+        let with_base = cut % 2 == 0;
+        if !with_base {
+            std::fs::remove_file(dir.path().join("index.snapshot")).unwrap();
+        }
+
+        let store = Store::open(dir.path(), options.clone()).unwrap();
+        assert_eq!(recovery(&store).0, with_base, "cut after {cut} batches");
+        w.check(&store);
+        store.close().unwrap();
+        assert_eq!(spans(dir.path(), 1), vec![0], "cut after {cut} batches");
+        if finished {
+            assert_eq!(cut, 9);
+            break;
+        }
+    }
+    assert_eq!(cut_with_both, (1..=8).collect::<Vec<_>>());
 }
 
 #[test]

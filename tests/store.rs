@@ -200,6 +200,39 @@ fn a_checkpoint_cut_between_two_batches_recovers_exactly() {
     assert!(store.verify(&mut |_| {}).unwrap().is_ok());
 }
 
+/// A rebuild persists the new index in bounded batches; one cut short between two of
+/// them, then a crash, is finished by the next open from the data.
+#[test]
+fn a_rebuild_cut_short_is_finished_by_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    for i in 0..3_000u32 {
+        store.partition(i % 3).put(&i.to_le_bytes(), b"v").unwrap();
+    }
+    store.checkpoint().unwrap();
+    let roots: Vec<Hash> = (0..3).map(|p| store.root(p)).collect();
+    store.checkpoint_batches_of(Some(1));
+    store.fail_checkpoints_after(Some(2));
+    assert!(store.rebuild(&mut |_| {}).is_err());
+    store.simulate_crash();
+
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    match &store.open_report().recovery {
+        Recovery::FullRebuild {
+            keys: 3_000,
+            reason,
+        } => {
+            assert!(reason.contains("rebuild did not finish"), "{reason}")
+        }
+        other => panic!("expected the rebuild finished, got {other:?}"),
+    }
+    assert_eq!((0..3).map(|p| store.root(p)).collect::<Vec<_>>(), roots);
+    assert!(store.verify(&mut |_| {}).unwrap().is_ok());
+    store.close().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
+}
+
 #[test]
 fn many_marks_fall_back_to_a_full_rebuild() {
     let dir = tempfile::tempdir().unwrap();

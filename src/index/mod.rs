@@ -19,7 +19,7 @@ use crate::base::Base;
 use crate::bucket::BucketId;
 use crate::clock::{unix_ms, Clock};
 use crate::dropping::{self, Underway};
-use crate::error::{Corruption, Result};
+use crate::error::Result;
 use crate::gate::Gate;
 use crate::marks::Marks;
 use crate::meta::{CheckpointInfo, Meta};
@@ -29,7 +29,7 @@ use crate::Hash;
 
 pub(crate) type Trees = BTreeMap<u32, Tree>;
 
-/// Buckets a checkpoint writes per sled batch, for a partition whose span stays.
+/// Buckets a checkpoint writes (or removes) per sled batch.
 const BUCKETS_PER_BATCH: usize = 256;
 
 pub(crate) struct Index {
@@ -56,6 +56,9 @@ pub(crate) struct Index {
     /// two of its batches would leave the buckets (`None`: no limit; tests only).
     #[cfg(feature = "test-hooks")]
     pub(crate) batches_before_failure: Mutex<Option<usize>>,
+    /// Buckets per batch in place of [`BUCKETS_PER_BATCH`] (tests only).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) buckets_per_batch: Mutex<Option<usize>>,
 }
 
 impl Index {
@@ -95,6 +98,8 @@ impl Index {
             checkpoint_error: Mutex::new(None),
             #[cfg(feature = "test-hooks")]
             batches_before_failure: Mutex::new(None),
+            #[cfg(feature = "test-hooks")]
+            buckets_per_batch: Mutex::new(None),
         })
     }
 
@@ -126,13 +131,50 @@ impl Index {
         Ok(self.buckets.apply_batch(batch)?)
     }
 
+    /// Removes the buckets of `partition` that `stale` picks (and any key under it that
+    /// is not a bucket's), a bounded batch at a time.
+    fn remove_buckets(&self, partition: u32, stale: impl Fn(&BucketId) -> bool) -> Result<()> {
+        let per_batch = self.buckets_per_batch();
+        let mut batch = sled::Batch::default();
+        let mut queued = 0usize;
+        for key in self.buckets.scan_prefix(partition.to_be_bytes()).keys() {
+            let key = key?;
+            if BucketId::from_key(&key).is_ok_and(|id| !stale(&id)) {
+                continue;
+            }
+            batch.remove(key);
+            queued += 1;
+            if queued % per_batch == 0 {
+                self.apply_buckets(std::mem::take(&mut batch))?;
+            }
+        }
+        if queued % per_batch != 0 {
+            self.apply_buckets(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Buckets per sled batch of a checkpoint ([`BUCKETS_PER_BATCH`]; tests may set it).
+    fn buckets_per_batch(&self) -> usize {
+        #[cfg(feature = "test-hooks")]
+        if let Some(n) = *self
+            .buckets_per_batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            return n.max(1);
+        }
+        BUCKETS_PER_BATCH
+    }
+
     /// Persists every dirty bucket and the checkpoint record for `epoch`, flushes, then
     /// retires the marks the checkpoint covers (the hasher deletes them later). With `full`, buckets not in memory are
     /// removed too (after a rebuild). Called by the hasher thread, the only mutator.
     ///
-    /// Work follows the change: only partitions with dirty pages are visited, each in
-    /// batches of its own (one, if its span changes); the marks, obsolete only once
-    /// every batch is flushed, cover any bucket whose batch a crash cut off. Every
+    /// Work follows the change: only partitions with dirty pages (or no persisted span)
+    /// are visited, each in bounded batches of its own; a partition whose span changes
+    /// has its new buckets written before the old are removed. The marks, obsolete only
+    /// once every batch is flushed, cover any bucket whose batch a crash cut off. Every
     /// bucket is listed in the base's `changed` tree first, and the base is renewed at
     /// the end when due (`base.rs`).
     pub(crate) fn persist(&self, epoch: u64, full: bool) -> Result<CheckpointInfo> {
@@ -144,6 +186,7 @@ impl Index {
                 .map(|p| (p.partition, p.listed_whole, &p.ids[..])),
         )?;
         let page_len = self.shape.bucket_len(self.shape.levels) as usize;
+        let per_batch = self.buckets_per_batch();
         let mut spans = Vec::with_capacity(plans.len());
         let mut written = 0u64;
         for plan in plans {
@@ -151,17 +194,11 @@ impl Index {
             let Some(tree) = trees.get(&plan.partition) else {
                 continue;
             };
+            // sled applies a batch under a database-wide write lock, so a dense
+            // partition's 4,096 buckets in one batch held every writer for tens of
+            // milliseconds: a partition is written a few hundred buckets at a time
+            // (FORMAT.md says why that is safe, a change of span included).
             let mut batch = sled::Batch::default();
-            if plan.rewrite {
-                // A new span (or a rebuild): rewrite the partition's buckets whole.
-                for key in self
-                    .buckets
-                    .scan_prefix(plan.partition.to_be_bytes())
-                    .keys()
-                {
-                    batch.remove(key?);
-                }
-            }
             for (i, id) in plan.ids.iter().enumerate() {
                 let mut pages = Vec::new();
                 let first = u64::from(id.bucket) * plan.per_bucket;
@@ -173,16 +210,22 @@ impl Index {
                     }
                     None => batch.remove(&id.key()),
                 }
-                // sled applies a batch under a database-wide write lock, so a dense
-                // partition's 4,096 buckets in one batch held every writer for tens of
-                // milliseconds. A partition that keeps its span is written a few
-                // hundred buckets at a time (FORMAT.md says why that is safe).
-                if !plan.rewrite && (i + 1) % BUCKETS_PER_BATCH == 0 {
+                if (i + 1) % per_batch == 0 {
                     self.apply_buckets(std::mem::take(&mut batch))?;
                 }
             }
             drop(trees);
-            self.apply_buckets(batch)?;
+            if plan.ids.len() % per_batch != 0 {
+                self.apply_buckets(batch)?;
+            }
+            if plan.rewrite {
+                // Only once the new buckets are all written: a crash in between leaves
+                // both, which a reader joins (FORMAT.md).
+                let total = bucket::buckets_per_partition(self.shape, plan.span);
+                self.remove_buckets(plan.partition, |id| {
+                    id.span != plan.span || u64::from(id.bucket) >= total
+                })?;
+            }
             spans.push((plan.partition, plan.span));
         }
         self.base.written(written);
@@ -198,13 +241,9 @@ impl Index {
                 .filter(|p| !live.contains(p))
                 .collect();
             self.base.record(gone.iter().map(|&p| (p, true, &[][..])))?;
-            let mut batch = sled::Batch::default();
             for partition in gone {
-                for key in self.buckets.scan_prefix(partition.to_be_bytes()).keys() {
-                    batch.remove(key?);
-                }
+                self.remove_buckets(partition, |_| true)?;
             }
-            self.buckets.apply_batch(batch)?;
         }
         let info = CheckpointInfo {
             epoch,
@@ -242,7 +281,10 @@ impl Index {
     fn plan(&self, full: bool) -> Vec<Plan> {
         let trees = self.trees();
         let mut plans = Vec::new();
-        for (&partition, tree) in trees.iter().filter(|(_, t)| full || t.has_dirty()) {
+        // A tree without a persisted span was read from buckets of several spans (a
+        // crash cut a change of span short): rewriting it leaves one.
+        let due = |t: &Tree| full || t.has_dirty() || t.persisted_span.is_none();
+        for (&partition, tree) in trees.iter().filter(|(_, t)| due(t)) {
             let span = bucket::span_for(self.shape, tree.nonzero_segments(), tree.persisted_span);
             let per_bucket = u64::from(self.shape.width).pow(u32::from(span));
             let total = bucket::buckets_per_partition(self.shape, span);
@@ -305,8 +347,10 @@ impl Index {
 
     /// Loads every partition's tree (or those in `only`) from the persisted buckets
     /// (crash recovery): the segment hashes are read, every level above is recomputed.
-    /// Partitions are read in parallel, each checked: one span for all its buckets,
-    /// every range valid. A partition without buckets has no tree.
+    /// Partitions are read in parallel, every range checked. A partition without
+    /// buckets has no tree. A partition with buckets of several spans (a crash cut a
+    /// change of span short) is their union, each segment taken once (FORMAT.md says
+    /// why that is exact), with no persisted span, so its next checkpoint rewrites it.
     pub(crate) fn load_buckets(
         shape: Shape,
         buckets: &sled::Tree,
@@ -315,48 +359,35 @@ impl Index {
         // With few partitions, each one's buckets are cut in a few slices so every core
         // reads and decodes a share, and the trees are built after; with many, each
         // partition is one piece of work that reads its buckets and builds its tree.
-        // All buckets of a partition share one span: its first and last key must agree.
-        let mut spans = Vec::new();
         let partitions = match only {
             Some(set) => set.iter().copied().collect(),
             None => key_prefixes(buckets)?,
         };
+        let mut spans: Vec<(u32, Vec<u8>)> = Vec::new();
         for partition in partitions {
-            let mut keys = buckets.scan_prefix(partition.to_be_bytes()).keys();
-            let Some(first) = keys.next() else {
-                continue;
-            };
-            let first = BucketId::from_key(&first?)?;
-            let last = match keys.next_back() {
-                Some(last) => BucketId::from_key(&last?)?,
-                None => first, // a single bucket
-            };
-            if first.span != last.span {
-                return Err(Corruption::OutOfRange {
-                    what: "index bucket",
-                    location: last.describe(),
-                    detail: format!(
-                        "span {} beside span {} in one partition",
-                        last.span, first.span
-                    ),
-                }
-                .into());
+            let found = spans_of(buckets, partition)?;
+            if !found.is_empty() {
+                spans.push((partition, found));
             }
-            spans.push((partition, first.span));
         }
         let slices_each: u64 = if spans.len() >= 8 { 1 } else { 4 };
-        let slices: Vec<(u32, u8, u64)> = spans
+        let slices: Vec<(u32, u8, u64, bool)> = spans
             .iter()
-            .flat_map(|&(p, span)| (0..slices_each).map(move |slice| (p, span, slice)))
+            .flat_map(|(p, found)| {
+                let whole = slices_each == 1 && found.len() == 1;
+                found.iter().flat_map(move |&span| {
+                    (0..slices_each).map(move |slice| (*p, span, slice, whole))
+                })
+            })
             .collect();
-        let build = |partition: u32, span: u8, segments: Vec<(u32, Hash)>| {
+        let build = |partition: u32, span: Option<u8>, segments: Vec<(u32, Hash)>| {
             let mut tree = Tree::from_persisted_segments(shape, segments);
-            tree.persisted_span = Some(span);
+            tree.persisted_span = span;
             (partition, tree)
         };
         let read = parallel::map(
             &slices,
-            |&(partition, span, slice)| {
+            |&(partition, span, slice, whole)| {
                 let key = |bucket: u64| {
                     BucketId {
                         partition,
@@ -385,8 +416,8 @@ impl Index {
                     let id = BucketId::from_key(&k)?;
                     bucket::decode(id, shape, &value, &mut |s, h| segments.push((s, h)))?;
                 }
-                Ok(if slices_each == 1 {
-                    Loaded::Tree(build(partition, span, segments))
+                Ok(if whole {
+                    Loaded::Tree(build(partition, Some(span), segments))
                 } else {
                     Loaded::Slice(Slice {
                         partition,
@@ -407,24 +438,51 @@ impl Index {
                 Loaded::Slice(slice) => slices.push(slice),
             }
         }
-        // Few partitions: each one's tree from its slices, partitions in parallel.
+        // Each remaining partition's tree from its slices, partitions in parallel.
         let partitions: Vec<&[Slice]> =
             slices.chunk_by(|a, b| a.partition == b.partition).collect();
         let built = parallel::map(
             &partitions,
             |chunk| {
                 let (partition, span) = chunk.first().map_or((0, 0), |c| (c.partition, c.span));
-                let segments = chunk
+                let mut segments: Vec<(u32, Hash)> = chunk
                     .iter()
                     .flat_map(|c| c.segments.iter().copied())
                     .collect();
-                Ok(build(partition, span, segments))
+                if chunk.iter().all(|c| c.span == span) {
+                    return Ok(build(partition, Some(span), segments));
+                }
+                // Several spans: a segment two of them list is taken once (building
+                // XORs repeats), from the lower span (the slices are in span order).
+                segments.sort_by_key(|&(segment, _)| segment);
+                segments.dedup_by_key(|&mut (segment, _)| segment);
+                Ok(build(partition, None, segments))
             },
             &mut || {},
         )?;
         trees.extend(built);
         Ok(trees)
     }
+}
+
+/// The spans of `partition`'s buckets, in increasing order (one, unless a crash cut a
+/// change of span short), by seeking past each.
+fn spans_of(buckets: &sled::Tree, partition: u32) -> Result<Vec<u8>> {
+    let mut found = Vec::new();
+    let mut from = partition.to_be_bytes().to_vec();
+    while let Some(key) = buckets.range(from.as_slice()..).keys().next().transpose()? {
+        if !key.starts_with(&partition.to_be_bytes()) {
+            break;
+        }
+        let span = BucketId::from_key(&key)?.span;
+        found.push(span);
+        let Some(next) = span.checked_add(1) else {
+            break;
+        };
+        from.truncate(4);
+        from.push(next);
+    }
+    Ok(found)
 }
 
 /// One partition's part of a checkpoint.

@@ -308,9 +308,14 @@ impl Store {
     }
 
     /// Recomputes the whole index from the data and persists it. Writes wait meanwhile.
+    /// A rebuild that fails or is cut short by a crash is finished by the next open.
     pub fn rebuild(&self, progress: &mut dyn FnMut(Progress)) -> Result<RebuildReport> {
         let _paused = self.index.gate.pause();
         self.hasher.barrier()?;
+        // Cleared by the full checkpoint that persists the rebuilt index.
+        self.index
+            .meta
+            .set_rebuild("an earlier rebuild did not finish")?;
         let mut scan = scan_all(&self.index.data, self.index.shape, false, progress)?;
         // What is left of a partition being dropped is not indexed (the pause holds the
         // drop back from finishing meanwhile).
@@ -437,6 +442,18 @@ impl Store {
             .batches_before_failure
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = batches;
+    }
+
+    /// Makes checkpoints write (and remove) `buckets` buckets per sled batch instead of
+    /// a few hundred (`None`: the default), so a small partition's checkpoint takes
+    /// several batches (tests; cargo feature `test-hooks` only).
+    #[cfg(feature = "test-hooks")]
+    pub fn checkpoint_batches_of(&self, buckets: Option<usize>) {
+        *self
+            .index
+            .buckets_per_batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = buckets;
     }
 
     /// Dirty marks in the database, obsolete ones not yet deleted included (tests;
