@@ -520,6 +520,24 @@ fn a_drop_cut_short_by_a_crash_is_finished_on_open() {
     assert_eq!(store.count_keys(1).unwrap(), 0);
     assert_eq!(store.root(0), root0);
     assert!(store.verify(&mut |_| {}).unwrap().is_ok());
+    // Recovered from the snapshot as a base, the dropped partition read whole from
+    // its buckets, which the drop removed.
+    assert!(
+        matches!(
+            store.open_report().recovery,
+            Recovery::Regions {
+                from_base: true,
+                changed: 1,
+                ..
+            }
+        ),
+        "{:?}",
+        store.open_report().recovery
+    );
+    store.close().unwrap();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
+    assert_eq!(store.partitions(), vec![0]);
 }
 
 /// A partition's records are every key written to it, once, with its latest record

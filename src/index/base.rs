@@ -105,7 +105,7 @@ impl Base {
         };
         for (partition, whole, buckets) in changes {
             if whole {
-                list(&partition.to_be_bytes())?;
+                list(&whole_key(partition))?;
             } else {
                 for id in buckets {
                     list(&id.key())?;
@@ -154,6 +154,20 @@ impl Base {
         };
         Ok(())
     }
+}
+
+/// The key of `changed` that lists a partition whole.
+fn whole_key(partition: u32) -> [u8; 4] {
+    partition.to_be_bytes()
+}
+
+/// Lists `partitions` whole in `changed` (open, before it finishes their drops: the
+/// base then reads them from their buckets, which the drops remove).
+pub(crate) fn list_whole(changed: &sled::Tree, partitions: &[u32]) -> Result<()> {
+    for &partition in partitions {
+        changed.insert(whole_key(partition), &[])?;
+    }
+    Ok(())
 }
 
 /// A recovery's starting index, from the base.

@@ -107,8 +107,8 @@ fn remove_prefix(tree: &sled::Tree, prefix: &[u8]) -> Result<u64> {
     Ok(removed)
 }
 
-/// Finishes every drop a crash interrupted; returns how many there were (if any, the
-/// caller must not trust a snapshot taken before the drop).
+/// Finishes every drop a crash interrupted; returns how many there were. A snapshot
+/// taken before holds their trees: the caller lists them in the base's `changed` first.
 pub(crate) fn finish_interrupted(meta: &Meta, trees: &Trees<'_>) -> Result<usize> {
     let dropping = meta.dropping()?;
     for &partition in &dropping {

@@ -62,6 +62,15 @@ impl Store {
         let buckets = db.open_tree("index")?;
         let quarantine = db.open_tree("quarantine")?;
         let marks_tree = db.open_tree("marks")?;
+        let changed = db.open_tree("changed")?;
+        // A snapshot still holds the trees of a drop a crash interrupted: it serves no
+        // clean open, and as a base its `changed` lists them whole (before they are
+        // removed), so recovery reads them from their buckets, which are gone.
+        let interrupted = meta.dropping()?;
+        if !interrupted.is_empty() {
+            meta.set_state(false, 0)?;
+            base::list_whole(&changed, &interrupted)?;
+        }
         let finished = dropping::finish_interrupted(
             &meta,
             &dropping::Trees {
@@ -71,13 +80,7 @@ impl Store {
                 quarantine: &quarantine,
             },
         )?;
-        if finished > 0 {
-            // A snapshot would still hold the dropped trees: recover from the buckets.
-            meta.set_state(false, 0)?;
-            base::forget(dir, &meta)?;
-        }
         let marks = Marks::new(marks_tree, options.region_segments, shape.segments);
-        let changed = db.open_tree("changed")?;
         let sources = Sources {
             meta: &meta,
             data: &data,
@@ -95,9 +98,9 @@ impl Store {
         }
         // No flush needed for these: sled recovers a gap-free prefix of its log, so they
         // are durable before any later write is, and until one is, the snapshot they
-        // retire still matches the data. After a finished drop the snapshot no longer
-        // does (it holds the dropped partition), and a new store's metadata should not
-        // wait for its first write: those paths flush.
+        // retire still matches the data. A drop finished here is made durable at once
+        // (its removals are many), and a new store's metadata should not wait for its
+        // first write: those paths flush.
         if finished > 0 || created {
             db.flush()?;
         }
