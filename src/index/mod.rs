@@ -58,7 +58,7 @@ pub(crate) struct Index {
     pub(crate) batches_before_failure: Mutex<Option<usize>>,
     /// Buckets per batch in place of [`BUCKETS_PER_BATCH`] (tests only).
     #[cfg(feature = "test-hooks")]
-    pub(crate) buckets_per_batch: Mutex<Option<usize>>,
+    pub(crate) batch_size_for_tests: Mutex<Option<usize>>,
 }
 
 impl Index {
@@ -99,7 +99,7 @@ impl Index {
             #[cfg(feature = "test-hooks")]
             batches_before_failure: Mutex::new(None),
             #[cfg(feature = "test-hooks")]
-            buckets_per_batch: Mutex::new(None),
+            batch_size_for_tests: Mutex::new(None),
         })
     }
 
@@ -158,7 +158,7 @@ impl Index {
     fn buckets_per_batch(&self) -> usize {
         #[cfg(feature = "test-hooks")]
         if let Some(n) = *self
-            .buckets_per_batch
+            .batch_size_for_tests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
         {

@@ -451,7 +451,7 @@ impl Store {
     pub fn checkpoint_batches_of(&self, buckets: Option<usize>) {
         *self
             .index
-            .buckets_per_batch
+            .batch_size_for_tests
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = buckets;
     }
