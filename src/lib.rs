@@ -45,7 +45,7 @@ mod store;
 // their modules are named from the crate root so every file says `crate::tree`.
 use exchange::sync;
 use index::{base, bucket, gate, hasher, level, marks, page, parallel, snapshot, tree};
-use recovery::{migrate, scan, scrub, verify};
+use recovery::{migrate, rebuild, scan, scrub, verify};
 use store::{clock, dropping, file, flush, meta, record};
 
 /// Version of the on-disk format written by this build (see `FORMAT.md`).

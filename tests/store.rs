@@ -200,6 +200,52 @@ fn a_checkpoint_cut_between_two_batches_recovers_exactly() {
     assert!(store.verify(&mut |_| {}).unwrap().is_ok());
 }
 
+/// A rebuild re-reads one partition at a time, and only the writes to that partition
+/// wait: while partition 0 is re-read, another thread's write to partition 1 lands, and
+/// one to partition 0 waits until the partition is done, then lands and is indexed.
+#[test]
+fn a_rebuild_holds_only_the_writes_to_the_partition_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), Options::default()).unwrap());
+    for i in 0..5_000u32 {
+        store.partition(i % 2).put(&i.to_le_bytes(), b"v").unwrap();
+    }
+    let mut waiting = None;
+    let report = store
+        .rebuild(&mut |progress| {
+            if waiting.is_some() || progress.segments_done >= progress.segments_total / 2 {
+                return; // only while partition 0, the first of two, is read
+            }
+            let (done, landed) = std::sync::mpsc::channel();
+            let other = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let _ = done.send(other.partition(1).put(b"during", b"v").is_ok());
+            });
+            let put = landed.recv_timeout(Duration::from_secs(20));
+            assert!(put.expect("a write to another partition waited for the rebuild"));
+            let same = Arc::clone(&store);
+            let writer = std::thread::spawn(move || same.partition(0).put(b"waits", b"v"));
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                !writer.is_finished(),
+                "a write landed in the partition being read"
+            );
+            waiting = Some(writer);
+        })
+        .unwrap();
+    assert_eq!(report.keys, 5_001);
+    waiting
+        .expect("no progress while partition 0 was read")
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.partition(0).get(b"waits").unwrap(),
+        Some(b"v".to_vec())
+    );
+    assert!(store.verify(&mut |_| {}).unwrap().is_ok());
+}
+
 /// A rebuild persists the new index in bounded batches; one cut short between two of
 /// them, then a crash, is finished by the next open from the data.
 #[test]

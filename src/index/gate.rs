@@ -1,4 +1,5 @@
-//! The write gate: which checkpoint epoch a write belongs to, and a pause for rebuilds.
+//! The write gate: which checkpoint epoch a write belongs to, and pauses: of every
+//! write, or of the writes to one partition (a rebuild re-reading it).
 //!
 //! A write enters the gate, marks its region for the current epoch, writes the data and
 //! sends its update to the hasher, then leaves. A checkpoint advances the epoch and waits
@@ -6,9 +7,14 @@
 //! writers blocked on a full channel can finish). After that wait, every update of the
 //! old epoch is in the channel or applied, so the checkpoint covers them all, and the
 //! old epoch's marks may be deleted once it is durable.
+//!
+//! A write to a held partition waits outside the gate (so checkpoints and pauses go on)
+//! until the hold is released. Whoever holds a partition pauses the gate for a moment
+//! after taking the hold: the writes to it already inside leave, and no later one enters.
 
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub(crate) struct Gate {
     epoch: AtomicU64,
@@ -16,6 +22,17 @@ pub(crate) struct Gate {
     inside: [AtomicU64; 2],
     /// Rebuild and close take this exclusively to stop writes; writes share it.
     pause: RwLock<()>,
+    /// Partitions whose writes wait ([`Gate::hold`]); `held_any` is the writers' only
+    /// cost while none is.
+    held: Mutex<BTreeSet<u32>>,
+    held_any: AtomicBool,
+    released: Condvar,
+}
+
+/// A partition's writes wait until this is dropped.
+pub(crate) struct Held<'a> {
+    gate: &'a Gate,
+    partition: u32,
 }
 
 /// Proof that a write is inside the gate under `epoch`.
@@ -32,12 +49,65 @@ impl Gate {
             epoch: AtomicU64::new(epoch),
             inside: [AtomicU64::new(0), AtomicU64::new(0)],
             pause: RwLock::new(()),
+            held: Mutex::new(BTreeSet::new()),
+            held_any: AtomicBool::new(false),
+            released: Condvar::new(),
         }
     }
 
     pub(crate) fn enter(&self) -> Pass<'_> {
         let shared = self.pause.read().unwrap_or_else(|p| p.into_inner());
         self.enter_epoch(Some(shared))
+    }
+
+    /// Enters for a write to `partition`, first waiting while it is held.
+    pub(crate) fn enter_partition(&self, partition: u32) -> Pass<'_> {
+        loop {
+            let pass = self.enter();
+            // Read inside the gate: a hold taken after this is followed by a pause,
+            // which waits for this write to leave.
+            if !self.is_held(partition) {
+                return pass;
+            }
+            drop(pass);
+            self.wait_released(partition);
+        }
+    }
+
+    /// Holds the writes to `partition` until the guard is dropped (after another hold
+    /// of it ends): those inside the gate now finish (this waits for them), later ones
+    /// wait outside it.
+    pub(crate) fn hold(&self, partition: u32) -> Held<'_> {
+        let mut held = self.wait_while_held(partition);
+        held.insert(partition);
+        self.held_any.store(true, SeqCst);
+        drop(held);
+        drop(self.pause());
+        Held {
+            gate: self,
+            partition,
+        }
+    }
+
+    /// Whether writes to `partition` are held (read it inside the gate, or under the
+    /// pause, to be sure of it until leaving).
+    pub(crate) fn is_held(&self, partition: u32) -> bool {
+        self.held_any.load(SeqCst) && self.held().contains(&partition)
+    }
+
+    /// Waits until `partition` is not held.
+    pub(crate) fn wait_released(&self, partition: u32) {
+        drop(self.wait_while_held(partition));
+    }
+
+    fn wait_while_held(&self, partition: u32) -> MutexGuard<'_, BTreeSet<u32>> {
+        self.released
+            .wait_while(self.held(), |h| h.contains(&partition))
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn held(&self) -> MutexGuard<'_, BTreeSet<u32>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A pass for the holder of the pause: a write it makes while the others wait still
@@ -74,6 +144,16 @@ impl Gate {
     /// Blocks new writes until the guard is dropped (waits for writes inside to leave).
     pub(crate) fn pause(&self) -> RwLockWriteGuard<'_, ()> {
         self.pause.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut held = self.gate.held();
+        held.remove(&self.partition);
+        self.gate.held_any.store(!held.is_empty(), Relaxed);
+        drop(held);
+        self.gate.released.notify_all();
     }
 }
 

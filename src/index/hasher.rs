@@ -37,8 +37,9 @@ pub(crate) enum Request {
     Checkpoint(bool, Reply<CheckpointInfo>),
     /// Take a partition out of the index and record its drop ([`Index::begin_drop`]).
     BeginDrop(u32, Reply<()>),
-    /// Swap in rebuilt trees and persist them all.
-    Replace(Trees, Reply<CheckpointInfo>),
+    /// Swap in a partition's rebuilt tree (`None`: it has no data), unless it is being
+    /// dropped; the next checkpoint persists it whole.
+    Replace(u32, Option<Tree>, Reply<()>),
     /// Final checkpoint; the thread exits after answering.
     Shutdown(Reply<CheckpointInfo>),
 }
@@ -122,8 +123,8 @@ impl Hasher {
         self.ask(|reply| Request::BeginDrop(partition, reply))
     }
 
-    pub(crate) fn replace(&self, trees: Trees) -> Result<CheckpointInfo> {
-        self.ask(|reply| Request::Replace(trees, reply))
+    pub(crate) fn replace(&self, partition: u32, tree: Option<Tree>) -> Result<()> {
+        self.ask(|reply| Request::Replace(partition, tree, reply))
     }
 
     /// Final checkpoint, then joins the thread.
@@ -246,9 +247,18 @@ impl Worker {
                 let _ = reply.send(self.index.begin_drop(partition));
                 false
             }
-            Request::Replace(trees, reply) => {
-                *self.index.trees_mut() = trees;
-                let _ = reply.send(self.checkpoint(true, pending));
+            Request::Replace(partition, tree, reply) => {
+                // Checked here, where drops begin: a drop that began already took the
+                // partition out, and one that begins later takes this tree out.
+                if !self.index.dropping.contains(partition) {
+                    let mut trees = self.index.trees_mut();
+                    match tree {
+                        Some(tree) => trees.insert(partition, tree),
+                        None => trees.remove(&partition),
+                    };
+                    self.dirty = true;
+                }
+                let _ = reply.send(Ok(()));
                 false
             }
             Request::Shutdown(reply) => {

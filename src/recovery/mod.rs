@@ -2,6 +2,7 @@
 //! brings the index back, and the report of how it went.
 
 pub(crate) mod migrate;
+pub(crate) mod rebuild;
 pub(crate) mod scan;
 pub(crate) mod scrub;
 pub(crate) mod verify;

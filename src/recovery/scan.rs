@@ -63,9 +63,24 @@ pub(crate) fn scan_all(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Scan> {
     let parts = key_prefixes(data)?;
+    let mut scan = scan_partitions(data, shape, &parts, check_values, progress)?;
+    let mut problems = stray_keys(data, &parts)?;
+    problems.append(&mut scan.problems);
+    scan.problems = problems;
+    Ok(scan)
+}
+
+/// As [`scan_all`], for the partitions `parts` only (no key outside them is read).
+pub(crate) fn scan_partitions(
+    data: &sled::Tree,
+    shape: Shape,
+    parts: &[u32],
+    check_values: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Scan> {
     let step = (shape.segments / PIECES_PER_PARTITION).max(1);
     let mut pieces = Vec::new();
-    for &partition in &parts {
+    for &partition in parts {
         let mut first = 0u64;
         while first < shape.segments {
             let count = step.min(shape.segments - first);
@@ -83,7 +98,7 @@ pub(crate) fn scan_all(
         trees: Trees::new(),
         keys: 0,
         max_version: 0,
-        problems: stray_keys(data, &parts)?,
+        problems: Vec::new(),
     };
     for hashed in hash_runs(data, shape, pieces, 1, check_values, progress)? {
         if let Some(segs) = segments.get_mut(&hashed.piece.partition) {
@@ -102,7 +117,7 @@ pub(crate) fn scan_all(
 }
 
 /// Keys too short to hold a partition and segment (they sort before any piece).
-fn stray_keys(data: &sled::Tree, parts: &[u32]) -> Result<Vec<Problem>> {
+pub(crate) fn stray_keys(data: &sled::Tree, parts: &[u32]) -> Result<Vec<Problem>> {
     let mut out = Vec::new();
     let end = parts.first().map_or(Bound::Unbounded, |p| {
         Bound::Excluded(p.to_be_bytes().to_vec())

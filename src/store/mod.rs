@@ -28,8 +28,9 @@ use crate::hasher::Hasher;
 use crate::index::Index;
 use crate::meta::CheckpointInfo;
 use crate::options::{Options, Shape};
+use crate::rebuild::rebuild;
 use crate::recovery::{OpenReport, SLED_DIR};
-use crate::scan::{scan_all, Progress};
+use crate::scan::Progress;
 use crate::verify::{verify, VerifyReport};
 
 /// A durable key-value store with a Merkle index per partition.
@@ -307,28 +308,12 @@ impl Store {
         verify(&self.index, &|| self.hasher.barrier(), progress)
     }
 
-    /// Recomputes the whole index from the data and persists it. Writes wait meanwhile.
-    /// A rebuild that fails or is cut short by a crash is finished by the next open.
+    /// Recomputes the whole index from the data and persists it. Writes go on meanwhile:
+    /// those to the partition being re-read wait until it is done, one partition at a
+    /// time (a drop of it, too). Partitions being dropped are skipped. A rebuild that
+    /// fails or is cut short by a crash is finished by the next open.
     pub fn rebuild(&self, progress: &mut dyn FnMut(Progress)) -> Result<RebuildReport> {
-        let _paused = self.index.gate.pause();
-        self.hasher.barrier()?;
-        // Cleared by the full checkpoint that persists the rebuilt index.
-        self.index
-            .meta
-            .set_rebuild("an earlier rebuild did not finish")?;
-        let mut scan = scan_all(&self.index.data, self.index.shape, false, progress)?;
-        // What is left of a partition being dropped is not indexed (the pause holds the
-        // drop back from finishing meanwhile).
-        scan.trees.retain(|&p, _| !self.index.dropping.contains(p));
-        self.index.clock.observe_stored(scan.max_version);
-        let partitions = scan.trees.len();
-        let checkpoint = self.hasher.replace(scan.trees)?;
-        Ok(RebuildReport {
-            keys: scan.keys,
-            partitions,
-            undecodable: scan.problems.len(),
-            checkpoint,
-        })
+        rebuild(&self.index, &self.hasher, progress)
     }
 
     /// Removes a partition for good: its data, index, marks and quarantined records,
@@ -362,7 +347,16 @@ impl Store {
     fn drop_partition_with(&self, partition: u32, under_way: &dyn Fn()) -> Result<u64> {
         let index = &*self.index;
         {
-            let paused = index.gate.pause();
+            // Not while a rebuild re-reads the partition: it would index what the drop
+            // has not removed yet. (A rebuild holding it later finds it dropping.)
+            let paused = loop {
+                let paused = index.gate.pause();
+                if !index.gate.is_held(partition) {
+                    break paused;
+                }
+                drop(paused);
+                index.gate.wait_released(partition);
+            };
             let Some(pending) = index.dropping.begin(partition, &paused) else {
                 return Err(Error::PartitionDropping(partition));
             };

@@ -52,7 +52,10 @@ impl Store {
                 moved += u64::from(self.quarantine_undecodable(p, s, &raw)?);
                 continue;
             }
-            let pass = index.gate.enter();
+            let pass = match placed {
+                Some((p, _)) => index.gate.enter_partition(p),
+                None => index.gate.enter(),
+            };
             if let Some((p, s)) = placed {
                 if index.dropping.contains(p) {
                     continue; // on its way out anyway

@@ -27,7 +27,7 @@ impl Store {
         let segment = segment_of(key, index.shape.segments);
         let encoded = header.encode(value);
         let new = header.entry_hash(partition, key);
-        let pass = index.gate.enter();
+        let pass = index.gate.enter_partition(partition);
         if index.dropping.contains(partition) {
             return Err(Error::PartitionDropping(partition));
         }
@@ -147,7 +147,7 @@ impl Store {
                 .map(|h| h.entry_hash(partition, key))
         };
         let new_hash = new.as_deref().and_then(entry).unwrap_or_default();
-        let pass = index.gate.enter();
+        let pass = index.gate.enter_partition(partition);
         if index.dropping.contains(partition) {
             return Err(Error::PartitionDropping(partition));
         }
