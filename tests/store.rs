@@ -200,20 +200,26 @@ fn a_checkpoint_cut_between_two_batches_recovers_exactly() {
     assert!(store.verify(&mut |_| {}).unwrap().is_ok());
 }
 
-/// A rebuild re-reads one partition at a time, and only the writes to that partition
-/// wait: while partition 0 is re-read, another thread's write to partition 1 lands, and
-/// one to partition 0 waits until the partition is done, then lands and is indexed.
+/// A rebuild re-reads a few partitions at a time (one, if it is large), and only the
+/// writes to those wait: while partition 0 is re-read, another thread's write to
+/// partition 1 lands, and one to partition 0 waits until the partition is done, then
+/// lands and is indexed.
 #[test]
-fn a_rebuild_holds_only_the_writes_to_the_partition_it_reads() {
+fn a_rebuild_holds_only_the_writes_to_the_partitions_it_reads() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), Options::default()).unwrap());
-    for i in 0..5_000u32 {
-        store.partition(i % 2).put(&i.to_le_bytes(), b"v").unwrap();
+    // Partition 0 is re-read alone (over 65,536 keys), partition 1 after it.
+    for i in 0..70_000u32 {
+        store.partition(0).put(&i.to_le_bytes(), b"v").unwrap();
     }
+    for i in 0..1_000u32 {
+        store.partition(1).put(&i.to_le_bytes(), b"v").unwrap();
+    }
+    store.sync_index().unwrap(); // the groups follow the index's sizes
     let mut waiting = None;
     let report = store
         .rebuild(&mut |progress| {
-            if waiting.is_some() || progress.segments_done >= progress.segments_total / 2 {
+            if waiting.is_some() || progress.segments_done > progress.segments_total / 2 {
                 return; // only while partition 0, the first of two, is read
             }
             let (done, landed) = std::sync::mpsc::channel();
@@ -233,7 +239,7 @@ fn a_rebuild_holds_only_the_writes_to_the_partition_it_reads() {
             waiting = Some(writer);
         })
         .unwrap();
-    assert_eq!(report.keys, 5_001);
+    assert_eq!(report.keys, 71_001);
     waiting
         .expect("no progress while partition 0 was read")
         .join()

@@ -29,10 +29,10 @@ pub(crate) struct Gate {
     released: Condvar,
 }
 
-/// A partition's writes wait until this is dropped.
+/// Partitions whose writes wait until this is dropped.
 pub(crate) struct Held<'a> {
     gate: &'a Gate,
-    partition: u32,
+    partitions: Vec<u32>,
 }
 
 /// Proof that a write is inside the gate under `epoch`.
@@ -74,18 +74,21 @@ impl Gate {
         }
     }
 
-    /// Holds the writes to `partition` until the guard is dropped (after another hold
-    /// of it ends): those inside the gate now finish (this waits for them), later ones
-    /// wait outside it.
-    pub(crate) fn hold(&self, partition: u32) -> Held<'_> {
-        let mut held = self.wait_while_held(partition);
-        held.insert(partition);
+    /// Holds the writes to `partitions` until the guard is dropped (once no other hold
+    /// has any of them): those inside the gate now finish (this waits for them), later
+    /// ones wait outside it.
+    pub(crate) fn hold(&self, partitions: &[u32]) -> Held<'_> {
+        let mut held = self
+            .released
+            .wait_while(self.held(), |h| partitions.iter().any(|p| h.contains(p)))
+            .unwrap_or_else(|p| p.into_inner());
+        held.extend(partitions.iter().copied());
         self.held_any.store(true, SeqCst);
         drop(held);
         drop(self.pause());
         Held {
             gate: self,
-            partition,
+            partitions: partitions.to_vec(),
         }
     }
 
@@ -97,13 +100,11 @@ impl Gate {
 
     /// Waits until `partition` is not held.
     pub(crate) fn wait_released(&self, partition: u32) {
-        drop(self.wait_while_held(partition));
-    }
-
-    fn wait_while_held(&self, partition: u32) -> MutexGuard<'_, BTreeSet<u32>> {
-        self.released
-            .wait_while(self.held(), |h| h.contains(&partition))
-            .unwrap_or_else(|p| p.into_inner())
+        drop(
+            self.released
+                .wait_while(self.held(), |h| h.contains(&partition))
+                .unwrap_or_else(|p| p.into_inner()),
+        );
     }
 
     fn held(&self) -> MutexGuard<'_, BTreeSet<u32>> {
@@ -150,7 +151,9 @@ impl Gate {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         let mut held = self.gate.held();
-        held.remove(&self.partition);
+        for partition in &self.partitions {
+            held.remove(partition);
+        }
         self.gate.held_any.store(!held.is_empty(), Relaxed);
         drop(held);
         self.gate.released.notify_all();

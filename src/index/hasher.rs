@@ -37,9 +37,9 @@ pub(crate) enum Request {
     Checkpoint(bool, Reply<CheckpointInfo>),
     /// Take a partition out of the index and record its drop ([`Index::begin_drop`]).
     BeginDrop(u32, Reply<()>),
-    /// Swap in a partition's rebuilt tree (`None`: it has no data), unless it is being
-    /// dropped; the next checkpoint persists it whole.
-    Replace(u32, Option<Tree>, Reply<()>),
+    /// Swap in partitions' rebuilt trees (`None`: no data), except for partitions
+    /// being dropped; the next checkpoint persists them whole.
+    Replace(Vec<(u32, Option<Tree>)>, Reply<()>),
     /// Final checkpoint; the thread exits after answering.
     Shutdown(Reply<CheckpointInfo>),
 }
@@ -123,8 +123,8 @@ impl Hasher {
         self.ask(|reply| Request::BeginDrop(partition, reply))
     }
 
-    pub(crate) fn replace(&self, partition: u32, tree: Option<Tree>) -> Result<()> {
-        self.ask(|reply| Request::Replace(partition, tree, reply))
+    pub(crate) fn replace(&self, trees: Vec<(u32, Option<Tree>)>) -> Result<()> {
+        self.ask(|reply| Request::Replace(trees, reply))
     }
 
     /// Final checkpoint, then joins the thread.
@@ -247,17 +247,21 @@ impl Worker {
                 let _ = reply.send(self.index.begin_drop(partition));
                 false
             }
-            Request::Replace(partition, tree, reply) => {
-                // Checked here, where drops begin: a drop that began already took the
-                // partition out, and one that begins later takes this tree out.
-                if !self.index.dropping.contains(partition) {
-                    let mut trees = self.index.trees_mut();
+            Request::Replace(rebuilt, reply) => {
+                let mut trees = self.index.trees_mut();
+                for (partition, tree) in rebuilt {
+                    // Checked here, where drops begin: a drop that began already took
+                    // the partition out, and one that begins later takes this tree out.
+                    if self.index.dropping.contains(partition) {
+                        continue;
+                    }
                     match tree {
                         Some(tree) => trees.insert(partition, tree),
                         None => trees.remove(&partition),
                     };
                     self.dirty = true;
                 }
+                drop(trees);
                 let _ = reply.send(Ok(()));
                 false
             }
