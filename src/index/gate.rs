@@ -20,7 +20,8 @@ pub(crate) struct Gate {
     epoch: AtomicU64,
     /// Writes inside the gate, by epoch parity.
     inside: [AtomicU64; 2],
-    /// Rebuild and close take this exclusively to stop writes; writes share it.
+    /// Drops, verify, quarantine and holds take this exclusively, briefly, to stop
+    /// writes; writes share it.
     pause: RwLock<()>,
     /// Partitions whose writes wait ([`Gate::hold`]); `held_any` is the writers' only
     /// cost while none is.

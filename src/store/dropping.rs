@@ -18,8 +18,9 @@ use crate::meta::Meta;
 
 /// The partitions whose drop has begun and not finished. Changed only while the write
 /// gate is paused (the guard is the proof), so a write inside the gate reads it stable,
-/// and so do a rebuild and a verify holding the pause: a partition in it has no tree,
-/// and what data it still has is on its way out.
+/// and so do a verify holding the pause and a rebuild holding the partition (its hold
+/// paused the gate, and a drop waits for the hold): a partition in it has no tree, and
+/// what data it still has is on its way out.
 #[derive(Default)]
 pub(crate) struct Underway {
     /// Any partition in `partitions` (the write path's only cost when none is).

@@ -374,9 +374,9 @@ impl Store {
         }
         under_way();
         let removed = index.remove_dropped(partition);
-        // With writes paused again, so a rebuild or verify that holds the pause sees the
-        // partition either still dropping or gone, and concurrent drops' intents do not
-        // interleave.
+        // With writes paused again, so a verify that holds the pause (or a rebuild that
+        // holds the partition) sees it either still dropping or gone, and concurrent
+        // drops' intents do not interleave.
         let paused = index.gate.pause();
         let finished = removed.and_then(|records| {
             index.meta.set_dropping(partition, false)?;
