@@ -8,7 +8,8 @@
 //! dropped over and over meanwhile (on both stores), which a kill must leave either
 //! dropped whole or a prefix of its filling; and with anti-entropy running beside the writer (exchanges
 //! with a peer repairing a partition of its own, tombstones purged as soon as they
-//! land), whose repairs and purges a kill must leave with an exact index.
+//! land), whose repairs and purges a kill must leave with an exact index; and with the
+//! index rebuilt from the data over and over, which a kill may cut short anywhere.
 //! `MERKLE_CRASH_ITERATIONS=100` runs the long version.
 
 mod common;
@@ -46,6 +47,8 @@ enum Beside {
     /// Changes a fifth of partition `REPAIRED` on a peer store, exchanges it, and purges
     /// the tombstones the exchange brought, over and over.
     Exchanges,
+    /// Rebuilds the index from the data, over and over, a few milliseconds apart.
+    Rebuilds,
 }
 
 fn options() -> Options {
@@ -128,6 +131,12 @@ fn crash_child() {
                     store.partition(DROPPED).put(&key(k), b"fill").unwrap();
                 }
                 store.drop_partition(DROPPED).unwrap();
+            });
+        }
+        if std::env::var_os("MERKLE_CRASH_REBUILDS").is_some() {
+            s.spawn(move || loop {
+                store.rebuild(&mut |_| {}).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
             });
         }
         if let Some(peer_dir) = std::env::var_os("MERKLE_CRASH_PEER_DIR") {
@@ -273,6 +282,7 @@ fn kill_nine_rounds(
             .env("MERKLE_CRASH_START", starts)
             .env("MERKLE_CRASH_KEYS", keys.to_string())
             .envs((beside == Beside::Drops).then_some(("MERKLE_CRASH_DROPS", "1")))
+            .envs((beside == Beside::Rebuilds).then_some(("MERKLE_CRASH_REBUILDS", "1")))
             .envs(
                 (beside == Beside::Exchanges)
                     .then_some(("MERKLE_CRASH_PEER_DIR", peer_dir.path().join("peer"))),
@@ -322,6 +332,11 @@ fn kill_nine_rounds(
             Recovery::Regions {
                 from_base: true, ..
             } => "Regions from the base".to_string(),
+            Recovery::FullRebuild { ref reason, .. }
+                if reason.contains("an earlier rebuild did not finish") =>
+            {
+                FINISHING_A_REBUILD.to_string()
+            }
             ref other => format!("{other:?}")
                 .split([' ', '{'])
                 .next()
@@ -374,6 +389,8 @@ fn kill_nine_rounds(
 /// The entry of `kill_nine_rounds`' tally for kills that left some partition's index
 /// buckets in two spans.
 const TWO_SPANS: &str = "buckets of two spans";
+/// The entry for opens that finished a rebuild the kill cut short.
+const FINISHING_A_REBUILD: &str = "FullRebuild finishing a rebuild";
 
 /// Partitions whose index buckets hold more than one span in the closed store at `dir`.
 fn partitions_in_two_spans(dir: &std::path::Path) -> usize {
@@ -437,6 +454,22 @@ fn crash_kill_nine_while_exchanging_and_purging() {
         recoveries
             .keys()
             .any(|k| k.starts_with("repaired partition") && k != "repaired partition empty"),
+        "{recoveries:?}"
+    );
+}
+
+/// Rebuilds of the live store beside the writer: a kill inside one leaves the index part
+/// rebuilt (trees swapped in, a partition's buckets part written), which the next open
+/// finishes from the data; a kill between two leaves a store that recovers by marked
+/// regions. Exact either way.
+#[test]
+fn crash_kill_nine_while_rebuilding() {
+    let recoveries = kill_nine_rounds(LARGE, PRELOAD, 1, Beside::Rebuilds);
+    assert!(
+        recoveries.keys().all(|k| k == "Regions"
+            || k == "Regions from the base"
+            || k == TWO_SPANS
+            || k == FINISHING_A_REBUILD),
         "{recoveries:?}"
     );
 }
