@@ -309,9 +309,11 @@ impl Store {
     }
 
     /// Recomputes the whole index from the data and persists it. Writes go on meanwhile:
-    /// those to the partition being re-read wait until it is done, one partition at a
-    /// time (a drop of it, too). Partitions being dropped are skipped. A rebuild that
-    /// fails or is cut short by a crash is finished by the next open.
+    /// the partitions are re-read a few at a time (about 65,536 keys, or one larger
+    /// partition), and only the writes to those wait until they are done (a drop of one
+    /// of them, too). Partitions being dropped are skipped. A rebuild that fails or is
+    /// cut short by a crash is finished by the next open. `progress` must not write to
+    /// the store.
     pub fn rebuild(&self, progress: &mut dyn FnMut(Progress)) -> Result<RebuildReport> {
         rebuild(&self.index, &self.hasher, progress)
     }
