@@ -177,18 +177,14 @@ pub(crate) struct Loaded {
     pub changed: u64,
 }
 
-/// The index as the buckets hold it, from the base snapshot of `epoch` plus the buckets
-/// listed in `changed`; `Ok(None)` if the snapshot file is missing.
+/// The index as the buckets hold it: `trees`, the base snapshot's, with the buckets
+/// listed in `changed` read in their place.
 pub(crate) fn load(
-    dir: &Path,
+    mut trees: Trees,
     shape: Shape,
-    epoch: u64,
     buckets: &sled::Tree,
     changed: &sled::Tree,
-) -> Result<Option<Loaded>> {
-    let Some(mut trees) = snapshot::read(dir, shape, epoch)? else {
-        return Ok(None);
-    };
+) -> Result<Loaded> {
     let mut whole = BTreeSet::new();
     let mut listed = Vec::new();
     for key in changed.iter().keys() {
@@ -263,10 +259,10 @@ pub(crate) fn load(
     for tree in trees.values_mut() {
         tree.clear_dirty();
     }
-    Ok(Some(Loaded {
+    Ok(Loaded {
         trees,
         changed: read,
-    }))
+    })
 }
 
 /// Forgets the base: no later recovery may start from the file.

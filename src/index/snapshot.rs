@@ -266,9 +266,11 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("open {}", path.display()), e)),
     };
-    // SAFETY: the file is private to this store (sled holds the directory's lock while we
-    // run) and is only ever replaced by rename, never modified in place, so the mapped
-    // bytes do not change under us. We copy out of the map before it is dropped.
+    // SAFETY: the file is private to this store and only ever replaced by rename (or
+    // removed), never modified in place, so the mapped bytes do not change under us, even
+    // when read before sled's lock is taken (`Early`): a process that has the store
+    // open may replace the file meanwhile, but not the inode mapped here. We copy out of
+    // the map before it is dropped.
     let map = unsafe { memmap2::Mmap::map(&file) }
         .map_err(|e| Error::io(format!("mmap {}", path.display()), e))?;
     let bytes: &[u8] = &map;
@@ -364,6 +366,80 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
     Ok(Some(trees))
 }
 
+/// The snapshot read on a thread of its own while sled opens. Nothing in sled's open
+/// (tens of milliseconds of one core on a large store) depends on the snapshot, but which
+/// snapshot recovery wants (a clean close's, a base, none) is known only once sled's
+/// metadata can be read; so this reads whatever file is there, and recovery takes its
+/// trees only if its header names the store's shape and the epoch recovery wants
+/// ([`Early::take`]), and otherwise reads the file itself. A snapshot epoch names one
+/// content: a snapshot is only ever written of the index as of its checkpoint epoch.
+pub(crate) struct Early {
+    thread: Option<std::thread::JoinHandle<Option<EarlyTrees>>>,
+}
+
+struct EarlyTrees {
+    shape: Shape,
+    epoch: u64,
+    trees: BTreeMap<u32, Tree>,
+}
+
+impl Early {
+    /// Starts reading the snapshot in `dir`, if there is one.
+    pub(crate) fn start(dir: &Path) -> Early {
+        if !dir.join(SNAPSHOT_FILE).is_file() {
+            return Early { thread: None };
+        }
+        let dir = dir.to_path_buf();
+        let read = move || {
+            let mut head = [0u8; CHECKSUMMED_HEADER];
+            let mut file = File::open(dir.join(SNAPSHOT_FILE)).ok()?;
+            std::io::Read::read_exact(&mut file, &mut head).ok()?;
+            let shape = Shape::new(u32_at(&head, 16), u32_at(&head, 20)).ok()?;
+            let epoch = header_epoch(&head);
+            // Any fault is left for recovery's own read of the file to report.
+            let trees = read(&dir, shape, epoch).ok()??;
+            Some(EarlyTrees {
+                shape,
+                epoch,
+                trees,
+            })
+        };
+        let thread = std::thread::Builder::new()
+            .name("merkle-index snapshot".into())
+            .spawn(read)
+            .ok();
+        Early { thread }
+    }
+
+    /// No read (a new store's open).
+    pub(crate) fn none() -> Early {
+        Early { thread: None }
+    }
+
+    /// The trees read, if they are the snapshot of `epoch` of trees of `shape` (waits
+    /// for the read to finish); `None` once taken.
+    pub(crate) fn take(&mut self, shape: Shape, epoch: u64) -> Option<BTreeMap<u32, Tree>> {
+        let read = self.thread.take()?.join().ok()??;
+        (read.shape == shape && read.epoch == epoch).then_some(read.trees)
+    }
+}
+
+#[cfg(test)]
+impl Early {
+    fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        // Never left running past the open that started it.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
@@ -436,6 +512,51 @@ mod tests {
                 Ok(_) => panic!("byte {at}: a count of u32::MAX was accepted"),
             }
         }
+    }
+
+    #[test]
+    fn an_early_read_is_taken_only_for_the_shape_and_epoch_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        written(dir.path());
+        let expected = read(dir.path(), shape(), EPOCH).unwrap().unwrap();
+        let roots = |trees: &BTreeMap<u32, Tree>| -> Vec<(u32, Hash)> {
+            trees.iter().map(|(&p, t)| (p, t.root())).collect()
+        };
+        let mut early = Early::start(dir.path());
+        let taken = early
+            .take(shape(), EPOCH)
+            .expect("the snapshot of its epoch");
+        assert_eq!(roots(&taken), roots(&expected));
+        assert!(early.take(shape(), EPOCH).is_none(), "taken once");
+        for (shape, epoch) in [(shape(), EPOCH + 1), (Shape::new(16, 2).unwrap(), EPOCH)] {
+            assert!(Early::start(dir.path()).take(shape, epoch).is_none());
+        }
+        // A damaged file is left for recovery's own read to report.
+        let mut bytes = fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        fs::write(dir.path().join(SNAPSHOT_FILE), bytes).unwrap();
+        assert!(Early::start(dir.path()).take(shape(), EPOCH).is_none());
+        fs::remove_file(dir.path().join(SNAPSHOT_FILE)).unwrap();
+        assert!(Early::start(dir.path()).take(shape(), EPOCH).is_none());
+    }
+
+    #[test]
+    fn an_early_read_of_a_file_since_replaced_is_not_taken_for_the_new_one() {
+        // A store held by another process may close (writing the snapshot of a later
+        // epoch) between the early read and this open's recovery: the recovery wants
+        // the new epoch, and the early read holds the old one.
+        let dir = tempfile::tempdir().unwrap();
+        written(dir.path());
+        let mut early = Early::start(dir.path());
+        while !early.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let later = BTreeMap::from([(
+            1,
+            Tree::from_segments(shape(), [(5, Hash::from_bytes([1; 16]))]),
+        )]);
+        write(dir.path(), shape(), EPOCH + 1, &later).unwrap();
+        assert!(early.take(shape(), EPOCH + 1).is_none());
     }
 
     fn read_bytes(dir: &Path, bytes: Vec<u8>) -> Result<Option<BTreeMap<u32, Tree>>> {

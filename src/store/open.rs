@@ -19,6 +19,7 @@ use crate::meta::Meta;
 use crate::migrate;
 use crate::options::Options;
 use crate::recovery::{prepare_dir, recover, OpenReport, Sources, SLED_DIR};
+use crate::snapshot::Early;
 use crate::FORMAT_VERSION;
 
 use super::Store;
@@ -30,6 +31,12 @@ impl Store {
         // Anchors the wall clock that tombstones' times follow (the first open does):
         // one set forward or back from here on cannot hasten a purge.
         crate::clock::steady_unix_ms();
+        // Read while sled opens, for the recovery below to take if it is the one wanted.
+        let mut early = if created_dirs.is_empty() {
+            Early::start(dir)
+        } else {
+            Early::none()
+        };
         let db = open_sled(dir, &options)?;
         // A new store's directory entries (its own, its parents' if they were made, and
         // sled's) must survive power loss before the first flush returns.
@@ -82,6 +89,7 @@ impl Store {
         )?;
         let marks = Marks::new(marks_tree, options.region_segments, shape.segments);
         let sources = Sources {
+            early: &mut early,
             meta: &meta,
             data: &data,
             buckets: &buckets,
@@ -89,6 +97,8 @@ impl Store {
             marks: &marks,
         };
         let found = recover(dir, shape, sources, created)?;
+        // Joined, if recovery did not take it.
+        drop(early);
         // From here on the snapshot is no clean close's: it is at most the base of a
         // recovery (`base.rs`), and only while `meta.base` names it.
         meta.set_state(false, 0)?;
