@@ -29,11 +29,12 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Corruption, Error, Result};
 use crate::file::sync_dir;
 use crate::hash::{Hash, HASH_BYTES, SNAPSHOT_CONTEXT};
+use crate::index::Trees;
 use crate::options::Shape;
 use crate::page;
 use crate::parallel;
@@ -260,6 +261,11 @@ struct PartHead {
 
 /// Maps and validates the snapshot in `dir`; `Ok(None)` if there is none.
 pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeMap<u32, Tree>>> {
+    Ok(read_summed(dir, shape, epoch)?.map(|(trees, _)| trees))
+}
+
+/// As [`read`], with the checksum the file holds (and matched).
+fn read_summed(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<(Trees, Checksum)>> {
     let path = dir.join(SNAPSHOT_FILE);
     let file = match File::open(&path) {
         Ok(f) => f,
@@ -363,31 +369,47 @@ pub(crate) fn read(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<BTreeM
             return Err(bad_header(format!("partition {id} appears twice")));
         }
     }
-    Ok(Some(trees))
+    Ok(Some((trees, sum.into())))
+}
+
+/// A snapshot's checksum: of its header and body, so two files with the same one hold
+/// the same bytes.
+type Checksum = [u8; 32];
+
+/// The checksum the snapshot file in `dir` holds now, if it has one.
+fn checksum_now(dir: &Path) -> Option<Checksum> {
+    let mut head = [0u8; HEADER_LEN];
+    let mut file = File::open(dir.join(SNAPSHOT_FILE)).ok()?;
+    std::io::Read::read_exact(&mut file, &mut head).ok()?;
+    head.get(CHECKSUMMED_HEADER..)?.try_into().ok()
 }
 
 /// The snapshot read on a thread of its own while sled opens. Nothing in sled's open
 /// (tens of milliseconds of one core on a large store) depends on the snapshot, but which
 /// snapshot recovery wants (a clean close's, a base, none) is known only once sled's
 /// metadata can be read; so this reads whatever file is there, and recovery takes its
-/// trees only if its header names the store's shape and the epoch recovery wants
-/// ([`Early::take`]), and otherwise reads the file itself. A snapshot epoch names one
-/// content: a snapshot is only ever written of the index as of its checkpoint epoch.
+/// trees ([`Early::take`]) only if the header named the store's shape and the epoch
+/// recovery wants, and the file there now still holds the checksum of what was read (a
+/// process that held the store meanwhile may have replaced it); otherwise recovery
+/// reads the file itself.
 pub(crate) struct Early {
+    dir: PathBuf,
     thread: Option<std::thread::JoinHandle<Option<EarlyTrees>>>,
 }
 
 struct EarlyTrees {
     shape: Shape,
     epoch: u64,
-    trees: BTreeMap<u32, Tree>,
+    trees: Trees,
+    checksum: Checksum,
 }
 
 impl Early {
     /// Starts reading the snapshot in `dir`, if there is one.
     pub(crate) fn start(dir: &Path) -> Early {
+        let mut early = Early::none(dir);
         if !dir.join(SNAPSHOT_FILE).is_file() {
-            return Early { thread: None };
+            return early;
         }
         let dir = dir.to_path_buf();
         let read = move || {
@@ -397,30 +419,37 @@ impl Early {
             let shape = Shape::new(u32_at(&head, 16), u32_at(&head, 20)).ok()?;
             let epoch = header_epoch(&head);
             // Any fault is left for recovery's own read of the file to report.
-            let trees = read(&dir, shape, epoch).ok()??;
+            let (trees, checksum) = read_summed(&dir, shape, epoch).ok()??;
             Some(EarlyTrees {
                 shape,
                 epoch,
                 trees,
+                checksum,
             })
         };
-        let thread = std::thread::Builder::new()
+        early.thread = std::thread::Builder::new()
             .name("merkle-index snapshot".into())
             .spawn(read)
             .ok();
-        Early { thread }
+        early
     }
 
     /// No read (a new store's open).
-    pub(crate) fn none() -> Early {
-        Early { thread: None }
+    pub(crate) fn none(dir: &Path) -> Early {
+        Early {
+            dir: dir.to_path_buf(),
+            thread: None,
+        }
     }
 
-    /// The trees read, if they are the snapshot of `epoch` of trees of `shape` (waits
-    /// for the read to finish); `None` once taken.
-    pub(crate) fn take(&mut self, shape: Shape, epoch: u64) -> Option<BTreeMap<u32, Tree>> {
+    /// The trees read, if they are the snapshot of `epoch` of trees of `shape` and the
+    /// file still holds them (waits for the read to finish); `None` once taken.
+    pub(crate) fn take(&mut self, shape: Shape, epoch: u64) -> Option<Trees> {
         let read = self.thread.take()?.join().ok()??;
-        (read.shape == shape && read.epoch == epoch).then_some(read.trees)
+        let current = read.shape == shape
+            && read.epoch == epoch
+            && checksum_now(&self.dir) == Some(read.checksum);
+        current.then_some(read.trees)
     }
 }
 
@@ -541,22 +570,21 @@ mod tests {
     }
 
     #[test]
-    fn an_early_read_of_a_file_since_replaced_is_not_taken_for_the_new_one() {
-        // A store held by another process may close (writing the snapshot of a later
-        // epoch) between the early read and this open's recovery: the recovery wants
-        // the new epoch, and the early read holds the old one.
-        let dir = tempfile::tempdir().unwrap();
-        written(dir.path());
-        let mut early = Early::start(dir.path());
-        while !early.is_finished() {
-            std::thread::sleep(std::time::Duration::from_millis(1));
+    fn an_early_read_of_a_file_since_replaced_is_not_taken() {
+        // A process that held the store while this open waited for sled's lock may have
+        // replaced the file, at a later epoch or (after a power loss lost a checkpoint
+        // record) at the same one.
+        for epoch in [EPOCH, EPOCH + 1] {
+            let dir = tempfile::tempdir().unwrap();
+            written(dir.path());
+            let mut early = Early::start(dir.path());
+            while !early.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let other = Tree::from_segments(shape(), [(5, Hash::from_bytes([1; 16]))]);
+            write(dir.path(), shape(), epoch, &BTreeMap::from([(1, other)])).unwrap();
+            assert!(early.take(shape(), epoch).is_none(), "epoch {epoch}");
         }
-        let later = BTreeMap::from([(
-            1,
-            Tree::from_segments(shape(), [(5, Hash::from_bytes([1; 16]))]),
-        )]);
-        write(dir.path(), shape(), EPOCH + 1, &later).unwrap();
-        assert!(early.take(shape(), EPOCH + 1).is_none());
     }
 
     fn read_bytes(dir: &Path, bytes: Vec<u8>) -> Result<Option<BTreeMap<u32, Tree>>> {

@@ -35,7 +35,7 @@ impl Store {
         let mut early = if created_dirs.is_empty() {
             Early::start(dir)
         } else {
-            Early::none()
+            Early::none(dir)
         };
         let db = open_sled(dir, &options)?;
         // A new store's directory entries (its own, its parents' if they were made, and
