@@ -376,12 +376,12 @@ fn read_summed(dir: &Path, shape: Shape, epoch: u64) -> Result<Option<(Trees, Ch
 /// the same bytes.
 type Checksum = [u8; 32];
 
-/// The checksum the snapshot file in `dir` holds now, if it has one.
-fn checksum_now(dir: &Path) -> Option<Checksum> {
+/// The header (checksum included) of the snapshot file in `dir` now, if it has one.
+fn head_now(dir: &Path) -> Option<[u8; HEADER_LEN]> {
     let mut head = [0u8; HEADER_LEN];
     let mut file = File::open(dir.join(SNAPSHOT_FILE)).ok()?;
     std::io::Read::read_exact(&mut file, &mut head).ok()?;
-    head.get(CHECKSUMMED_HEADER..)?.try_into().ok()
+    Some(head)
 }
 
 /// The snapshot read on a thread of its own while sled opens. Nothing in sled's open
@@ -413,9 +413,7 @@ impl Early {
         }
         let dir = dir.to_path_buf();
         let read = move || {
-            let mut head = [0u8; CHECKSUMMED_HEADER];
-            let mut file = File::open(dir.join(SNAPSHOT_FILE)).ok()?;
-            std::io::Read::read_exact(&mut file, &mut head).ok()?;
+            let head = head_now(&dir)?;
             let shape = Shape::new(u32_at(&head, 16), u32_at(&head, 20)).ok()?;
             let epoch = header_epoch(&head);
             // Any fault is left for recovery's own read of the file to report.
@@ -448,7 +446,8 @@ impl Early {
         let read = self.thread.take()?.join().ok()??;
         let current = read.shape == shape
             && read.epoch == epoch
-            && checksum_now(&self.dir) == Some(read.checksum);
+            && head_now(&self.dir)
+                .is_some_and(|head| head.get(CHECKSUMMED_HEADER..) == Some(&read.checksum[..]));
         current.then_some(read.trees)
     }
 }
