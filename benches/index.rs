@@ -38,8 +38,8 @@ fn updates(c: &mut Criterion) {
     group.finish();
 }
 
-/// The hasher thread's share of an overwrite: one update XORed into a tree that already
-/// holds 300k keys (as the write bench's overwrites find it), at a random segment.
+/// The hasher thread's share of a write: one update XORed into a tree that already holds
+/// 300k keys (as the write bench finds it), at a random segment.
 fn apply_overwrites(c: &mut Criterion) {
     let mut group = c.benchmark_group("index_apply");
     let defaults = Options::default();
@@ -59,6 +59,19 @@ fn apply_overwrites(c: &mut Criterion) {
     group.bench_function("overwrite_300k", |b| {
         b.iter(|| {
             for &(s, d) in &updates {
+                tree.apply(s, d);
+            }
+            tree.root()
+        })
+    });
+    // New keys: entries added to their segments (mostly empty ones, a node inserted into
+    // a sparse page), then removed again by the next iteration, as deletes would.
+    let new: Vec<(u32, merkle_index::Hash)> = (keys..keys + (1 << 16))
+        .map(|i| (segment(i), delta(i)))
+        .collect();
+    group.bench_function("new_300k", |b| {
+        b.iter(|| {
+            for &(s, d) in &new {
                 tree.apply(s, d);
             }
             tree.root()

@@ -44,7 +44,7 @@ mod store;
 // The architecture's parts live in folders (store, index, recovery, exchange, net);
 // their modules are named from the crate root so every file says `crate::tree`.
 use exchange::sync;
-use index::{base, bucket, gate, hasher, level, marks, page, parallel, snapshot, tree};
+use index::{base, bucket, gate, hasher, level, marks, page, pages, parallel, snapshot, tree};
 use recovery::{migrate, rebuild, scan, scrub, verify};
 use store::{clock, dropping, file, flush, meta, record};
 

@@ -2,13 +2,13 @@
 //!
 //! A level is held in pages of `bucket_len(level)` nodes (the persisted bucket). It is
 //! *paged* while at most half its nodes are non-zero: only pages with a non-zero node
-//! exist, each sparse or dense by its own fill (see `page.rs`). Past half full the level
+//! exist (found by page number as `pages.rs` describes), each sparse or dense by its own
+//! fill (see `page.rs`). Past half full the level
 //! becomes one flat array, as a dense tree would hold it, and below an eighth it becomes
 //! paged again.
 
-use std::collections::BTreeMap;
-
 use crate::page::{Page, PageRef};
+use crate::pages::Pages;
 use crate::Hash;
 
 /// A hint that `at` will be read soon; it never faults and changes nothing.
@@ -25,6 +25,12 @@ fn prefetch(at: *const u8) {
     let _ = at;
 }
 
+/// Page numbers in a level of `len` nodes, `page_len` to a page.
+fn page_count(len: u64, page_len: usize) -> u32 {
+    len.div_ceil(page_len.max(1) as u64)
+        .min(u64::from(u32::MAX)) as u32
+}
+
 /// The nodes of one level, paged or flat by its fill.
 #[derive(Clone)]
 pub(crate) struct Level {
@@ -39,7 +45,7 @@ pub(crate) struct Level {
 
 #[derive(Clone)]
 enum Repr {
-    Paged(BTreeMap<u32, Page>),
+    Paged(Pages),
     Flat(Vec<Hash>),
 }
 
@@ -60,7 +66,7 @@ impl Level {
             len,
             page_len,
             nonzero: 0,
-            repr: Repr::Paged(BTreeMap::new()),
+            repr: Repr::Paged(Pages::new(page_count(len, page_len))),
         }
     }
 
@@ -77,15 +83,15 @@ impl Level {
             }
             Repr::Flat(flat)
         } else {
-            Repr::Paged(
+            Repr::Paged(Pages::from_pages(
+                page_count(len, page_len),
                 nodes
                     .chunk_by(|a, b| a.0 / step == b.0 / step)
                     .filter_map(|run| {
                         let page = run.first()?.0 / step;
                         Some((page as u32, Page::from_nodes(run, page * step, page_len)))
-                    })
-                    .collect(),
-            )
+                    }),
+            ))
         };
         Level {
             len,
@@ -118,7 +124,7 @@ impl Level {
             len,
             page_len,
             nonzero,
-            repr: Repr::Paged(pages.into_iter().collect()),
+            repr: Repr::Paged(Pages::from_pages(page_count(len, page_len), pages)),
         };
         level.reshape();
         level
@@ -133,7 +139,7 @@ impl Level {
             Repr::Flat(nodes) => nodes.get(index as usize).copied().unwrap_or_default(),
             Repr::Paged(pages) => {
                 let (page, offset) = self.split(index);
-                pages.get(&page).map_or(Hash::ZERO, |p| p.get(offset))
+                pages.get(page).map_or(Hash::ZERO, |p| p.get(offset))
             }
         }
     }
@@ -197,12 +203,7 @@ impl Level {
             Repr::Paged(pages) => {
                 let page_len = self.page_len as u64;
                 let (page, offset) = ((index / page_len) as u32, (index % page_len) as usize);
-                let entry = pages.entry(page).or_insert_with(Page::empty);
-                let change = entry.xor(offset, delta, self.page_len);
-                if entry.nonzero() == 0 {
-                    pages.remove(&page);
-                }
-                change
+                pages.xor(page, offset, delta, self.page_len)
             }
         };
         self.nonzero = self.nonzero.wrapping_add_signed(change);
@@ -224,13 +225,13 @@ impl Level {
                 self.repr = Repr::Flat(flat);
             }
             Repr::Flat(nodes) if self.nonzero * 8 < self.len => {
-                let mut pages = BTreeMap::new();
-                for (page, chunk) in (0u32..).zip(nodes.chunks(self.page_len)) {
-                    if chunk.iter().any(|h| !h.is_zero()) {
-                        pages.insert(page, Page::from_view(PageRef::Dense(chunk), chunk.len()));
-                    }
-                }
-                self.repr = Repr::Paged(pages);
+                let pages = (0u32..)
+                    .zip(nodes.chunks(self.page_len))
+                    .filter(|(_, chunk)| chunk.iter().any(|h| !h.is_zero()))
+                    .map(|(page, chunk)| {
+                        (page, Page::from_view(PageRef::Dense(chunk), chunk.len()))
+                    });
+                self.repr = Repr::Paged(Pages::from_pages(self.pages() as u32, pages));
             }
             _ => {}
         }
@@ -239,7 +240,7 @@ impl Level {
     /// The nodes of page `page`, or `None` if they are all zero.
     pub(crate) fn page(&self, page: u32) -> Option<PageRef<'_>> {
         match &self.repr {
-            Repr::Paged(pages) => pages.get(&page).map(Page::view),
+            Repr::Paged(pages) => pages.get(page).map(Page::view),
             Repr::Flat(nodes) => {
                 let start = page as usize * self.page_len;
                 let chunk = nodes.get(start..(start + self.page_len).min(nodes.len()))?;
@@ -254,11 +255,7 @@ impl Level {
     /// Every page with a non-zero node, in order.
     pub(crate) fn for_each_page(&self, mut f: impl FnMut(u32, PageRef<'_>)) {
         match &self.repr {
-            Repr::Paged(pages) => {
-                for (&page, p) in pages {
-                    f(page, p.view());
-                }
-            }
+            Repr::Paged(pages) => pages.for_each(|page, p| f(page, p.view())),
             Repr::Flat(nodes) => {
                 for (page, chunk) in (0u32..).zip(nodes.chunks(self.page_len)) {
                     if chunk.iter().any(|h| !h.is_zero()) {
@@ -278,11 +275,9 @@ impl Level {
     ) {
         let end = first.saturating_add(count).min(self.pages());
         match &self.repr {
-            Repr::Paged(pages) => {
-                for (&page, p) in pages.range(first as u32..end as u32) {
-                    f(page, p.view());
-                }
-            }
+            Repr::Paged(pages) => pages.for_each_in(first as u32, end as u32, |page, p| {
+                f(page, p.view());
+            }),
             Repr::Flat(_) => {
                 for page in first..end {
                     if let Some(view) = self.page(page as u32) {
@@ -311,7 +306,7 @@ impl Level {
                 }
             }
             Repr::Paged(pages) => {
-                if let Some(page) = pages.get(&self.split(index).0) {
+                if let Some(page) = pages.get(self.split(index).0) {
                     match page.view() {
                         PageRef::Sparse(nodes) => {
                             // The offsets, where the search starts, and the first
@@ -335,17 +330,7 @@ impl Level {
     pub(crate) fn memory_bytes(&self) -> usize {
         match &self.repr {
             Repr::Flat(nodes) => nodes.capacity() * std::mem::size_of::<Hash>(),
-            Repr::Paged(pages) => {
-                // A B-tree node has room for 11 keys and values, a parent pointer and
-                // two lengths (internal nodes add 12 child pointers; at most 1 in 6 nodes
-                // is internal).
-                let entry = std::mem::size_of::<u32>() + std::mem::size_of::<Page>();
-                let nodes = pages.len().div_ceil(6).max(usize::from(!pages.is_empty()));
-                let node = 11 * entry + 2 * std::mem::size_of::<usize>();
-                pages.values().map(Page::heap_bytes).sum::<usize>()
-                    + nodes * node
-                    + nodes.div_ceil(6) * 12 * std::mem::size_of::<usize>()
-            }
+            Repr::Paged(pages) => pages.heap_bytes(),
         }
     }
 }

@@ -8,6 +8,7 @@ pub(crate) mod hasher;
 pub(crate) mod level;
 pub(crate) mod marks;
 pub(crate) mod page;
+pub(crate) mod pages;
 pub(crate) mod parallel;
 pub(crate) mod snapshot;
 pub(crate) mod tree;
