@@ -43,10 +43,22 @@ impl Pages {
     /// `pages` (non-empty, distinct page numbers below `slots`), in a level of `slots`
     /// page numbers.
     pub(crate) fn from_pages(slots: u32, pages: impl IntoIterator<Item = (u32, Page)>) -> Pages {
-        let mut out = Pages {
-            slots,
-            repr: Repr::Sorted(pages.into_iter().filter(|(n, _)| *n < slots).collect()),
+        let pages: Vec<(u32, Page)> = pages.into_iter().filter(|(n, _)| *n < slots).collect();
+        let repr = if pages.len() * 2 >= slots as usize {
+            let mut table: Vec<Option<Page>> = Vec::new();
+            table.resize_with(slots as usize, || None);
+            let mut present = 0;
+            for (n, page) in pages {
+                if let Some(slot) = table.get_mut(n as usize) {
+                    present += usize::from(slot.replace(page).is_none());
+                }
+            }
+            Repr::Table { table, present }
+        } else {
+            Repr::Sorted(pages.into_iter().collect())
         };
+        let mut out = Pages { slots, repr };
+        // A table from a list whose page numbers repeat may hold fewer than half.
         out.reshape();
         out
     }
