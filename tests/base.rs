@@ -255,6 +255,58 @@ fn a_change_of_span_cut_short_between_any_two_batches_recovers_exactly() {
     assert_eq!(cut_with_both, (1..=8).collect::<Vec<_>>());
 }
 
+fn snapshot_bytes(dir: &std::path::Path) -> Vec<u8> {
+    std::fs::read(dir.join("index.snapshot")).unwrap()
+}
+
+#[test]
+fn a_close_that_changed_nothing_keeps_the_snapshot_and_the_next_open_maps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = based(dir.path());
+    let written = snapshot_bytes(dir.path());
+    // Reads and an explicit checkpoint change nothing: the file is not rewritten.
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
+    assert!(store.get(b"key-1").unwrap().is_some());
+    store.checkpoint().unwrap();
+    store.close().unwrap();
+    assert_eq!(snapshot_bytes(dir.path()), written);
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
+    w.check(&store);
+    // Epochs still only grow, and a crash after a write recovers from that snapshot.
+    w.put(&store, 0, 30_000);
+    store.flush().unwrap();
+    store.simulate_crash();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let (from_base, changed, regions) = recovery(&store);
+    assert!(from_base);
+    assert_eq!((changed, regions), (0, 1));
+    w.check(&store);
+    // A write is a change: the close after it writes a new snapshot.
+    w.put(&store, 1, 300);
+    store.close().unwrap();
+    assert_ne!(snapshot_bytes(dir.path()), written);
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
+    w.check(&store);
+}
+
+#[test]
+fn a_close_after_only_a_drop_writes_a_snapshot_without_the_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = based(dir.path());
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(store.drop_partition(2).unwrap(), 5);
+    w.models.remove(&2);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
+    assert!(!store.partitions().contains(&2));
+    assert!(store.root(2).is_zero());
+    w.check(&store);
+}
+
 #[test]
 fn a_partition_dropped_after_the_base_stays_dropped_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();

@@ -14,10 +14,10 @@
 //! write before writing it, so a bucket that differs from the base is always listed.
 //!
 //! The base is renewed (snapshot rewritten at the checkpoint's epoch, `changed` emptied,
-//! `meta.base` set) at a clean close, after a recovery, and when the buckets written
-//! since the base pass half its size, but then at most once a minute: a renewal costs
-//! the base's size and three fsyncs, which a checkpoint every few seconds must not pay
-//! each time. Where most of a partition's buckets changed, the checkpoint lists the
+//! `meta.base` set) at a clean close that changed anything, after a recovery, and when
+//! the buckets written since the base pass half its size, but then at most once a
+//! minute: a renewal costs the base's size and three fsyncs, which a checkpoint every
+//! few seconds must not pay each time. Where most of a partition's buckets changed, the checkpoint lists the
 //! partition and recovery reads it whole, in one pass, so a base left old by busy
 //! checkpoints costs a recovery about what reading every bucket costs, no more.
 
@@ -124,6 +124,17 @@ impl Base {
     /// Asks for a new base at the next checkpoint.
     pub(crate) fn request_renewal(&self) {
         self.state().renew = true;
+    }
+
+    /// The base's epoch, if the persisted index is still exactly the base: nothing
+    /// listed in `changed` since it was written (every bucket write and every drop is),
+    /// and no renewal asked for.
+    pub(crate) fn unchanged(&self) -> Result<Option<u64>> {
+        let s = self.state();
+        match s.epoch {
+            Some(epoch) if !s.renew => Ok(self.changed.is_empty().then_some(epoch)),
+            _ => Ok(None),
+        }
     }
 
     /// Whether the checkpoint that just persisted should also write a new base.

@@ -40,8 +40,9 @@ pub(crate) enum Request {
     /// Swap in partitions' rebuilt trees (`None`: no data), except for partitions
     /// being dropped; the next checkpoint persists them whole.
     Replace(Vec<(u32, Option<Tree>)>, Reply<()>),
-    /// Final checkpoint; the thread exits after answering.
-    Shutdown(Reply<CheckpointInfo>),
+    /// A clean close's final checkpoint, answered with the epoch of the snapshot the next
+    /// open maps; the thread exits after answering.
+    Shutdown(Reply<u64>),
 }
 
 /// Handle held by the store.
@@ -127,8 +128,9 @@ impl Hasher {
         self.ask(|reply| Request::Replace(trees, reply))
     }
 
-    /// Final checkpoint, then joins the thread.
-    pub(crate) fn shutdown(&mut self) -> Result<CheckpointInfo> {
+    /// Final checkpoint, then joins the thread; returns the epoch of the snapshot the
+    /// next open maps.
+    pub(crate) fn shutdown(&mut self) -> Result<u64> {
         let result = self.ask(Request::Shutdown);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -266,20 +268,41 @@ impl Worker {
                 false
             }
             Request::Shutdown(reply) => {
-                // The final checkpoint writes the snapshot that the next open maps. Asked
-                // for here, after every earlier request: a renewal still queued (after a
-                // recovery, say) would otherwise take the request and leave the snapshot
-                // an epoch behind the clean close.
-                self.index.base.request_renewal();
-                // A clean close leaves no obsolete marks behind.
-                let result = self.checkpoint(false, pending).and_then(|info| {
+                let result = self.close(pending).and_then(|epoch| {
+                    // A clean close leaves no obsolete marks behind.
                     self.index.marks.clear_all_retired()?;
-                    Ok(info)
+                    Ok(epoch)
                 });
                 let _ = reply.send(result);
                 true
             }
         }
+    }
+
+    /// A clean close's checkpoint; returns the epoch of the snapshot the next open maps.
+    fn close(&mut self, pending: &mut VecDeque<Request>) -> Result<u64> {
+        // Nothing applied since the last checkpoint, nothing persisted since the base,
+        // and the clock where that checkpoint left it: the snapshot on disk is the index
+        // as it stands, so it is kept (a session that only read writes no snapshot).
+        if !self.dirty {
+            let last_clock = self
+                .index
+                .last_checkpoint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|c| c.clock);
+            if let Some(epoch) = self.index.base.unchanged()? {
+                if last_clock == Some(self.index.clock.current()) {
+                    return Ok(epoch);
+                }
+            }
+        }
+        // The final checkpoint writes the snapshot that the next open maps. Asked for
+        // here, after every earlier request: a renewal still queued (after a recovery,
+        // say) would otherwise take the request and leave the snapshot an epoch behind
+        // the clean close.
+        self.index.base.request_renewal();
+        Ok(self.checkpoint(false, pending)?.epoch)
     }
 
     /// Applies `first` and whatever is already queued (up to a batch) under one lock;

@@ -401,9 +401,10 @@ impl Store {
         if std::mem::replace(&mut self.closed, true) {
             return Ok(());
         }
-        // The final checkpoint writes the snapshot, as a new base (the hasher asks for it).
-        let info = self.hasher.shutdown()?;
-        self.index.meta.set_state(true, info.epoch)?;
+        // The final checkpoint writes the snapshot, as a new base, unless the one there
+        // is the index as it stands (nothing changed since it was written).
+        let epoch = self.hasher.shutdown()?;
+        self.index.meta.set_state(true, epoch)?;
         self.index.db.flush()?;
         Ok(())
     }
