@@ -45,15 +45,7 @@ impl Pages {
     pub(crate) fn from_pages(slots: u32, pages: impl IntoIterator<Item = (u32, Page)>) -> Pages {
         let pages: Vec<(u32, Page)> = pages.into_iter().filter(|(n, _)| *n < slots).collect();
         let repr = if pages.len() * 2 >= slots as usize {
-            let mut table: Vec<Option<Page>> = Vec::new();
-            table.resize_with(slots as usize, || None);
-            let mut present = 0;
-            for (n, page) in pages {
-                if let Some(slot) = table.get_mut(n as usize) {
-                    present += usize::from(slot.replace(page).is_none());
-                }
-            }
-            Repr::Table { table, present }
+            table(slots, pages)
         } else {
             Repr::Sorted(pages.into_iter().collect())
         };
@@ -163,15 +155,7 @@ impl Pages {
         let slots = self.slots as usize;
         match &mut self.repr {
             Repr::Sorted(map) if map.len() * 2 >= slots => {
-                let mut table: Vec<Option<Page>> = Vec::new();
-                table.resize_with(slots, || None);
-                let present = map.len();
-                for (n, page) in std::mem::take(map) {
-                    if let Some(slot) = table.get_mut(n as usize) {
-                        *slot = Some(page);
-                    }
-                }
-                self.repr = Repr::Table { table, present };
+                self.repr = table(self.slots, std::mem::take(map));
             }
             Repr::Table { table, present } if *present * 8 < slots => {
                 let map = (0u32..)
@@ -189,6 +173,20 @@ impl Pages {
     pub(crate) fn is_table(&self) -> bool {
         matches!(self.repr, Repr::Table { .. })
     }
+}
+
+/// A table of `slots` page numbers holding `pages` (a page number listed twice: the
+/// last one; one past the level: left out).
+fn table(slots: u32, pages: impl IntoIterator<Item = (u32, Page)>) -> Repr {
+    let mut table: Vec<Option<Page>> = Vec::new();
+    table.resize_with(slots as usize, || None);
+    let mut present = 0;
+    for (n, page) in pages {
+        if let Some(slot) = table.get_mut(n as usize) {
+            present += usize::from(slot.replace(page).is_none());
+        }
+    }
+    Repr::Table { table, present }
 }
 
 #[cfg(test)]
