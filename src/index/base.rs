@@ -17,9 +17,10 @@
 //! `meta.base` set) at a clean close that changed anything, after a recovery, and when
 //! the buckets written since the base pass half its size, but then at most once a
 //! minute: a renewal costs the base's size and three fsyncs, which a checkpoint every
-//! few seconds must not pay each time. Where most of a partition's buckets changed, the checkpoint lists the
-//! partition and recovery reads it whole, in one pass, so a base left old by busy
-//! checkpoints costs a recovery about what reading every bucket costs, no more.
+//! few seconds must not pay each time. Where most of a partition's buckets changed, the
+//! checkpoint lists the partition and recovery reads it whole, in one pass, so a base
+//! left old by busy checkpoints costs a recovery about what reading every bucket costs,
+//! no more.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -3,9 +3,8 @@
 //! A level is held in pages of `bucket_len(level)` nodes (the persisted bucket). It is
 //! *paged* while at most half its nodes are non-zero: only pages with a non-zero node
 //! exist (found by page number as `pages.rs` describes), each sparse or dense by its own
-//! fill (see `page.rs`). Past half full the level
-//! becomes one flat array, as a dense tree would hold it, and below an eighth it becomes
-//! paged again.
+//! fill (see `page.rs`). Past half full the level becomes one flat array, as a dense
+//! tree would hold it, and below an eighth it becomes paged again.
 
 use crate::page::{Page, PageRef};
 use crate::pages::Pages;
