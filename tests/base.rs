@@ -133,9 +133,7 @@ fn a_clean_close_right_after_a_recovery_leaves_a_snapshot_the_next_open_maps() {
         Recovery::Regions { .. }
     ));
     store.close().unwrap();
-    let store = Store::open(dir.path(), options()).unwrap();
-    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
-    w.check(&store);
+    reopen_clean(dir.path(), &w);
 }
 
 #[test]
@@ -255,6 +253,15 @@ fn a_change_of_span_cut_short_between_any_two_batches_recovers_exactly() {
     assert_eq!(cut_with_both, (1..=8).collect::<Vec<_>>());
 }
 
+/// Reopens the store at `dir`, which must map a clean close's snapshot, and checks it
+/// against `w`.
+fn reopen_clean(dir: &std::path::Path, w: &Writer) -> Store {
+    let store = Store::open(dir, options()).unwrap();
+    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
+    w.check(&store);
+    store
+}
+
 fn snapshot_bytes(dir: &std::path::Path) -> Vec<u8> {
     std::fs::read(dir.join("index.snapshot")).unwrap()
 }
@@ -271,9 +278,7 @@ fn a_close_that_changed_nothing_keeps_the_snapshot_and_the_next_open_maps_it() {
     store.checkpoint().unwrap();
     store.close().unwrap();
     assert_eq!(snapshot_bytes(dir.path()), written);
-    let store = Store::open(dir.path(), options()).unwrap();
-    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
-    w.check(&store);
+    let store = reopen_clean(dir.path(), &w);
     // Epochs still only grow, and a crash after a write recovers from that snapshot.
     w.put(&store, 0, 30_000);
     store.flush().unwrap();
@@ -287,9 +292,7 @@ fn a_close_that_changed_nothing_keeps_the_snapshot_and_the_next_open_maps_it() {
     w.put(&store, 1, 300);
     store.close().unwrap();
     assert_ne!(snapshot_bytes(dir.path()), written);
-    let store = Store::open(dir.path(), options()).unwrap();
-    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
-    w.check(&store);
+    reopen_clean(dir.path(), &w);
 }
 
 #[test]
@@ -300,11 +303,9 @@ fn a_close_after_only_a_drop_writes_a_snapshot_without_the_partition() {
     assert_eq!(store.drop_partition(2).unwrap(), 5);
     w.models.remove(&2);
     store.close().unwrap();
-    let store = Store::open(dir.path(), options()).unwrap();
-    assert_eq!(store.open_report().recovery, Recovery::Snapshot);
+    let store = reopen_clean(dir.path(), &w);
     assert!(!store.partitions().contains(&2));
     assert!(store.root(2).is_zero());
-    w.check(&store);
 }
 
 #[test]
