@@ -1,13 +1,15 @@
-//! Model-based property test: random puts, deletes, overwrites, checkpoints, clean
-//! reopens and crash reopens across partitions, checked after every step against a
-//! BTreeMap model and a from-scratch root computation.
+//! Model-based property test: random puts, deletes, overwrites, replication messages
+//! (late, early, repeated), tombstone purges, partition drops, checkpoints, clean reopens
+//! and crash reopens across partitions, checked after every step against a BTreeMap
+//! model and a from-scratch root computation.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use common::{reference_root, small_options, Model};
-use merkle_index::Store;
+use merkle_index::{value_hash, Options, Record, Store};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -21,9 +23,54 @@ enum Op {
         partition: u32,
         key: u8,
     },
+    /// A replication message: a version near this store's clock (`ahead`) or a small
+    /// one like the caller-supplied versions (late, or a tie), a value or a tombstone.
+    Replicate {
+        partition: u32,
+        key: u8,
+        ahead: bool,
+        version: u16,
+        value: Option<Vec<u8>>,
+    },
+    Purge {
+        partition: u32,
+    },
+    Drop {
+        partition: u32,
+    },
     Checkpoint,
     Reopen,
     Crash,
+}
+
+/// Version of a replication message: `small` alone, or that far ahead of now in the
+/// store's clock units (unix ms << 16), well within `max_clock_drift`.
+fn message_version(ahead: bool, small: u16) -> u64 {
+    if !ahead {
+        return u64::from(small);
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    (now_ms << 16) + u64::from(small)
+}
+
+/// What decides between two records of a key: version, then tombstone, then value hash.
+fn rank(version: u64, tombstone: bool, value: &[u8]) -> (u64, bool, [u8; 16]) {
+    (version, tombstone, value_hash(value).to_bytes())
+}
+
+/// Closes `store` cleanly, or as a crash after its writes reached sled's log, and opens
+/// it again.
+fn reopen(store: Store, dir: &Path, options: Options, crash: bool) -> Store {
+    if crash {
+        store.flush().unwrap();
+        store.simulate_crash();
+    } else {
+        store.close().unwrap();
+    }
+    Store::open(dir, options).unwrap()
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -31,6 +78,22 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (0..3u32, 0..24u8, proptest::collection::vec(any::<u8>(), 0..12))
             .prop_map(|(partition, key, value)| Op::Put { partition, key, value }),
         3 => (0..3u32, 0..24u8).prop_map(|(partition, key)| Op::Delete { partition, key }),
+        3 => (
+            0..3u32,
+            0..24u8,
+            any::<bool>(),
+            0..48u16,
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..12)),
+        )
+            .prop_map(|(partition, key, ahead, version, value)| Op::Replicate {
+                partition,
+                key,
+                ahead,
+                version,
+                value,
+            }),
+        1 => (0..3u32).prop_map(|partition| Op::Purge { partition }),
+        1 => (0..3u32).prop_map(|partition| Op::Drop { partition }),
         1 => Just(Op::Checkpoint),
         1 => Just(Op::Reopen),
         1 => Just(Op::Crash),
@@ -66,19 +129,41 @@ proptest! {
                     let v = s.partition(partition).delete(&k).unwrap();
                     model.entry(partition).or_default().insert(k, (v, true, Vec::new()));
                 }
+                Op::Replicate { partition, key, ahead, version, value } => {
+                    let k = vec![b'k', key];
+                    let v = message_version(ahead, version);
+                    let record = match &value {
+                        Some(value) => Record::value(v, value),
+                        None => Record::tombstone(v),
+                    };
+                    let incoming = rank(v, value.is_none(), value.as_deref().unwrap_or_default());
+                    let wins = model
+                        .get(&partition)
+                        .and_then(|m| m.get(&k))
+                        .is_none_or(|(v, t, value)| rank(*v, *t, value) < incoming);
+                    let written = s.replicate(partition, &k, &record).unwrap();
+                    prop_assert_eq!(written, wins, "replicate {:?} over {:?}", record, model.get(&partition).and_then(|m| m.get(&k)));
+                    if wins {
+                        model.entry(partition).or_default().insert(k, (v, record.tombstone, record.value));
+                    }
+                }
+                Op::Purge { partition } => {
+                    let purged = s.purge_tombstones(partition, std::time::Duration::ZERO).unwrap();
+                    let m = model.entry(partition).or_default();
+                    let before = m.len();
+                    m.retain(|_, (_, tombstone, _)| !*tombstone);
+                    prop_assert_eq!(purged, (before - m.len()) as u64);
+                }
+                Op::Drop { partition } => {
+                    let held = model.remove(&partition).map_or(0, |m| m.len());
+                    prop_assert_eq!(s.drop_partition(partition).unwrap(), held as u64);
+                    prop_assert!(!s.partitions().contains(&partition));
+                }
                 Op::Checkpoint => {
                     s.checkpoint().unwrap();
                 }
-                Op::Reopen => {
-                    store.take().unwrap().close().unwrap();
-                    store = Some(Store::open(dir.path(), small_options()).unwrap());
-                }
-                Op::Crash => {
-                    let s = store.take().unwrap();
-                    s.flush().unwrap();
-                    s.simulate_crash();
-                    store = Some(Store::open(dir.path(), small_options()).unwrap());
-                }
+                Op::Reopen => store = Some(reopen(store.take().unwrap(), dir.path(), small_options(), false)),
+                Op::Crash => store = Some(reopen(store.take().unwrap(), dir.path(), small_options(), true)),
             }
             let s = store.as_ref().unwrap();
             s.sync_index().unwrap();
@@ -86,6 +171,7 @@ proptest! {
                 let empty = Model::new();
                 let m = model.get(&p).unwrap_or(&empty);
                 prop_assert_eq!(s.root(p).to_bytes(), reference_root(p, m), "partition {}", p);
+                prop_assert_eq!(s.count_keys(p).unwrap(), m.len() as u64, "partition {}", p);
                 for key in 0..24u8 {
                     let k = vec![b'k', key];
                     let expected = m.get(&k).filter(|e| !e.1).map(|e| e.2.clone());
@@ -131,7 +217,7 @@ fn bulk() -> impl Strategy<Value = Bulk> {
     ]
 }
 
-fn paged_options() -> merkle_index::Options {
+fn paged_options() -> Options {
     let mut o = small_options();
     o.width = 2;
     o.levels = 9;
@@ -176,16 +262,8 @@ proptest! {
                 Bulk::Checkpoint => {
                     s.checkpoint().unwrap();
                 }
-                Bulk::Reopen => {
-                    store.take().unwrap().close().unwrap();
-                    store = Some(Store::open(dir.path(), paged_options()).unwrap());
-                }
-                Bulk::Crash => {
-                    let s = store.take().unwrap();
-                    s.flush().unwrap();
-                    s.simulate_crash();
-                    store = Some(Store::open(dir.path(), paged_options()).unwrap());
-                }
+                Bulk::Reopen => store = Some(reopen(store.take().unwrap(), dir.path(), paged_options(), false)),
+                Bulk::Crash => store = Some(reopen(store.take().unwrap(), dir.path(), paged_options(), true)),
             }
             let s = store.as_ref().unwrap();
             s.sync_index().unwrap();

@@ -114,10 +114,14 @@ impl Marks {
         state.sizes.insert(partition, len);
     }
 
-    /// Forgets a partition's region size (it was dropped).
+    /// Forgets a partition that is being dropped: its region size, and which of its
+    /// regions are marked this epoch, since the drop deletes its marks. (Remembered, they
+    /// let a write after the drop skip its mark, and a crash then lost the write from
+    /// the index.)
     pub(crate) fn forget(&self, partition: u32) {
         let mut state = self.lock();
         state.sizes.remove(&partition);
+        state.seen.retain(|&(p, _, _)| p != partition);
     }
 
     /// Makes sure the region holding `segment` is durably marked for `epoch` before the
