@@ -310,7 +310,8 @@ fn a_busy_node_keeps_its_index_exact_and_converges_with_its_replica() {
 
 /// Rounds of a busy store, each ended by a crash at a random moment of its epoch: three
 /// writers, and a fourth thread that now and then drops a partition (which the writers
-/// fill again at once), purges tombstones or checkpoints. The checkpoints come only from
+/// fill again at once), purges tombstones (by a call, or a scrub), rebuilds the index or
+/// checkpoints. The checkpoints come only from
 /// that thread, so a crash usually lands with writes of several kinds, before and after
 /// a drop, not yet in any checkpoint. After each crash the recovered index must match
 /// the roots before it and the data (`verify`). Two partitions that nobody writes or
@@ -355,13 +356,20 @@ fn crashes_amid_writes_drops_and_purges_recover_an_exact_index() {
                 std::thread::sleep(Duration::from_micros(rng.below(3_000)));
                 let p = rng.below(u64::from(PARTITIONS)) as u32;
                 // The last a drop, which the writers then fill again in the same epoch.
-                match if action == 5 { 0 } else { rng.below(4) } {
+                match if action == 5 { 0 } else { rng.below(6) } {
                     0 | 1 => {
                         store.drop_partition(p).unwrap();
                         drops += 1;
                     }
                     2 => {
                         store.purge_tombstones(p, Duration::ZERO).unwrap();
+                    }
+                    3 => {
+                        let page = store.scrub(None, 40, Some(Duration::ZERO)).unwrap();
+                        assert!(page.problems.is_empty(), "{:?}", page.problems);
+                    }
+                    4 => {
+                        store.rebuild(&mut |_| {}).unwrap();
                     }
                     _ => {
                         store.checkpoint().unwrap();
