@@ -1,7 +1,8 @@
 //! Model-based property test: random puts, deletes, overwrites, replication messages
-//! (late, early, repeated), tombstone purges, partition drops, checkpoints, clean reopens
-//! and crash reopens across partitions, checked after every step against a BTreeMap
-//! model and a from-scratch root computation.
+//! (late, early, repeated), tombstone purges, partition drops, rebuilds, checkpoints,
+//! clean reopens and crash reopens (with marks regions of another size) across
+//! partitions, checked after every step against a BTreeMap model and a from-scratch root
+//! computation.
 
 mod common;
 
@@ -39,8 +40,13 @@ enum Op {
         partition: u32,
     },
     Checkpoint,
-    Reopen,
-    Crash,
+    /// Rebuilds the index from the data (it must come out the same).
+    Rebuild,
+    /// A clean close, or a crash, and an open with marks regions of another size.
+    Reopen {
+        crash: bool,
+        region_segments: u32,
+    },
 }
 
 /// Version of a replication message: `small` alone, or that far ahead of now in the
@@ -95,8 +101,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3u32).prop_map(|partition| Op::Purge { partition }),
         1 => (0..3u32).prop_map(|partition| Op::Drop { partition }),
         1 => Just(Op::Checkpoint),
-        1 => Just(Op::Reopen),
-        1 => Just(Op::Crash),
+        1 => Just(Op::Rebuild),
+        2 => (any::<bool>(), prop_oneof![Just(1u32), Just(4), Just(16), Just(64)])
+            .prop_map(|(crash, region_segments)| Op::Reopen { crash, region_segments }),
     ]
 }
 
@@ -142,9 +149,11 @@ proptest! {
                         .and_then(|m| m.get(&k))
                         .is_none_or(|(v, t, value)| rank(*v, *t, value) < incoming);
                     let written = s.replicate(partition, &k, &record).unwrap();
-                    prop_assert_eq!(written, wins, "replicate {:?} over {:?}", record, model.get(&partition).and_then(|m| m.get(&k)));
+                    let held = model.get(&partition).and_then(|m| m.get(&k));
+                    prop_assert_eq!(written, wins, "replicate {:?} over {:?}", record, held);
                     if wins {
-                        model.entry(partition).or_default().insert(k, (v, record.tombstone, record.value));
+                        let entry = (v, record.tombstone, record.value);
+                        model.entry(partition).or_default().insert(k, entry);
                     }
                 }
                 Op::Purge { partition } => {
@@ -162,8 +171,14 @@ proptest! {
                 Op::Checkpoint => {
                     s.checkpoint().unwrap();
                 }
-                Op::Reopen => store = Some(reopen(store.take().unwrap(), dir.path(), small_options(), false)),
-                Op::Crash => store = Some(reopen(store.take().unwrap(), dir.path(), small_options(), true)),
+                Op::Rebuild => {
+                    s.rebuild(&mut |_| {}).unwrap();
+                }
+                Op::Reopen { crash, region_segments } => {
+                    let mut options = small_options();
+                    options.region_segments = region_segments;
+                    store = Some(reopen(store.take().unwrap(), dir.path(), options, crash));
+                }
             }
             let s = store.as_ref().unwrap();
             s.sync_index().unwrap();
@@ -262,8 +277,12 @@ proptest! {
                 Bulk::Checkpoint => {
                     s.checkpoint().unwrap();
                 }
-                Bulk::Reopen => store = Some(reopen(store.take().unwrap(), dir.path(), paged_options(), false)),
-                Bulk::Crash => store = Some(reopen(store.take().unwrap(), dir.path(), paged_options(), true)),
+                Bulk::Reopen => {
+                    store = Some(reopen(store.take().unwrap(), dir.path(), paged_options(), false));
+                }
+                Bulk::Crash => {
+                    store = Some(reopen(store.take().unwrap(), dir.path(), paged_options(), true));
+                }
             }
             let s = store.as_ref().unwrap();
             s.sync_index().unwrap();
