@@ -309,14 +309,14 @@ fn a_busy_node_keeps_its_index_exact_and_converges_with_its_replica() {
 }
 
 /// Rounds of a busy store, each ended by a crash at a random moment of its epoch: three
-/// writers, and a fourth thread that now and then drops a partition (which the writers
-/// fill again at once), purges tombstones (by a call, or a scrub), rebuilds the index or
-/// checkpoints. The checkpoints come only from
-/// that thread, so a crash usually lands with writes of several kinds, before and after
-/// a drop, not yet in any checkpoint. After each crash the recovered index must match
-/// the roots before it and the data (`verify`). Two partitions that nobody writes or
-/// drops fill their trees (1,024 segments each), so that recovery re-hashes the marked
-/// regions rather than choosing a full scan, which would hide a missing mark.
+/// writers, exchanges with a replica that a fourth writes to, and a thread that now and
+/// then drops a partition (which the writers fill again at once), purges tombstones (by
+/// a call, or a scrub), rebuilds the index or checkpoints. The checkpoints come only
+/// from that thread, so a crash usually lands with writes of several kinds, before and
+/// after a drop, not yet in any checkpoint. After each crash the recovered index must
+/// match the roots before it and the data (`verify`). Two partitions that nobody writes
+/// or drops fill their trees (1,024 segments each), so that recovery re-hashes the
+/// marked regions rather than choosing a full scan, which would hide a missing mark.
 #[test]
 fn crashes_amid_writes_drops_and_purges_recover_an_exact_index() {
     let rounds: u64 = std::env::var("MERKLE_BUSY_CRASH_ROUNDS")
@@ -336,21 +336,36 @@ fn crashes_amid_writes_drops_and_purges_recover_an_exact_index() {
             .unwrap();
     }
     store.close().unwrap();
-    let (mut drops, mut by_regions) = (0, 0);
+    let replica_dir = tempfile::tempdir().unwrap();
+    let replica = Store::open(replica_dir.path(), o.clone()).unwrap();
+    let (mut drops, mut by_regions, repaired) = (0, 0, AtomicU64::new(0));
     for round in 0..rounds {
         let store = Store::open(dir.path(), o.clone()).unwrap();
         let report = store.verify(&mut |_| {}).unwrap();
         assert!(report.is_ok(), "round {round}: {:?}", report.problems);
+        let writing = AtomicU64::new(4);
         std::thread::scope(|s| {
-            for w in 0..3u64 {
-                let store = &store;
+            for w in 0..4u64 {
+                // Three writers here, one on a replica that exchanges with this store.
+                let (target, writing) = (if w < 3 { &store } else { &replica }, &writing);
                 s.spawn(move || {
                     let mut rng = Rng(round * 8 + w);
                     for _ in 0..300 {
-                        random_write(store, &mut rng, w);
+                        random_write(target, &mut rng, w);
                     }
+                    writing.fetch_sub(1, Relaxed);
                 });
             }
+            s.spawn(|| {
+                while writing.load(Relaxed) > 0 {
+                    for p in 0..PARTITIONS {
+                        let synced = sync(&store, &replica, p, &SyncOptions::default());
+                        if let Some(report) = unless_dropping(synced) {
+                            repaired.fetch_add(report.repaired_local, Relaxed);
+                        }
+                    }
+                }
+            });
             let mut rng = Rng(round * 8 + 7);
             for action in 0..6 {
                 std::thread::sleep(Duration::from_micros(rng.below(3_000)));
@@ -396,6 +411,7 @@ fn crashes_amid_writes_drops_and_purges_recover_an_exact_index() {
         }
     }
     assert!(drops > 0, "no partition was dropped");
+    assert!(repaired.into_inner() > 0, "no exchange repaired this store");
     assert!(
         by_regions * 2 > rounds,
         "only {by_regions} of {rounds} crashes recovered by re-hashing marked regions"
