@@ -401,7 +401,12 @@ fn crashes_amid_writes_drops_and_purges_recover_an_exact_index() {
         if matches!(store.open_report().recovery, Recovery::Regions { .. }) {
             by_regions += 1;
         }
-        assert_eq!(roots(&store), before, "round {round}");
+        assert_eq!(
+            roots(&store),
+            before,
+            "round {round}: {:?}",
+            store.open_report()
+        );
         let report = store.verify(&mut |_| {}).unwrap();
         assert!(report.is_ok(), "round {round}: {:?}", report.problems);
         if round % 3 == 2 {

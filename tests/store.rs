@@ -477,6 +477,45 @@ fn a_partition_written_again_after_its_drop_is_indexed_after_a_crash() {
     assert!(store.verify(&mut |_| {}).unwrap().is_ok());
 }
 
+/// `partitions` lists what holds records: a partition emptied by purging its tombstones
+/// is not listed, before a crash or after it (recovery may or may not keep its empty
+/// tree), and a write attempt that wrote nothing after a drop lists nothing either.
+#[test]
+fn an_emptied_partition_is_not_listed_before_or_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    for i in 0..500u32 {
+        // Enough that recovery re-hashes the marked regions instead of reading all.
+        store.partition(0).put(&i.to_le_bytes(), b"v").unwrap();
+    }
+    store.checkpoint().unwrap();
+    store.partition(1).put(b"k", b"v").unwrap();
+    store.partition(1).delete(b"k").unwrap();
+    assert_eq!(store.purge_tombstones(1, Duration::ZERO).unwrap(), 1);
+    store.partition(2).put(b"k", b"v").unwrap();
+    store.drop_partition(2).unwrap();
+    // A repair that finds the key changed writes nothing, but marks its region.
+    let repair = merkle_index::Repair {
+        key: b"k".to_vec(),
+        expected: Some(Hash::ZERO),
+        record: Record::value(1, b"x"),
+    };
+    let applied = merkle_index::Replica::apply(&store, 2, &[repair]).unwrap();
+    assert_eq!(applied.written, 0);
+    store.flush().unwrap();
+    store.sync_index().unwrap();
+    assert_eq!(store.partitions(), vec![0]);
+    store.simulate_crash();
+
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    assert!(matches!(
+        store.open_report().recovery,
+        Recovery::Regions { .. }
+    ));
+    assert_eq!(store.partitions(), vec![0]);
+    assert!(store.root(1).is_zero() && store.root(2).is_zero());
+}
+
 /// The marks a checkpoint makes obsolete are deleted while writes go on without a pause.
 /// They used to wait for a moment with no update queued, which a busy node never has:
 /// tens of thousands piled up per checkpoint, and sled's file grew without bound.

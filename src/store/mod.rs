@@ -154,9 +154,17 @@ impl Store {
         self.index.shape
     }
 
-    /// Partitions that have a tree (ever written since the last rebuild).
+    /// Partitions that hold records (tombstones included), as the index counts them
+    /// (call [`Store::sync_index`] first to count every write made so far). A partition
+    /// emptied by purges, repairs or a drop is not listed, whether or not its empty tree
+    /// is still held (a crash or rebuild may keep or lose it).
     pub fn partitions(&self) -> Vec<u32> {
-        self.index.trees().keys().copied().collect()
+        self.index
+            .trees()
+            .iter()
+            .filter(|(_, tree)| !tree.is_empty())
+            .map(|(&p, _)| p)
+            .collect()
     }
 
     /// Root hash of a partition ([`Hash::ZERO`] if it holds nothing).
