@@ -340,6 +340,10 @@ fn kill_nine_rounds(
         }
 
         let store = Store::open(dir.path(), options()).unwrap();
+        if !matches!(store.open_report().recovery, Recovery::Regions { .. }) {
+            // Shown if the test fails: why an open took another path.
+            eprintln!("kill {iteration}: {:?}", store.open_report().recovery);
+        }
         let kind = match store.open_report().recovery {
             Recovery::Regions {
                 from_base: true, ..
