@@ -54,8 +54,12 @@ pub(crate) struct Hasher {
 const BATCH: usize = 4096;
 /// Pause after draining the channel, so updates arrive in batches without the senders
 /// waking this thread; a sender that waits for an answer (barrier, request) or finds the
-/// channel full cuts it short.
-const IDLE_PAUSE: Duration = Duration::from_millis(2);
+/// channel full cuts it short. Each wake costs this thread about 50 us of CPU beyond its
+/// updates (their tree pages gone cold under the writers' sled work): with a 2 ms pause
+/// it spent 0.84-0.89 us a put, with 10 ms 0.54-0.59 us (PERFORMANCE.md, 2026-12-02).
+/// The in-memory index trails the writes by up to the pause; `sync_index`, checkpoints
+/// and every request cut it short.
+const IDLE_PAUSE: Duration = Duration::from_millis(10);
 
 impl Hasher {
     pub(crate) fn spawn(index: Arc<Index>, capacity: usize, interval: Duration) -> Result<Hasher> {
@@ -212,8 +216,8 @@ impl Worker {
                 Some(Ok(msg)) => {
                     let taken = self.apply_batch(msg, &mut pending);
                     if self.index.marks.retiring() {
-                        // Writers that never pause for 2 ms leave the channel never
-                        // empty: deleting only then let the marks pile up.
+                        // Writers that never pause for a pause's length leave the
+                        // channel never empty: deleting only then let the marks pile up.
                         let _ = self.index.marks.clear_retired(taken.max(BUSY_CLEAR));
                     }
                     if pending.is_empty() && self.rx.is_empty() {
