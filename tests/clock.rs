@@ -246,3 +246,40 @@ fn a_purged_tombstone_past_the_grace_is_not_handed_back() {
             .tombstone
     );
 }
+
+/// A replication message decides against the record it read and writes only if that
+/// record is still there: a local write landing in between (newer than the message) is
+/// never overwritten. One thread puts (store clock versions) and reads each key back;
+/// another replicates messages one version past the newest put it has seen, so each is
+/// newer than what it read and older than the next put. A read after a put must never
+/// find an older version than the put's.
+#[test]
+fn a_replication_message_never_overwrites_a_newer_write_made_meanwhile() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let newest = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let (mut overwritten, mut written) = (0, 0u64);
+    std::thread::scope(|s| {
+        let replicator = s.spawn(|| {
+            let mut written = 0u64;
+            while !stop.load(Relaxed) {
+                let version = newest.load(Relaxed) + 1;
+                let record = merkle_index::Record::value(version, b"message");
+                written += u64::from(store.replicate(0, b"key", &record).unwrap());
+            }
+            written
+        });
+        for _ in 0..50_000 {
+            let version = store.put(b"key", b"local").unwrap();
+            newest.fetch_max(version, Relaxed);
+            let stored = store.partition(0).get_record(b"key").unwrap().unwrap();
+            overwritten += u32::from(stored.version < version);
+        }
+        stop.store(true, Relaxed);
+        written = replicator.join().unwrap();
+    });
+    assert!(written > 0, "no message was newer than what it found");
+    assert_eq!(overwritten, 0, "puts overwritten by older messages");
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::exchange::{Applied, Lookup, Repair, Replica, ANSWER_BUDGET};
 use crate::record::Record;
+use crate::Hash;
 
 use super::diff::{expect_len, walk, DiffReport, Found};
 
@@ -24,10 +25,11 @@ pub enum Winner {
 /// higher version; an embedding system can supply its own (e.g. to merge siblings).
 pub type Resolver = dyn Fn(&[u8], Option<&Record>, Option<&Record>) -> Winner + Sync;
 
-/// Higher version wins; at equal versions a tombstone wins, then the larger entry hash,
-/// so both sides reach the same decision.
+/// Higher version wins; at equal versions a tombstone wins, then the larger value hash
+/// (compared as its bytes), so both sides reach the same decision. A tie (the same
+/// record) keeps the local one.
 pub fn newest_wins(_key: &[u8], local: Option<&Record>, remote: Option<&Record>) -> Winner {
-    let rank = |r: &Record| (r.version, r.tombstone, r.value_hash.to_bytes());
+    let rank = |r: &Record| rank(r.version, r.tombstone, r.value_hash);
     match (local, remote) {
         (Some(l), Some(r)) => match rank(l).cmp(&rank(r)) {
             Ordering::Less => Winner::Remote,
@@ -36,6 +38,11 @@ pub fn newest_wins(_key: &[u8], local: Option<&Record>, remote: Option<&Record>)
         (None, Some(_)) => Winner::Remote,
         _ => Winner::Local,
     }
+}
+
+/// What [`newest_wins`] orders records by.
+pub(crate) fn rank(version: u64, tombstone: bool, value_hash: Hash) -> impl Ord {
+    (version, tombstone, value_hash.to_bytes())
 }
 
 /// How `sync` applies repairs.

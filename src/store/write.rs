@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::exchange::Repair;
-use crate::hash::{segment_of, Hash};
+use crate::hash::{segment_of, value_hash, Hash};
 use crate::hasher::Msg;
 use crate::record::{check_sizes, data_key, split_data_key, Record, RecordHeader};
+use crate::sync::rank;
 
 use super::{RepairOutcome, Store};
 
@@ -54,23 +55,11 @@ impl Store {
     /// written moves the clock past it.
     pub(crate) fn write_if(&self, partition: u32, repair: &Repair) -> Result<RepairOutcome> {
         let record = &repair.record;
-        let tombstone_ok = !record.tombstone || record.value.is_empty();
-        if check_sizes(&repair.key, &record.value).is_err()
-            || record.value_hash != crate::hash::value_hash(&record.value)
-            || !tombstone_ok
-        {
+        if !acceptable(&repair.key, record) || self.index.clock.observe(record.version).is_err() {
             return Ok(RepairOutcome::Refused);
         }
-        if self.index.clock.observe(record.version).is_err() {
-            return Ok(RepairOutcome::Refused);
-        }
-        let header = record.header();
-        let written = self.swap(
-            partition,
-            &repair.key,
-            repair.expected,
-            Some(header.encode(&record.value)),
-        )?;
+        let new = record.header().encode(&record.value);
+        let written = self.swap(partition, &repair.key, repair.expected, Some(new.into()))?;
         Ok(if written {
             RepairOutcome::Written
         } else {
@@ -83,49 +72,40 @@ impl Store {
     /// late, twice or out of order). Refused like a repair if the value fails its hash or
     /// the version is past `max_clock_drift`, and a key or value over its limit is an
     /// [`Error::InvalidArgument`]. True if written.
+    ///
+    /// The decision and the write are one compare-and-swap against the record read, so
+    /// a local write that lands in between is never overwritten by an older message.
     pub fn replicate(&self, partition: u32, key: &[u8], record: &Record) -> Result<bool> {
         check_sizes(key, &record.value)?;
         self.foreground.fetch_add(1, Relaxed);
-        loop {
-            let current = match self.read(partition, key) {
-                Ok(found) => found,
-                Err(Error::Corrupt(_)) => None, // a good copy replaces a bad one
-                Err(e) => return Err(e),
-            };
-            if let Some(current) = &current {
-                let winner = crate::sync::newest_wins(key, Some(current), Some(record));
-                if winner == crate::sync::Winner::Local {
-                    return Ok(false);
-                }
-            }
-            let expected = self.current_entry(partition, key)?;
-            let repair = Repair {
-                key: key.to_vec(),
-                expected,
-                record: record.clone(),
-            };
-            match self.write_if(partition, &repair)? {
-                RepairOutcome::Written => return Ok(true),
-                RepairOutcome::Refused => {
-                    return Err(Error::InvalidArgument(format!(
-                        "replicated record of key {key:02x?} refused: value does not match its hash, or version {} is past max_clock_drift",
-                        record.version
-                    )))
-                }
-                RepairOutcome::Stale => continue, // changed meanwhile: look again
-            }
+        let refused = || {
+            Error::InvalidArgument(format!(
+                "replicated record of key {key:02x?} refused: value does not match its hash, or version {} is past max_clock_drift",
+                record.version
+            ))
+        };
+        if !acceptable(key, record) {
+            return Err(refused());
         }
-    }
-
-    /// The entry hash the index counts for `key` (`None`: absent or undecodable).
-    fn current_entry(&self, partition: u32, key: &[u8]) -> Result<Option<Hash>> {
         let segment = segment_of(key, self.index.shape.segments);
-        Ok(self
-            .index
-            .data
-            .get(data_key(partition, segment, key))?
-            .and_then(|b| RecordHeader::decode(&b, String::new).ok())
-            .map(|h| h.entry_hash(partition, key)))
+        let data_key = data_key(partition, segment, key);
+        let new = sled::IVec::from(record.header().encode(&record.value));
+        loop {
+            let current = self.index.data.get(&data_key)?;
+            if current
+                .as_deref()
+                .is_some_and(|stored| stored_wins(stored, record))
+            {
+                return Ok(false);
+            }
+            if self.index.clock.observe(record.version).is_err() {
+                return Err(refused());
+            }
+            if self.swap_from(partition, key, current, Some(new.clone()))? {
+                return Ok(true);
+            }
+            // Changed since the read: decide again against what is there now.
+        }
     }
 
     /// Replaces the record of `key` with `new` (`None` removes it) if the current entry
@@ -135,56 +115,59 @@ impl Store {
         partition: u32,
         key: &[u8],
         expected: Option<Hash>,
-        new: Option<Vec<u8>>,
+        new: Option<sled::IVec>,
+    ) -> Result<bool> {
+        if expected.is_none() {
+            // The common repair (the key is missing here): one compare-and-swap from
+            // absent, no read first.
+            if self.swap_from(partition, key, None, new.clone())? {
+                return Ok(true);
+            }
+        }
+        let segment = segment_of(key, self.index.shape.segments);
+        let current = self.index.data.get(data_key(partition, segment, key))?;
+        if current.as_deref().and_then(|b| entry_of(partition, key, b)) != expected {
+            return Ok(false);
+        }
+        self.swap_from(partition, key, current, new)
+    }
+
+    /// Replaces the record of `key` with `new` (`None` removes it) if it is still exactly
+    /// `current` (`None`: absent), marking its region first and sending the index the
+    /// change. False if the key had changed.
+    fn swap_from(
+        &self,
+        partition: u32,
+        key: &[u8],
+        current: Option<sled::IVec>,
+        new: Option<sled::IVec>,
     ) -> Result<bool> {
         let index = &*self.index;
         let segment = segment_of(key, index.shape.segments);
-        let data_key = data_key(partition, segment, key);
-        // An undecodable record contributes nothing and reads as absent.
-        let entry = |bytes: &[u8]| {
-            RecordHeader::decode(bytes, String::new)
-                .ok()
-                .map(|h| h.entry_hash(partition, key))
+        // An undecodable record contributes nothing, as in a full scan.
+        let entry = |bytes: Option<&[u8]>| {
+            bytes
+                .and_then(|b| entry_of(partition, key, b))
+                .unwrap_or_default()
         };
-        let new_hash = new.as_deref().and_then(entry).unwrap_or_default();
+        let delta = entry(current.as_deref()) ^ entry(new.as_deref());
         let pass = index.gate.enter_partition(partition);
         if index.dropping.contains(partition) {
             return Err(Error::PartitionDropping(partition));
         }
         index.marks.mark(pass.epoch, partition, segment)?;
-        if expected.is_none() {
-            // The common repair (the key is missing here): one compare-and-swap from
-            // absent, no read first.
-            let swapped = index
-                .data
-                .compare_and_swap(&data_key, None::<&[u8]>, new.clone())?;
-            if swapped.is_ok() {
-                self.hasher.send(Msg::Update {
-                    partition,
-                    segment,
-                    delta: new_hash,
-                })?;
-                drop(pass);
-                return Ok(true);
-            }
-        }
-        let current = index.data.get(&data_key)?;
-        let old = current.as_deref().and_then(entry);
-        if old != expected {
-            return Ok(false);
-        }
-        let old_hash = old.unwrap_or_default();
+        let data_key = data_key(partition, segment, key);
         if index
             .data
-            .compare_and_swap(&data_key, current, new)?
+            .compare_and_swap(data_key, current, new)?
             .is_err()
         {
-            return Ok(false); // changed between the read and the swap
+            return Ok(false);
         }
         self.hasher.send(Msg::Update {
             partition,
             segment,
-            delta: old_hash ^ new_hash,
+            delta,
         })?;
         drop(pass);
         Ok(true)
@@ -251,4 +234,33 @@ impl Store {
     pub(crate) fn observe_version(&self, version: u64) -> Result<()> {
         self.index.clock.observe(version)
     }
+}
+
+/// Whether a record from elsewhere may be stored at all: key and value within their
+/// limits, the value matching its hash, a tombstone without a value.
+fn acceptable(key: &[u8], record: &Record) -> bool {
+    check_sizes(key, &record.value).is_ok()
+        && record.value_hash == value_hash(&record.value)
+        && (!record.tombstone || record.value.is_empty())
+}
+
+/// The entry hash the index counts for the stored record `bytes` of `key` (`None`:
+/// undecodable).
+fn entry_of(partition: u32, key: &[u8], bytes: &[u8]) -> Option<Hash> {
+    RecordHeader::decode(bytes, String::new)
+        .ok()
+        .map(|h| h.entry_hash(partition, key))
+}
+
+/// Whether the stored record `bytes` wins over `record` by
+/// [`newest_wins`](crate::newest_wins). An undecodable one, or one whose value fails its
+/// hash, never does: a good copy replaces a bad one. (The value is hashed only when its
+/// header would win.)
+fn stored_wins(bytes: &[u8], record: &Record) -> bool {
+    let Ok(stored) = RecordHeader::decode(bytes, String::new) else {
+        return false;
+    };
+    rank(stored.version, stored.tombstone, stored.value_hash)
+        >= rank(record.version, record.tombstone, record.value_hash)
+        && value_hash(stored.value(bytes)) == stored.value_hash
 }
