@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use merkle_index::Store;
+use merkle_index::{Record, Store};
 
 const BATCH: u64 = 2_000;
 
@@ -62,12 +62,23 @@ trait Engine: Sync {
 struct StoreEngine {
     store: Store,
     partitions: u32,
+    /// Write through `Store::replicate` (a replica applying replication messages), with
+    /// versions counting up from this one, instead of `put`.
+    replicated: Option<AtomicU64>,
 }
 
 impl Engine for StoreEngine {
     fn put(&self, i: u64, key: &[u8], value: &[u8]) {
         let p = (i % u64::from(self.partitions)) as u32;
-        self.store.partition(p).put(key, value).unwrap();
+        match &self.replicated {
+            Some(next) => {
+                let record = Record::value(next.fetch_add(1, Relaxed), value);
+                assert!(self.store.replicate(p, key, &record).unwrap());
+            }
+            None => {
+                self.store.partition(p).put(key, value).unwrap();
+            }
+        }
     }
     fn flush(&self) {
         self.store.flush().unwrap();
@@ -190,7 +201,16 @@ fn store_engine(dir: &std::path::Path, partitions: u32) -> StoreEngine {
     StoreEngine {
         store: Store::open(dir, common::options()).unwrap(),
         partitions,
+        replicated: None,
     }
+}
+
+/// How the store takes the writes of a `ratio` case.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Put,
+    /// Replication messages (`Store::replicate`), each newer than the stored record.
+    Replicate,
 }
 
 fn sled_engine(dir: &std::path::Path, fsync: bool, layout: bool) -> SledEngine {
@@ -320,6 +340,7 @@ fn puts(c: &mut Criterion) {
 /// `case`, the ratio of one case moved by up to 0.18 between runs). Prints the ratios of
 /// the summed times (bare sled / store) over every round: against plain sled, the
 /// target; against the layout, what the index work costs.
+#[allow(clippy::too_many_arguments)]
 fn interleaved(
     c: &mut Criterion,
     name: &str,
@@ -327,13 +348,22 @@ fn interleaved(
     size: usize,
     threads: u64,
     flush_every: u64,
+    via: Via,
 ) {
     let mut g = bench_group(c, "ratio", 8);
     let value = vec![5u8; size];
     let w = Workload::new(keys, &value, threads, flush_every);
     let n = w.preload;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let store = store_engine(dirs[0].path(), 1);
+    let mut store = store_engine(dirs[0].path(), 1);
+    if via == Via::Replicate {
+        // Versions of the store's clock (unix ms << 16), from now on.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        store.replicated = Some(AtomicU64::new(now_ms << 16));
+    }
     preload(&store, keys, n, &value);
     store.store.sync_index().unwrap();
     // With flushes, the baselines give the same durability (a flush and an fsync).
@@ -369,16 +399,42 @@ fn interleaved(
 }
 
 fn ratios(c: &mut Criterion) {
-    interleaved(c, "new", Keys::New, 100, 1, 0);
-    interleaved(c, "new", Keys::New, 1024, 1, 0);
-    interleaved(c, "overwrite", Keys::Overwrite, 100, 1, 0);
-    interleaved(c, "new_2_threads", Keys::New, 100, 2, 0);
-    interleaved(c, "new_4_threads", Keys::New, 100, 4, 0);
-    interleaved(c, "overwrite_2_threads", Keys::Overwrite, 100, 2, 0);
-    interleaved(c, "overwrite_4_threads", Keys::Overwrite, 100, 4, 0);
-    interleaved(c, "flush_every_100", Keys::New, 100, 1, 100);
+    interleaved(c, "new", Keys::New, 100, 1, 0, Via::Put);
+    interleaved(c, "new", Keys::New, 1024, 1, 0, Via::Put);
+    interleaved(c, "overwrite", Keys::Overwrite, 100, 1, 0, Via::Put);
+    interleaved(c, "new_2_threads", Keys::New, 100, 2, 0, Via::Put);
+    interleaved(c, "new_4_threads", Keys::New, 100, 4, 0, Via::Put);
+    interleaved(
+        c,
+        "overwrite_2_threads",
+        Keys::Overwrite,
+        100,
+        2,
+        0,
+        Via::Put,
+    );
+    interleaved(
+        c,
+        "overwrite_4_threads",
+        Keys::Overwrite,
+        100,
+        4,
+        0,
+        Via::Put,
+    );
+    interleaved(c, "flush_every_100", Keys::New, 100, 1, 100, Via::Put);
+    // Not a target: a replica's write path, replication messages overwriting keys.
+    interleaved(
+        c,
+        "overwrite_replicated",
+        Keys::Overwrite,
+        100,
+        1,
+        0,
+        Via::Replicate,
+    );
     // Not a target: what hashed placement costs a writer whose keys come in key order.
-    interleaved(c, "new_ordered", Keys::NewOrdered, 100, 1, 0);
+    interleaved(c, "new_ordered", Keys::NewOrdered, 100, 1, 0, Via::Put);
 }
 
 /// The first write to every region after a checkpoint: each put also inserts a mark.
