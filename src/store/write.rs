@@ -101,7 +101,8 @@ impl Store {
             if self.index.clock.observe(record.version).is_err() {
                 return Err(refused());
             }
-            if self.swap_from(partition, key, current, Some(new.clone()))? {
+            let new = Some(new.clone());
+            if self.swap_from(partition, segment, key, &data_key, current, new)? {
                 return Ok(true);
             }
             // Changed since the read: decide again against what is there now.
@@ -117,33 +118,35 @@ impl Store {
         expected: Option<Hash>,
         new: Option<sled::IVec>,
     ) -> Result<bool> {
+        let segment = segment_of(key, self.index.shape.segments);
+        let data_key = data_key(partition, segment, key);
         if expected.is_none() {
             // The common repair (the key is missing here): one compare-and-swap from
             // absent, no read first.
-            if self.swap_from(partition, key, None, new.clone())? {
+            if self.swap_from(partition, segment, key, &data_key, None, new.clone())? {
                 return Ok(true);
             }
         }
-        let segment = segment_of(key, self.index.shape.segments);
-        let current = self.index.data.get(data_key(partition, segment, key))?;
+        let current = self.index.data.get(&data_key)?;
         if current.as_deref().and_then(|b| entry_of(partition, key, b)) != expected {
             return Ok(false);
         }
-        self.swap_from(partition, key, current, new)
+        self.swap_from(partition, segment, key, &data_key, current, new)
     }
 
-    /// Replaces the record of `key` with `new` (`None` removes it) if it is still exactly
-    /// `current` (`None`: absent), marking its region first and sending the index the
-    /// change. False if the key had changed.
+    /// Replaces the record of `key` (in `segment`, stored under `data_key`) with `new`
+    /// (`None` removes it) if it is still exactly `current` (`None`: absent), marking
+    /// its region first and sending the index the change. False if the key had changed.
     fn swap_from(
         &self,
         partition: u32,
+        segment: u32,
         key: &[u8],
+        data_key: &[u8],
         current: Option<sled::IVec>,
         new: Option<sled::IVec>,
     ) -> Result<bool> {
         let index = &*self.index;
-        let segment = segment_of(key, index.shape.segments);
         // An undecodable record contributes nothing, as in a full scan.
         let entry = |bytes: Option<&[u8]>| {
             bytes
@@ -156,7 +159,6 @@ impl Store {
             return Err(Error::PartitionDropping(partition));
         }
         index.marks.mark(pass.epoch, partition, segment)?;
-        let data_key = data_key(partition, segment, key);
         if index
             .data
             .compare_and_swap(data_key, current, new)?
