@@ -38,8 +38,8 @@ impl Store {
             .insert(data_key(partition, segment, key), encoded)?;
         // An undecodable old record contributed nothing, as in a full scan.
         let old = old
-            .and_then(|b| RecordHeader::decode(&b, String::new).ok())
-            .map_or(Hash::ZERO, |h| h.entry_hash(partition, key));
+            .and_then(|b| entry_of(partition, key, &b))
+            .unwrap_or_default();
         self.hasher.send(Msg::Update {
             partition,
             segment,
